@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine (see README):
+#   make quickstart   create .venv if missing, build the phantom dataset, run the main job
+#   make test         create .venv if missing, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED_DATA ?= ../shared/data
+
+.PHONY: venv quickstart test bench clean-data
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+quickstart: venv
+	$(PY) -m data_preprocessing.phantom --out data/PHANTOM --seed 0
+	$(PY) -m data_preprocessing.superpixels --dir data/PHANTOM --scale MIDDLE
+	$(PY) -m data_preprocessing.classmap --dir data/PHANTOM
+	$(PY) -m data_preprocessing.verify --dir data/PHANTOM
+
+test: venv
+	SSL_SHARED_DATA=$(SHARED_DATA) $(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) benchmarks/bench_superpixels.py
+
+clean-data:
+	rm -rf data/PHANTOM

@@ -1,0 +1,217 @@
+"""The dataset folder contract: ``dataset.json`` and ``splits.json``.
+
+A preprocessed dataset folder holds ``image_<pid>.nii.gz`` and ``label_<pid>.nii.gz`` for every
+case, optional pseudolabels ``superpix-<SCALE>_<pid>.nii.gz`` and body masks
+``fgmask_<pid>.nii.gz``, the class-slice index ``classmap_<N>.json``, and two JSON files that
+describe it. Later code reads labels, groups, normalisation and folds from these files only.
+
+Register a folder (write both JSON files) with::
+
+    python -m data_preprocessing.contract --dataset CHAOST2 --dir data/CHAOST2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_preprocessing.registry import DatasetInfo, get_dataset_info, make_folds
+from util.io import pid_from_path, read_json, sort_pids, write_json
+
+CONTRACT_VERSION = 1
+DATASET_JSON = "dataset.json"
+SPLITS_JSON = "splits.json"
+FILE_PATTERNS = {
+    "image": "image_{pid}.nii.gz",
+    "label": "label_{pid}.nii.gz",
+    "pseudolabel": "superpix-{scale}_{pid}.nii.gz",
+    "fgmask": "fgmask_{pid}.nii.gz",
+    "classmap": "classmap_{min_tp}.json",
+}
+
+
+def discover_cases(folder: str | os.PathLike) -> list[str]:
+    """Scan ids of the ``image_<pid>.nii.gz`` files in ``folder``, sorted numerically."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: expected a dataset folder, found nothing there")
+    return sort_pids(pid_from_path(p) for p in folder.glob("image_*.nii.gz"))
+
+
+@dataclass
+class Dataset:
+    """A registered dataset folder: its description and folds, read from the JSON files."""
+
+    root: Path
+    meta: dict
+    splits: dict
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def info(self) -> DatasetInfo:
+        return get_dataset_info(self.name)
+
+    @property
+    def cases(self) -> list[str]:
+        return list(self.meta["cases"])
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.meta["labels"].items()}
+
+    @property
+    def raw_label_values(self) -> dict[int, int]:
+        return {int(k): int(v) for k, v in self.meta.get("raw_label_values", {}).items()}
+
+    def path(self, kind: str, pid: str, scale: str = "MIDDLE") -> Path:
+        return self.root / FILE_PATTERNS[kind].format(pid=pid, scale=scale)
+
+    def classmap_path(self, min_tp: int = 1) -> Path:
+        return self.root / FILE_PATTERNS["classmap"].format(min_tp=min_tp)
+
+    def fold(self, fold: int) -> dict:
+        folds = self.splits["folds"]
+        if not 0 <= fold < len(folds):
+            raise ValueError(f"{self.root / SPLITS_JSON}: fold must be in 0..{len(folds) - 1}, "
+                             f"got {fold}")
+        return folds[fold]
+
+    def test_labels(self, label_group: int) -> list[int]:
+        groups = self.meta["label_groups"]
+        if not 0 <= label_group < len(groups):
+            raise ValueError(f"{self.root / DATASET_JSON}: label group must be in "
+                             f"0..{len(groups) - 1}, got {label_group}")
+        return [c for c in self.meta["all_test_labels"] if c not in set(groups[label_group])]
+
+
+def build_metadata(info: DatasetInfo, cases: list[str], pseudolabels: dict | None = None,
+                   classmaps: list[int] | None = None, preprocessing: dict | None = None) -> dict:
+    return {
+        "contract_version": CONTRACT_VERSION,
+        "name": info.name,
+        "modality": info.modality,
+        "normalization": info.normalization,
+        "body_threshold": info.body_threshold,
+        "labels": {str(k): v for k, v in info.labels.items()},
+        "raw_label_values": {str(k): v for k, v in info.raw_label_values.items()},
+        "all_test_labels": list(info.all_test_labels),
+        "label_groups": [list(g) for g in info.label_groups],
+        "cases": list(cases),
+        "file_patterns": dict(FILE_PATTERNS),
+        "pseudolabels": dict(pseudolabels or {}),
+        "classmaps": sorted(classmaps or []),
+        "preprocessing": dict(preprocessing or {}),
+    }
+
+
+def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1) -> dict:
+    """Five folds as published; for a folder with another number of scans (a partial download,
+    the 7 shared CMR scans), fold boundaries scaled to the scans present, with a warning."""
+    sep = list(info.fold_sep)
+    note = None
+    if len(cases) != sep[-1]:
+        n_folds = len(sep) - 1
+        if len(cases) < n_folds + n_shots:
+            raise ValueError(f"{info.name}: expected at least {n_folds + n_shots} scans for "
+                             f"{n_folds} folds, found {len(cases)}")
+        sep = [round(i * len(cases) / n_folds) for i in range(n_folds + 1)]
+        note = (f"{info.name} defines folds for {info.fold_sep[-1]} scans, the folder holds "
+                f"{len(cases)}: boundaries scaled to {sep}; results are not comparable with "
+                f"published numbers")
+        warnings.warn(note, stacklevel=2)
+    return {
+        "contract_version": CONTRACT_VERSION,
+        "fold_sep": sep,
+        "published_fold_sep": list(info.fold_sep),
+        "note": note,
+        "n_shots": n_shots,
+        "folds": make_folds(cases, tuple(sep), n_shots, info.support_idx),
+    }
+
+
+def register(folder: str | os.PathLike, dataset: str, n_shots: int = 1,
+             preprocessing: dict | None = None) -> Dataset:
+    """Write ``dataset.json`` and ``splits.json`` for ``folder``, keeping recorded extras.
+
+    Pseudolabel variants and class maps already recorded in an existing ``dataset.json`` are kept
+    when their files are still present.
+    """
+    folder = Path(folder)
+    info = get_dataset_info(dataset)
+    cases = discover_cases(folder)
+    if not cases:
+        raise FileNotFoundError(f"{folder}: expected image_<id>.nii.gz files, found none")
+    old = read_json(folder / DATASET_JSON) if (folder / DATASET_JSON).is_file() else {}
+    pseudo = {s: p for s, p in old.get("pseudolabels", {}).items()
+              if all((folder / FILE_PATTERNS["pseudolabel"].format(pid=c, scale=s)).is_file()
+                     for c in cases)}
+    classmaps = [n for n in old.get("classmaps", [])
+                 if (folder / FILE_PATTERNS["classmap"].format(min_tp=n)).is_file()]
+    prep = dict(old.get("preprocessing", {}))
+    prep.update(preprocessing or {})
+    meta = build_metadata(info, cases, pseudo, classmaps, prep)
+    write_json(folder / DATASET_JSON, meta)
+    splits = build_splits(info, cases, n_shots)
+    write_json(folder / SPLITS_JSON, splits)
+    return Dataset(folder, meta, splits)
+
+
+def update_metadata(folder: str | os.PathLike, **changes) -> dict:
+    """Merge ``changes`` into ``dataset.json`` (dict values are merged one level deep)."""
+    path = Path(folder) / DATASET_JSON
+    meta = read_json(path)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(meta.get(key), dict):
+            meta[key].update(value)
+        elif isinstance(value, list) and isinstance(meta.get(key), list):
+            meta[key] = sorted(set(meta[key]) | set(value))
+        else:
+            meta[key] = value
+    write_json(path, meta)
+    return meta
+
+
+def load_dataset(folder: str | os.PathLike) -> Dataset:
+    """Read a registered dataset folder; a missing or wrong file is a clear error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: expected a dataset folder, found nothing there")
+    meta_path, splits_path = folder / DATASET_JSON, folder / SPLITS_JSON
+    for path in (meta_path, splits_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: expected the dataset contract file, found nothing there; register the "
+                f"folder with `python -m data_preprocessing.contract --dataset <NAME> --dir "
+                f"{folder}`")
+    meta, splits = read_json(meta_path), read_json(splits_path)
+    for path, obj, keys in ((meta_path, meta, ("name", "labels", "cases", "label_groups",
+                                               "all_test_labels", "normalization")),
+                            (splits_path, splits, ("folds",))):
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            raise ValueError(f"{path}: expected keys {list(keys)}, missing {missing}")
+        if obj.get("contract_version") != CONTRACT_VERSION:
+            raise ValueError(f"{path}: expected contract_version {CONTRACT_VERSION}, found "
+                             f"{obj.get('contract_version')!r}; re-register the folder")
+    get_dataset_info(meta["name"])
+    return Dataset(folder, meta, splits)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="CHAOST2, SABS, CMR or PHANTOM")
+    parser.add_argument("--dir", required=True, help="preprocessed dataset folder")
+    parser.add_argument("--n-shots", type=int, default=1)
+    args = parser.parse_args(argv)
+    ds = register(args.dir, args.dataset, args.n_shots)
+    print(f"registered {ds.name}: {len(ds.cases)} cases, {len(ds.splits['folds'])} folds "
+          f"-> {ds.root / DATASET_JSON}, {ds.root / SPLITS_JSON}")
+
+
+if __name__ == "__main__":
+    main()

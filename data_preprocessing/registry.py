@@ -1,0 +1,128 @@
+"""The supported datasets: one definition of labels, label groups, normalisation and folds.
+
+Everything downstream reads these facts from a dataset folder's ``dataset.json`` / ``splits.json``
+(see :mod:`data_preprocessing.contract`), which are written from the entries here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of one dataset.
+
+    ``labels`` maps class id to name (0 is background). ``raw_label_values`` maps values stored on
+    disk to class ids when they differ (CMR stores 200/500/600). ``label_groups[g]`` is the set
+    of classes *not* tested under label group ``g``; the test classes are ``all_test_labels`` minus
+    it. ``fold_sep`` are the fold boundaries on the numerically sorted scan list.
+    """
+
+    name: str
+    modality: str  # "MR" or "CT"
+    labels: dict[int, str]
+    all_test_labels: tuple[int, ...]
+    label_groups: tuple[tuple[int, ...], ...]
+    fold_sep: tuple[int, ...]
+    normalization: str  # "zscore_volume" or "zscore_train_fold"
+    body_threshold: float  # raw-intensity threshold of the body mask (SPEC §2.2)
+    target_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm, SPEC §1
+    raw_label_values: dict[int, int] = field(default_factory=dict)
+    support_idx: int = -1  # index into a fold's val ids of the 1-shot support scan
+
+    def test_labels(self, label_group: int) -> list[int]:
+        if not 0 <= label_group < len(self.label_groups):
+            raise ValueError(f"{self.name}: label group must be in 0..{len(self.label_groups) - 1},"
+                             f" got {label_group}")
+        excluded = set(self.label_groups[label_group])
+        return [c for c in self.all_test_labels if c not in excluded]
+
+    def label_id(self, name: str) -> int:
+        for cid, cname in self.labels.items():
+            if cname == name:
+                return cid
+        raise KeyError(f"{self.name}: no label named {name!r}; known: {list(self.labels.values())}")
+
+
+CHAOST2 = DatasetInfo(
+    name="CHAOST2",
+    modality="MR",
+    labels={0: "BG", 1: "LIVER", 2: "RK", 3: "LK", 4: "SPLEEN"},
+    all_test_labels=(1, 2, 3, 4),
+    label_groups=((1, 4), (2, 3)),
+    fold_sep=(0, 4, 8, 12, 16, 20),
+    normalization="zscore_volume",
+    body_threshold=50.0001,
+    target_spacing=(1.25, 1.25, 7.70),
+)
+
+SABS = DatasetInfo(
+    name="SABS",
+    modality="CT",
+    labels={0: "BGD", 1: "SPLEEN", 2: "KID_R", 3: "KID_l", 4: "GALLBLADDER", 5: "ESOPHAGUS",
+            6: "LIVER", 7: "STOMACH", 8: "AORTA", 9: "IVC", 10: "PS_VEIN", 11: "PANCREAS",
+            12: "AG_R", 13: "AG_L"},
+    all_test_labels=(1, 2, 3, 6),
+    label_groups=((1, 6), (2, 3)),
+    fold_sep=(0, 6, 12, 18, 24, 30),
+    normalization="zscore_train_fold",
+    body_threshold=1e-4,
+)
+
+CMR = DatasetInfo(
+    name="CMR",
+    modality="MR",
+    labels={0: "BG", 1: "LV-MYO", 2: "LV-BP", 3: "RV"},
+    all_test_labels=(1, 2, 3),
+    label_groups=((2, 3), (1, 3), (1, 2)),
+    fold_sep=(0, 7, 14, 21, 28, 35),
+    normalization="zscore_volume",
+    body_threshold=50.0001,
+    target_spacing=(1.25, 1.25, 7.99),
+    raw_label_values={200: 1, 500: 2, 600: 3},
+)
+
+# The synthetic phantom (data_preprocessing.phantom): abdominal-like, same organ ids as CHAOS-T2.
+PHANTOM = DatasetInfo(
+    name="PHANTOM",
+    modality="MR",
+    labels=dict(CHAOST2.labels),
+    all_test_labels=CHAOST2.all_test_labels,
+    label_groups=CHAOST2.label_groups,
+    fold_sep=(0, 2, 4, 6, 8, 10),
+    normalization="zscore_volume",
+    body_threshold=50.0001,
+    target_spacing=(1.25, 1.25, 7.70),
+)
+
+REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (CHAOST2, SABS, CMR, PHANTOM)}
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    key = name.upper().removesuffix("_SUPERPIX")
+    if key not in REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; expected one of {sorted(REGISTRY)}")
+    return REGISTRY[key]
+
+
+def make_folds(pids: list[str], fold_sep: tuple[int, ...], n_shots: int = 1,
+               support_idx: int = -1) -> list[dict]:
+    """Five folds as SPEC §3.1: val = sorted pids[sep[f] : sep[f+1] + n_shots] (circular).
+
+    The last ``n_shots`` val scans (or ``support_idx`` for 1 shot) are the support; the remaining
+    val scans are the queries; every other scan trains.
+    """
+    n = len(pids)
+    if fold_sep[-1] > n:
+        raise ValueError(f"fold boundaries {list(fold_sep)} need {fold_sep[-1]} scans, got {n}")
+    folds = []
+    for f in range(len(fold_sep) - 1):
+        val = [pids[i % n] for i in range(fold_sep[f], fold_sep[f + 1] + n_shots)]
+        if n_shots == 1:
+            support = [val[support_idx]]
+        else:
+            support = val[-n_shots:]
+        query = [p for p in val if p not in support]
+        train = [p for p in pids if p not in val]
+        folds.append({"fold": f, "train": train, "query": query, "support": support})
+    return folds

@@ -1,0 +1,40 @@
+"""Shared test fixtures: the location of ../shared/data and small helpers."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = Path(os.environ.get("SSL_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+def _require(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        message = (f"shared data folder {path} not found; set SSL_SHARED_DATA to the folder "
+                   f"holding CHAOST2/, CMR/ and CT_example/")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def chaos_dir() -> Path:
+    return _require("CHAOST2")
+
+
+@pytest.fixture(scope="session")
+def cmr_dir() -> Path:
+    return _require("CMR")
+
+
+@pytest.fixture(scope="session")
+def ct_dir() -> Path:
+    return _require("CT_example")

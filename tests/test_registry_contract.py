@@ -1,0 +1,100 @@
+"""Fold tables (SPEC §3.1, §9.1) and the dataset.json / splits.json contract."""
+import json
+
+import pytest
+
+from data_preprocessing.contract import load_dataset, register
+from data_preprocessing.registry import CHAOST2, CMR, SABS, get_dataset_info, make_folds
+
+CHAOS_PIDS = [str(p) for p in (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37,
+                               38, 39)]
+
+
+def test_chaos_folds_equal_spec_table():
+    folds = make_folds(CHAOS_PIDS, CHAOST2.fold_sep)
+    want = [(["1", "2", "3", "5"], "8"), (["8", "10", "13", "15"], "19"),
+            (["19", "20", "21", "22"], "31"), (["31", "32", "33", "34"], "36"),
+            (["36", "37", "38", "39"], "1")]
+    for fold, (query, support) in zip(folds, want):
+        assert fold["query"] == query
+        assert fold["support"] == [support]
+        assert len(fold["train"]) == 15
+        assert not set(fold["train"]) & set(query + [support])
+
+
+def test_sabs_folds_equal_spec_table():
+    pids = [str(i) for i in range(30)]
+    folds = make_folds(pids, SABS.fold_sep)
+    for f, fold in enumerate(folds):
+        assert fold["query"] == [str(i) for i in range(6 * f, 6 * f + 6)]
+        assert fold["support"] == [str((6 * f + 6) % 30)]
+        assert len(fold["train"]) == 23
+
+
+def test_cmr_folds_equal_qnet_table():
+    pids = [str(i) for i in range(1, 36)]
+    folds = make_folds(pids, CMR.fold_sep)
+    # index sets 0-7, 7-14, ..., 28-34 plus {0} (SPEC §9.1), support = last of the set
+    assert folds[0]["query"] + folds[0]["support"] == [str(i) for i in range(1, 9)]
+    assert folds[4]["query"] + folds[4]["support"] == [str(i) for i in range(29, 36)] + ["1"]
+    assert all(len(f["train"]) == 27 for f in folds)
+
+
+def test_k_shot_folds_take_last_scans_as_support():
+    folds = make_folds(CHAOS_PIDS, CHAOST2.fold_sep, n_shots=3)
+    assert folds[0]["support"] == ["8", "10", "13"]
+    assert folds[0]["query"] == ["1", "2", "3", "5"]
+
+
+def test_test_labels_per_group():
+    assert CHAOST2.test_labels(0) == [2, 3]
+    assert CHAOST2.test_labels(1) == [1, 4]
+    assert SABS.test_labels(1) == [1, 6]
+    assert CMR.test_labels(2) == [3]
+    with pytest.raises(ValueError, match="label group"):
+        CHAOST2.test_labels(2)
+
+
+def test_unknown_dataset_names_choices():
+    with pytest.raises(KeyError, match="CHAOST2"):
+        get_dataset_info("CHAOS")
+    assert get_dataset_info("chaost2_superpix") is CHAOST2
+
+
+def test_register_and_load_roundtrip(chaos_dir, tmp_path):
+    for pid in CHAOS_PIDS:
+        for kind in ("image", "label"):
+            (tmp_path / f"{kind}_{pid}.nii.gz").symlink_to(chaos_dir / f"{kind}_{pid}.nii.gz")
+    ds = register(tmp_path, "CHAOST2")
+    assert ds.cases == CHAOS_PIDS
+    loaded = load_dataset(tmp_path)
+    assert loaded.meta == json.loads((tmp_path / "dataset.json").read_text())
+    assert loaded.fold(4)["support"] == ["1"]
+    assert loaded.test_labels(1) == [1, 4]
+    assert loaded.labels[3] == "LK"
+
+
+def test_load_dataset_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        load_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text("{not json")
+    (tmp_path / "splits.json").write_text("{}")
+    with pytest.raises(ValueError, match="dataset.json.*valid JSON"):
+        load_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text('{"name": "CHAOST2"}')
+    with pytest.raises(ValueError, match="missing"):
+        load_dataset(tmp_path)
+
+
+def test_partial_dataset_gets_scaled_folds_with_a_warning(cmr_dir, tmp_path):
+    for pid in range(1, 8):
+        for kind in ("image", "label"):
+            (tmp_path / f"{kind}_{pid}.nii.gz").symlink_to(cmr_dir / f"{kind}_{pid}.nii.gz")
+    with pytest.warns(UserWarning, match="scaled"):
+        ds = register(tmp_path, "CMR")
+    folds = ds.splits["folds"]
+    assert ds.splits["fold_sep"] == [0, 1, 3, 4, 6, 7]
+    assert len(folds) == 5
+    for fold in folds:
+        assert len(fold["support"]) == 1 and fold["query"]
+        assert set(fold["train"]).isdisjoint(fold["query"] + fold["support"])

@@ -1,0 +1,122 @@
+"""verify: a clean folder passes; every kind of damage is reported, all at once."""
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from data_preprocessing import superpixels
+from data_preprocessing.classmap import write_classmap
+from data_preprocessing.phantom import write_phantom
+from data_preprocessing.verify import DatasetVerificationError, verify_dataset
+
+
+@pytest.fixture(scope="module")
+def clean_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clean")
+    write_phantom(root, seed=2, size=64, n_slices=4)
+    superpixels.generate(root, workers=1)
+    write_classmap(root, 1)
+    return root
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite(path, fn):
+    img = sitk.ReadImage(str(path))
+    new = fn(img)
+    sitk.WriteImage(new, str(path), useCompression=True)
+
+
+def test_clean_folder_passes(clean_folder):
+    ds = verify_dataset(clean_folder)
+    assert ds.meta["pseudolabels"]["MIDDLE"]["min_size"] == 400
+
+
+def test_every_problem_is_listed_once(clean_folder, tmp_path):
+    root = _copy(clean_folder, tmp_path / "broken")
+    (root / "label_1.nii.gz").unlink()                                   # missing label
+
+    def shrink(img):                                                     # shape mismatch
+        small = sitk.GetImageFromArray(sitk.GetArrayFromImage(img)[:, :32, :])
+        small.SetSpacing(img.GetSpacing())
+        small.SetDirection(img.GetDirection())
+        small.SetOrigin(img.GetOrigin())
+        return small
+    _rewrite(root / "label_2.nii.gz", shrink)
+
+    def respace(img):                                                    # spacing mismatch
+        img.SetSpacing((2.0, 2.0, 5.0))
+        return img
+    _rewrite(root / "label_3.nii.gz", respace)
+
+    def nan(img):                                                        # NaN voxel
+        arr = sitk.GetArrayFromImage(img)
+        arr[0, 0, 0] = np.nan
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(img)
+        return out
+    _rewrite(root / "image_4.nii.gz", nan)
+
+    def unknown_value(img):                                              # unknown label value
+        arr = sitk.GetArrayFromImage(img)
+        arr[0, 0, 0] = 9
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(img)
+        return out
+    _rewrite(root / "label_5.nii.gz", unknown_value)
+
+    def zero(img):                                                       # empty pseudolabels
+        out = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(img)))
+        out.CopyInformation(img)
+        return out
+    _rewrite(root / "superpix-MIDDLE_6.nii.gz", zero)
+
+    data = (root / "image_7.nii.gz").read_bytes()                        # truncated file
+    (root / "image_7.nii.gz").write_bytes(data[: len(data) // 2])
+
+    cm = json.loads((root / "classmap_1.json").read_text())              # classmap disagrees
+    cm["LIVER"]["8"] = [0]
+    (root / "classmap_1.json").write_text(json.dumps(cm))
+
+    with pytest.raises(DatasetVerificationError) as info:
+        verify_dataset(root)
+    problems = info.value.problems
+    text = "\n".join(problems)
+    assert "label_1.nii.gz: expected the label of case 1" in text
+    assert "label_2.nii.gz: expected size (64, 64, 4)" in text and "found (64, 32, 4)" in text
+    assert "label_3.nii.gz: expected spacing (1.25, 1.25, 7.7)" in text
+    assert "image_4.nii.gz: expected finite intensities, found 1 NaN/inf" in text
+    assert "label_5.nii.gz: expected label values [0, 1, 2, 3, 4], found [9.0]" in text
+    assert "superpix-MIDDLE_6.nii.gz: expected superpixel ids on body slices, found an all-zero" \
+        in text
+    assert "image_7.nii.gz: expected a complete NIfTI file" in text and "truncated" in text
+    assert "classmap_1.json: LIVER of scan 8 disagrees with label_8.nii.gz" in text
+    assert len(problems) >= 8
+    assert str(info.value).startswith(f"{root}: {len(problems)} problem(s) found")
+
+
+def test_missing_pseudolabel_file_and_unknown_fold_case(clean_folder, tmp_path):
+    root = _copy(clean_folder, tmp_path / "broken2")
+    (root / "superpix-MIDDLE_9.nii.gz").unlink()
+    splits = json.loads((root / "splits.json").read_text())
+    splits["folds"][0]["query"].append("99")
+    (root / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(DatasetVerificationError) as info:
+        verify_dataset(root)
+    text = "\n".join(info.value.problems)
+    assert "superpix-MIDDLE_9.nii.gz: expected an image file, found nothing there" in text
+    assert "fold 0 query names unknown case(s) ['99']" in text
+
+
+def test_truncated_gzip_is_reported_not_crashing(clean_folder, tmp_path):
+    root = _copy(clean_folder, tmp_path / "broken3")
+    raw = gzip.decompress((root / "label_10.nii.gz").read_bytes())
+    (root / "label_10.nii.gz").write_bytes(gzip.compress(raw[: len(raw) - 100]))
+    with pytest.raises(DatasetVerificationError, match="label_10.nii.gz"):
+        verify_dataset(root)

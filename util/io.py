@@ -1,0 +1,142 @@
+"""Atomic file writing and NIfTI reading with clear errors.
+
+Every file this project writes goes through :func:`atomic_path`: the content is written to a
+temporary file in the destination folder, flushed, then renamed over the destination, so an
+interrupted write never leaves a partial file under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; on success rename it onto ``dest``.
+
+    ``suffix`` defaults to the destination's full suffix (``.nii.gz``) so writers that choose the
+    format from the file name keep working. On an exception the temporary file is removed and
+    ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(dest.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected a JSON file, found nothing there")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: expected valid JSON, found a parse error: {err}") from err
+
+
+def _check_nifti_payload(path: Path) -> None:
+    """Reject a NIfTI-1 file that is cut short or whose gzip stream is damaged.
+
+    SimpleITK reads a truncated ``.nii.gz`` without complaint (the missing voxels become 0), so
+    the gzip stream is read to its end (which checks its CRC) and the byte count is compared with
+    what the header promises.
+    """
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as fh:
+            header = nib.Nifti1Header.from_fileobj(fh)
+            found = fh.tell()
+            while chunk := fh.read(1 << 22):
+                found += len(chunk)
+    except (OSError, EOFError, ValueError, nib.spatialimages.HeaderDataError) as err:
+        raise ValueError(f"{path}: expected a complete NIfTI file, reading it failed: {err}; "
+                         f"the file is truncated or damaged") from err
+    expected = int(header.get_data_offset()) + int(
+        np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    if found < expected:
+        raise ValueError(f"{path}: expected {expected} bytes of NIfTI data, found {found}; the "
+                         f"file is truncated or damaged")
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a medical image with SimpleITK; a missing, unreadable or truncated file names the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected an image file, found nothing there")
+    _check_nifti_payload(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
+        raise ValueError(f"{path}: expected a readable image (NIfTI/DICOM), reading failed: "
+                         f"{first}") from err
+
+
+def read_array(path: str | os.PathLike, dtype: Any | None = None) -> np.ndarray:
+    """Read an image as a SITK array, axis order (Z, Y, X)."""
+    arr = sitk.GetArrayFromImage(read_image(path))
+    return arr.astype(dtype) if dtype is not None else arr
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write a SimpleITK image atomically (NIfTI by the file name's extension)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+
+def array_to_image(arr: np.ndarray, reference: sitk.Image | None = None) -> sitk.Image:
+    """SITK array (Z, Y, X) to an image carrying ``reference``'s spacing, origin, direction."""
+    img = sitk.GetImageFromArray(arr)
+    if reference is not None:
+        img.CopyInformation(reference)
+    return img
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def pid_from_path(path: str | os.PathLike) -> str:
+    """The scan id: the last run of digits in the file name (``image_12.nii.gz`` gives ``"12"``)."""
+    runs = _DIGITS.findall(Path(path).name)
+    if not runs:
+        raise ValueError(f"{path}: expected a file name holding a scan id (digits), found none")
+    return str(int(runs[-1]))
+
+
+def sort_pids(pids) -> list[str]:
+    """Scan ids sorted by their integer value, as strings."""
+    return sorted((str(p) for p in pids), key=int)
