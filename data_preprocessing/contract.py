@@ -76,6 +76,9 @@ class Dataset:
 
     def fold(self, fold: int) -> dict:
         folds = self.splits["folds"]
+        if not folds:
+            raise ValueError(f"{self.root / SPLITS_JSON}: expected folds, found none "
+                             f"({self.splits.get('note')})")
         if not 0 <= fold < len(folds):
             raise ValueError(f"{self.root / SPLITS_JSON}: fold must be in 0..{len(folds) - 1}, "
                              f"got {fold}")
@@ -113,12 +116,14 @@ def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1) -> dict:
     """Five folds as published; for a folder with another number of scans (a partial download,
     the 7 shared CMR scans), fold boundaries scaled to the scans present, with a warning."""
     sep = list(info.fold_sep)
+    n_folds = len(sep) - 1
     note = None
-    if len(cases) != sep[-1]:
-        n_folds = len(sep) - 1
-        if len(cases) < n_folds + n_shots:
-            raise ValueError(f"{info.name}: expected at least {n_folds + n_shots} scans for "
-                             f"{n_folds} folds, found {len(cases)}")
+    if len(cases) < n_folds + n_shots:
+        sep = []
+        note = (f"{info.name}: {len(cases)} scans are too few for {n_folds} folds with "
+                f"{n_shots} shot(s) (need {n_folds + n_shots}); no folds written")
+        warnings.warn(note, stacklevel=2)
+    elif len(cases) != sep[-1]:
         sep = [round(i * len(cases) / n_folds) for i in range(n_folds + 1)]
         note = (f"{info.name} defines folds for {info.fold_sep[-1]} scans, the folder holds "
                 f"{len(cases)}: boundaries scaled to {sep}; results are not comparable with "
@@ -130,11 +135,11 @@ def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1) -> dict:
         "published_fold_sep": list(info.fold_sep),
         "note": note,
         "n_shots": n_shots,
-        "folds": make_folds(cases, tuple(sep), n_shots, info.support_idx),
+        "folds": make_folds(cases, tuple(sep), n_shots, info.support_idx) if sep else [],
     }
 
 
-def register(folder: str | os.PathLike, dataset: str, n_shots: int = 1,
+def register(folder: str | os.PathLike, dataset: str, *, n_shots: int = 1,
              preprocessing: dict | None = None) -> Dataset:
     """Write ``dataset.json`` and ``splits.json`` for ``folder``, keeping recorded extras.
 
@@ -155,8 +160,8 @@ def register(folder: str | os.PathLike, dataset: str, n_shots: int = 1,
     prep = dict(old.get("preprocessing", {}))
     prep.update(preprocessing or {})
     meta = build_metadata(info, cases, pseudo, classmaps, prep)
-    write_json(folder / DATASET_JSON, meta)
     splits = build_splits(info, cases, n_shots)
+    write_json(folder / DATASET_JSON, meta)
     write_json(folder / SPLITS_JSON, splits)
     return Dataset(folder, meta, splits)
 
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", required=True, help="preprocessed dataset folder")
     parser.add_argument("--n-shots", type=int, default=1)
     args = parser.parse_args(argv)
-    ds = register(args.dir, args.dataset, args.n_shots)
+    ds = register(args.dir, args.dataset, n_shots=args.n_shots)
     print(f"registered {ds.name}: {len(ds.cases)} cases, {len(ds.splits['folds'])} folds "
           f"-> {ds.root / DATASET_JSON}, {ds.root / SPLITS_JSON}")
 

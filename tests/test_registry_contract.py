@@ -98,3 +98,15 @@ def test_partial_dataset_gets_scaled_folds_with_a_warning(cmr_dir, tmp_path):
     for fold in folds:
         assert len(fold["support"]) == 1 and fold["query"]
         assert set(fold["train"]).isdisjoint(fold["query"] + fold["support"])
+
+
+def test_too_few_scans_register_without_folds(tmp_path):
+    import SimpleITK as sitk
+    tiny = sitk.Image(4, 4, 2, sitk.sitkFloat64)
+    for pid in range(3):
+        sitk.WriteImage(tiny, str(tmp_path / f"image_{pid}.nii.gz"))
+    with pytest.warns(UserWarning, match="too few"):
+        ds = register(tmp_path, "PHANTOM", preprocessing={"a": 1})
+    assert ds.splits["folds"] == [] and ds.meta["preprocessing"] == {"a": 1}
+    with pytest.raises(ValueError, match="splits.json: expected folds, found none"):
+        load_dataset(tmp_path).fold(0)

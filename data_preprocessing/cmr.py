@@ -1,0 +1,110 @@
+"""MS-CMRSeg 2019 bSSFP cardiac MRI to normalized NIfTI (SPEC §1.4).
+
+Input: ``image_<n>.nii.gz`` and ``label_<n>.nii.gz`` in ``--src`` (the challenge's
+``patient<n>_C0*.nii.gz`` renamed; that renaming is not part of the original pipeline). Each scan
+goes through the CHAOS step 3 (:func:`data_preprocessing.resample.normalize_resample_crop`):
+99.5-percentile clip, linear resampling to 1.25 x 1.25 x 7.99 mm, per-label resampling, centre
+crop / pad to 256 x 256, float64. Labels keep the raw challenge values {0, 200, 500, 600} on disk;
+readers map them to 1 / 2 / 3.
+
+Usage::
+
+    python -m data_preprocessing.cmr --src MSCMR/bSSFP --dst data/CMR/cmr_MR_normalized
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from data_preprocessing.contract import register
+from data_preprocessing.registry import CMR
+from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, fmt_spacing,
+                                         normalize_resample_crop)
+from util.io import pid_from_path, read_image, sort_pids, write_image
+
+RAW_LABEL_VALUES = (0, *sorted(CMR.raw_label_values))  # 0, 200, 500, 600
+
+
+def find_cases(src: str | os.PathLike, pids: list[str] | None = None) -> list[str]:
+    """Scan ids with both ``image_<n>.nii.gz`` and ``label_<n>.nii.gz`` in ``src``, sorted."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: expected the bSSFP folder with image_<n>.nii.gz and "
+                                f"label_<n>.nii.gz, found nothing there")
+    if pids is None:
+        pids = sort_pids(pid_from_path(p) for p in src.glob("image_*.nii.gz"))
+        if not pids:
+            raise FileNotFoundError(f"{src}: expected image_<n>.nii.gz files, found none")
+    for pid in pids:
+        for kind in ("image", "label"):
+            path = src / f"{kind}_{pid}.nii.gz"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: expected the {kind} of scan {pid}, found "
+                                        f"nothing there")
+    return [str(p) for p in pids]
+
+
+def check_label_values(label: sitk.Image, path: str | os.PathLike) -> list[int]:
+    """The label values, which must be raw MS-CMRSeg values {0, 200, 500, 600}."""
+    found = np.unique(sitk.GetArrayViewFromImage(label))
+    unknown = [float(v) for v in found if float(v) not in RAW_LABEL_VALUES]
+    if unknown:
+        raise ValueError(f"{path}: expected label values {list(RAW_LABEL_VALUES)}, found "
+                         f"{[float(v) for v in found]} (unknown: {unknown})")
+    return [int(v) for v in found]
+
+
+def normalize_scan(src: str | os.PathLike, dst: str | os.PathLike, pid: str,
+                   spacing=CMR.target_spacing, size: int = CROP_SIZE,
+                   percentile: float = CLIP_PERCENTILE) -> str:
+    """One scan ``src`` -> ``dst``; returns a one-line summary."""
+    src, dst = Path(src), Path(dst)
+    img_path, lbl_path = src / f"image_{pid}.nii.gz", src / f"label_{pid}.nii.gz"
+    image, label = read_image(img_path), read_image(lbl_path)
+    check_label_values(label, lbl_path)
+    img_out, lbl_out, info = normalize_resample_crop(image, label, spacing, size, percentile,
+                                                     name=str(img_path))
+    out_img, out_lbl = dst / f"image_{pid}.nii.gz", dst / f"label_{pid}.nii.gz"
+    write_image(img_out, out_img)
+    write_image(lbl_out, out_lbl)
+    values = np.unique(sitk.GetArrayViewFromImage(lbl_out)).astype(int).tolist()
+    return (f"CMR {pid}: {image.GetSize()} @ {fmt_spacing(image.GetSpacing())} mm -> "
+            f"{img_out.GetSize()} @ {fmt_spacing(img_out.GetSpacing())} mm, clip "
+            f"{info['clip_value']:g}, label values {values} -> {out_img}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", required=True, help="folder with image_<n> / label_<n>.nii.gz")
+    parser.add_argument("--dst", required=True, help="output folder of the normalized scans")
+    parser.add_argument("--pids", nargs="+", default=None, help="only these scan ids")
+    parser.add_argument("--spacing", type=float, nargs="+", default=list(CMR.target_spacing),
+                        help="target spacing x y [z] in mm (2 values keep the input z spacing)")
+    parser.add_argument("--size", type=int, default=CROP_SIZE, help="in-plane crop / pad size")
+    parser.add_argument("--percentile", type=float, default=CLIP_PERCENTILE,
+                        help="intensity clipping percentile")
+    args = parser.parse_args(argv)
+    if len(args.spacing) not in (2, 3):
+        parser.error(f"--spacing: expected 2 or 3 values, got {len(args.spacing)}")
+    pids = find_cases(args.src, args.pids)  # checks every pair before anything is written
+    for pid in pids:
+        print(normalize_scan(args.src, args.dst, pid, args.spacing, args.size, args.percentile))
+    register(args.dst, CMR.name, preprocessing={
+        "tool": "data_preprocessing.cmr",
+        "source": "MS-CMRSeg 2019 bSSFP image_<n>/label_<n>.nii.gz",
+        "clip_percentile": args.percentile,
+        "target_spacing": list(args.spacing),
+        "size_rule": f"int(n * sp_in / sp_out + 1 + {SIZE_EPS})",
+        "interpolation": "linear image (input pixel type), per-label linear + rint labels",
+        "crop_size": args.size,
+        "label_values_on_disk": list(RAW_LABEL_VALUES),
+        "dtype": "float64",
+    })
+
+
+if __name__ == "__main__":
+    main()
