@@ -1,0 +1,94 @@
+"""Checkpoints, learning-rate schedule, device resolution, seeding, atomic writes."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from util.checkpoint import (checkpoint_candidates, find_resume_checkpoint, load_checkpoint,
+                             save_checkpoint)
+from util.device import resolve_device
+from util.io import atomic_path, write_json
+from util.schedule import lr_at
+from util.seeding import episode_rng
+
+
+def _state(step):
+    model = torch.nn.Linear(2, 1)
+    return {"model": model.state_dict(), "optimizer": {}, "step": step, "config": {"a": 1}}
+
+
+def test_lr_is_a_pure_function_of_the_step():
+    assert lr_at(0) == 1e-3
+    assert lr_at(999) == 1e-3
+    assert lr_at(1000) == pytest.approx(1e-3 * 0.95)
+    for k in (5, 42, 99):
+        assert lr_at(k * 1000 + 17, n_steps=100000) == pytest.approx(1e-3 * 0.95 ** k)
+    # no decay past the last milestone (n_steps - 1000)
+    assert lr_at(100050, n_steps=100100) == pytest.approx(1e-3 * 0.95 ** 99)
+
+
+def test_checkpoint_roundtrip_and_newest_first(tmp_path):
+    snap = tmp_path / "snapshots"
+    save_checkpoint(snap / "10.pth", _state(10))
+    save_checkpoint(snap / "20.pth", _state(20))
+    save_checkpoint(snap / "latest.pth", _state(25))
+    assert [p.name for p in checkpoint_candidates(tmp_path)] == ["latest.pth", "20.pth", "10.pth"]
+    path, state = find_resume_checkpoint(tmp_path)
+    assert path.name == "latest.pth" and state["step"] == 25 and state["format_version"] == 1
+    assert not [p for p in snap.iterdir() if p.name.startswith(".")]   # no temp files left
+
+
+def test_truncated_checkpoint_is_rejected_and_previous_used(tmp_path):
+    snap = tmp_path / "snapshots"
+    save_checkpoint(snap / "10.pth", _state(10))
+    save_checkpoint(snap / "20.pth", _state(20))
+    save_checkpoint(snap / "latest.pth", _state(20))
+    for name in ("20.pth", "latest.pth"):
+        data = (snap / name).read_bytes()
+        (snap / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="latest.pth: expected a readable torch checkpoint"):
+        load_checkpoint(snap / "latest.pth")
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint.*20.pth"):
+        path, state = find_resume_checkpoint(tmp_path)
+    assert path.name == "10.pth" and state["step"] == 10
+
+
+def test_explicit_missing_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        find_resume_checkpoint(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="expected a run folder"):
+        find_resume_checkpoint(tmp_path / "missing_run")
+    with pytest.raises(FileNotFoundError, match="loadable checkpoint"):
+        find_resume_checkpoint(tmp_path)
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match="bare state dict"):
+        load_checkpoint(tmp_path / "bare.pth")
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="expected one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_episode_rng_depends_on_seed_and_index_only():
+    a = episode_rng(1234, 7).random(3)
+    assert np.array_equal(a, episode_rng(1234, 7).random(3))
+    assert not np.array_equal(a, episode_rng(1234, 8).random(3))
+    assert not np.array_equal(a, episode_rng(1235, 7).random(3))
