@@ -1,0 +1,144 @@
+"""Time one ALPNet training step against the encoder alone, on the CPU (or any device).
+
+    python -m benchmarks.bench_model [--encoder deeplabv3_resnet101] [--size 256] [--runs 5]
+
+(from the repository root).
+
+Prints JSON: median and spread (min, max) in seconds of
+- ``encoder``: encoder forward + backward on the episode batch [S+Q, 3, size, size];
+- ``full_step``: ALPNet forward (encoder + ALP + alignment), weighted CE + alignment loss,
+  backward, SGD step (lr 1e-3, momentum 0.9, weight decay 5e-4) and zero_grad;
+their ratio of medians (target ≤ 1.10), the ALP-only time (forward + backward of the ALP and loss
+part on fixed features), and the process's peak RSS (resource.getrusage) before and after the steps.
+Runs alternate between the two measurements after the warm-ups so drift affects both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+from models.alp import l2_normalize
+from models.alpnet import ALPNet
+from models.losses import weighted_cross_entropy
+
+
+def make_episode(size: int, n_shots: int, device: torch.device, seed: int = 0) -> dict:
+    """A fixed synthetic 1-way episode: random images, a square fg in support and query."""
+    gen = torch.Generator().manual_seed(seed)
+    fg = torch.zeros(n_shots, size, size)
+    fg[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    label = torch.zeros(1, size, size, dtype=torch.long)
+    label[:, size // 3: 2 * size // 3, size // 3: 2 * size // 3] = 1
+    episode = {"support_images": torch.randn(n_shots, 3, size, size, generator=gen),
+               "support_fg": fg, "support_bg": 1 - fg,
+               "query_images": torch.randn(1, 3, size, size, generator=gen),
+               "query_label": label}
+    return {k: v.to(device) for k, v in episode.items()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "runs": len(times)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default="deeplabv3_resnet101")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = ALPNet(args.encoder).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    ep = make_episode(args.size, args.shots, device)
+    batch = torch.cat([ep["support_images"], ep["query_images"]])
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def encoder_step() -> float:
+        sync()
+        start = time.perf_counter()
+        model.encoder(batch).mean().backward()
+        sync()
+        elapsed = time.perf_counter() - start
+        optimizer.zero_grad(set_to_none=True)
+        return elapsed
+
+    fallbacks = []
+
+    def full_step() -> float:
+        sync()
+        start = time.perf_counter()
+        out = model(ep["support_images"], ep["support_fg"], ep["support_bg"], ep["query_images"])
+        loss = weighted_cross_entropy(out.logits, ep["query_label"]) + out.align_loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        fallbacks.append(out.n_fallback)
+        return time.perf_counter() - start
+
+    # The ALP + alignment + loss part alone, on fixed features that need a gradient.
+    with torch.no_grad():
+        feats = model.encode(batch)
+    feats.requires_grad_(True)
+
+    def alp_step() -> float:
+        start = time.perf_counter()
+        fs, fq = feats[: args.shots], feats[args.shots:]
+        support = model.support_prototypes(fs, ep["support_fg"], ep["support_bg"])
+        low = model.lowres_logits(l2_normalize(fq), support)
+        logits = torch.nn.functional.interpolate(low, size=(args.size, args.size),
+                                                 mode="bilinear", align_corners=False)
+        align, _ = model.alignment_loss(fq, low, fs, ep["support_fg"], ep["support_bg"])
+        (weighted_cross_entropy(logits, ep["query_label"]) + align).backward()
+        feats.grad = None
+        return time.perf_counter() - start
+
+    rss_before = peak_rss_mb()
+    for _ in range(args.warmup):
+        encoder_step()
+        full_step()
+        alp_step()
+    enc, full, alp = [], [], []
+    for _ in range(args.runs):
+        enc.append(encoder_step())
+        full.append(full_step())
+        alp.append(alp_step())
+
+    result = {
+        "encoder": args.encoder, "input": [args.shots + 1, 3, args.size, args.size],
+        "device": str(device), "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "encoder_fwd_bwd": summary(enc), "full_step": summary(full), "alp_fwd_bwd": summary(alp),
+        "ratio_full_over_encoder": statistics.median(full) / statistics.median(enc),
+        "target_ratio": 1.10,
+        "n_fallback_per_step": fallbacks[-1],
+        "peak_rss_mb_after_model_build": rss_before, "peak_rss_mb": peak_rss_mb(),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

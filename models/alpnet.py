@@ -1,0 +1,196 @@
+"""ALPNet (the original's ``FewShotSeg``): 1-way S-shot segmentation with ALP (SPEC §4.4–§4.5).
+
+Training, one episode::
+
+    out = model(support_images, support_fg, support_bg, query_images)
+    loss = weighted_cross_entropy(out.logits, query_label) + out.align_loss
+
+Evaluation, the support of a class encoded once and reused for batches of query slices::
+
+    model.eval()
+    support = model.encode_support(support_images, support_fg, support_bg)
+    logits = model.score_queries(support, query_slices)            # [Q, 2, H, W]
+
+Shapes: images [S or Q, 3, H, W], masks [S, H, W] in {0, 1} (soft values allowed), features
+[N, 256, H/8, W/8]. Pooling windows are 4 in training and 2 in evaluation (``self.training``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.alp import (ALP, MODE_CHECK_WINDOW, SCALE, THRESHOLD, Prototypes, choose_fg_mode,
+                        downsample_mask, l2_normalize)
+from models.encoder import build_encoder, load_checked_state_dict, read_state_dict
+from models.losses import alignment_target, per_image_cross_entropy
+
+TRAIN_WINDOW = 4  # feature_hw / proto_grid_size = 32 / 8
+EVAL_WINDOW = 2   # val_wsize
+
+
+class ALPNetOutput(NamedTuple):
+    logits: Tensor       # [Q, 2, H, W] (background, foreground), at the input resolution
+    align_loss: Tensor   # scalar; 0 unless training with align=True
+    n_fallback: int      # ALP calls whose local set was empty and used the global prototype
+
+
+@dataclass(frozen=True)
+class SupportPrototypes:
+    """Background and foreground prototypes of one support set (one class, all shots)."""
+
+    bg: Prototypes
+    fg: Prototypes
+
+    @property
+    def n_fallback(self) -> int:
+        return int(self.bg.info.fallback) + int(self.fg.info.fallback)
+
+
+class ALPNet(nn.Module):
+    """Encoder + ALP; state-dict keys ``encoder.*`` as in the original (ALP has no parameters)."""
+
+    def __init__(self, encoder: str | nn.Module = "deeplabv3_resnet101",
+                 pretrained_weights: str | os.PathLike | None = None, *, align: bool = True,
+                 fg_threshold: float = THRESHOLD, bg_threshold: float = THRESHOLD,
+                 scale: float = SCALE, train_window: int = TRAIN_WINDOW,
+                 eval_window: int = EVAL_WINDOW, mode_check_window: int = MODE_CHECK_WINDOW,
+                 autocast_bf16: bool = False, channels_last: bool = False) -> None:
+        super().__init__()
+        for name, value in (("train_window", train_window), ("eval_window", eval_window),
+                            ("mode_check_window", mode_check_window)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ALPNet: expected {name} to be a positive int, got {value!r}")
+        if isinstance(encoder, str):
+            encoder = build_encoder(encoder, pretrained_weights)
+        elif pretrained_weights is not None:
+            raise ValueError("ALPNet: pretrained_weights applies to an encoder built by name; "
+                             "got an encoder module too, load its weights before passing it")
+        self.encoder = encoder
+        self.bg_alp = ALP(bg_threshold, scale)
+        self.fg_alp = ALP(fg_threshold, scale)
+        self.align = align
+        self.train_window = train_window
+        self.eval_window = eval_window
+        self.mode_check_window = mode_check_window
+        self.autocast_bf16 = autocast_bf16
+        self.channels_last = channels_last
+        if channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
+
+    @property
+    def window(self) -> int:
+        return self.train_window if self.training else self.eval_window
+
+    def forward(self, support_images: Tensor, support_fg: Tensor, support_bg: Tensor,
+                query_images: Tensor) -> ALPNetOutput:
+        """One episode; support and query go through the encoder in one batch (shared BN)."""
+        _check_support(support_images, support_fg, support_bg)
+        _check_query(query_images, support_images)
+        n_shots = support_images.shape[0]
+        feats = self.encode(torch.cat([support_images, query_images]))
+        support_feats, query_feats = feats[:n_shots], feats[n_shots:]
+        support = self.support_prototypes(support_feats, support_fg, support_bg)
+        low = self.lowres_logits(l2_normalize(query_feats), support)
+        n_fallback = support.n_fallback
+        align_loss = low.new_zeros(())
+        if self.training and self.align:
+            align_loss, n_align_fallback = self.alignment_loss(query_feats, low, support_feats,
+                                                               support_fg, support_bg)
+            n_fallback += n_align_fallback
+        return ALPNetOutput(_upsample(low, query_images.shape[-2:]), align_loss, n_fallback)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """[N, 3, H, W] → float32 features [N, 256, H/8, W/8], with the configured speed-ups."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16,
+                            enabled=self.autocast_bf16):
+            feats = self.encoder(images)
+        return feats.float().contiguous()
+
+    def encode_support(self, support_images: Tensor, support_fg: Tensor,
+                       support_bg: Tensor) -> SupportPrototypes:
+        """Prototypes of a support set, for scoring many queries (use in eval mode)."""
+        _check_support(support_images, support_fg, support_bg)
+        return self.support_prototypes(self.encode(support_images), support_fg, support_bg)
+
+    def score_queries(self, support: SupportPrototypes, query_images: Tensor) -> Tensor:
+        """Logits [Q, 2, H, W] of a batch of query images against encoded support prototypes."""
+        if query_images.dim() != 4:
+            raise ValueError(f"ALPNet.score_queries: expected query_images [Q, 3, H, W], "
+                             f"got {list(query_images.shape)}")
+        low = self.lowres_logits(l2_normalize(self.encode(query_images)), support)
+        return _upsample(low, query_images.shape[-2:])
+
+    def support_prototypes(self, support_feats: Tensor, support_fg: Tensor,
+                           support_bg: Tensor) -> SupportPrototypes:
+        """Prototypes from features [S, C, h, w] and image-resolution masks [S, H, W]."""
+        size = support_feats.shape[-2:]
+        fg = downsample_mask(support_fg.to(support_feats), size)
+        bg = downsample_mask(support_bg.to(support_feats), size)
+        return self._prototypes(support_feats, fg, bg, self.window)
+
+    def lowres_logits(self, query_normed: Tensor, support: SupportPrototypes) -> Tensor:
+        """Normalised query features [Q, C, h, w] → (background, foreground) scores [Q, 2, h, w]."""
+        return torch.cat([self.bg_alp.score(query_normed, support.bg),
+                          self.fg_alp.score(query_normed, support.fg)], dim=1)
+
+    def alignment_loss(self, query_feats: Tensor, query_logits: Tensor, support_feats: Tensor,
+                       support_fg: Tensor, support_bg: Tensor) -> tuple[Tensor, int]:
+        """Prototype alignment (SPEC §4.5): segment the support with the query's prediction.
+
+        The masks are the argmax of the low-resolution query logits [Q, 2, h, w] (no gradient);
+        the loss is the unweighted cross-entropy per support shot, averaged over the shots.
+        """
+        pred = query_logits.argmax(dim=1, keepdim=True)
+        fg, bg = (pred == 1).to(query_feats.dtype), (pred == 0).to(query_feats.dtype)
+        protos = self._prototypes(query_feats, fg, bg, self.train_window)
+        low = self.lowres_logits(l2_normalize(support_feats), protos)
+        target = alignment_target(support_fg, support_bg)
+        loss = per_image_cross_entropy(_upsample(low, support_fg.shape[-2:]), target).mean()
+        return loss, protos.n_fallback
+
+    def _prototypes(self, feats: Tensor, fg: Tensor, bg: Tensor, window: int) -> SupportPrototypes:
+        fg_mode = choose_fg_mode(fg, self.fg_alp.threshold, self.mode_check_window)
+        return SupportPrototypes(bg=self.bg_alp.prototypes(feats, bg, "local", window),
+                                 fg=self.fg_alp.prototypes(feats, fg, fg_mode, window))
+
+
+def load_original_checkpoint(model: ALPNet, path: str | os.PathLike) -> None:
+    """Load a snapshot written by the original code (``<run>/snapshots/<iter>.pth``) into ``model``.
+
+    Accepts a plain state dict or one under 'model'/'state_dict', saved on any device, with or
+    without a DataParallel ``module.`` prefix. Any missing, unexpected or misshapen key is an error
+    naming the file and the keys; build the model with encoder='deeplabv3_resnet101'.
+    """
+    state = read_state_dict(path, "an SSL-ALPNet checkpoint")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    load_checked_state_dict(model, state, str(path))
+
+
+def _upsample(scores: Tensor, size) -> Tensor:
+    return F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _check_support(images: Tensor, fg: Tensor, bg: Tensor) -> None:
+    if images.dim() != 4:
+        raise ValueError(f"ALPNet: expected support_images [S, 3, H, W], "
+                         f"got {list(images.shape)}")
+    s, _, h, w = images.shape
+    for name, mask in (("support_fg", fg), ("support_bg", bg)):
+        if tuple(mask.shape) != (s, h, w):
+            raise ValueError(f"ALPNet: expected {name} [S, H, W] = {[s, h, w]} to match "
+                             f"support_images {list(images.shape)}, got {list(mask.shape)}")
+
+
+def _check_query(query: Tensor, support: Tensor) -> None:
+    if query.dim() != 4 or query.shape[1:] != support.shape[1:]:
+        expected = ["Q", *support.shape[1:]]
+        raise ValueError(f"ALPNet: expected query_images {expected} like the support, "
+                         f"got {list(query.shape)}")

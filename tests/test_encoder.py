@@ -1,0 +1,159 @@
+"""Encoder trunks, COCO weights from a local file, and the original checkpoint's key names."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import segmentation
+
+from models.alpnet import ALPNet, load_original_checkpoint
+from models.encoder import build_encoder, load_coco_backbone
+
+
+@pytest.fixture(scope="module")
+def r101() -> ALPNet:
+    torch.manual_seed(0)
+    return ALPNet("deeplabv3_resnet101")
+
+
+def original_key_names() -> set[str]:
+    """The original's state-dict names, built independently from torchvision (SPEC §4.1)."""
+    with torch.device("meta"):
+        resnet = torchvision.models.resnet101()
+        aspp = segmentation.deeplabv3.ASPP(2048, [12, 24, 36])
+    names = {f"encoder.backbone.{k}" for k in resnet.state_dict() if not k.startswith("fc.")}
+    names |= {f"encoder.aspp_out.0.{k}" for k in aspp.state_dict()}
+    return names | {"encoder.localconv.weight", "encoder.asppconv.weight",
+                    "encoder.aspp_out.1.weight"}
+
+
+# --- trunks -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(64, 64), (40, 56)])
+def test_tiny_encoder_gives_256_channels_at_stride_8(size):
+    encoder = build_encoder("tiny")
+    assert encoder(torch.randn(2, 3, *size)).shape == (2, 256, size[0] // 8, size[1] // 8)
+
+
+def test_gradients_reach_the_trunk_and_the_projection():
+    encoder = build_encoder("tiny")
+    encoder(torch.randn(2, 3, 32, 32)).square().mean().backward()
+    assert encoder.backbone.body[0].weight.grad.abs().sum() > 0
+    assert encoder.localconv.weight.grad.abs().sum() > 0
+
+
+def test_resnet101_trunk_output_stride_8_and_no_activation_after_localconv(r101):
+    encoder = r101.encoder
+    assert encoder.localconv.in_channels == 2048 and encoder.localconv.bias is None
+    seen = []
+    hook = encoder.localconv.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    feats = encoder(torch.randn(2, 3, 64, 64))
+    hook.remove()
+    assert seen == [(2, 2048, 8, 8)] and feats.shape == (2, 256, 8, 8)
+    assert (feats < 0).any(), "no ReLU after the projection: features take both signs"
+    feats.square().mean().backward()
+    assert encoder.backbone.conv1.weight.grad.abs().sum() > 0
+    assert encoder.localconv.weight.grad.abs().sum() > 0
+    r101.zero_grad(set_to_none=True)
+
+
+def test_resnet50_trunk_and_the_random_init_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="models.encoder"):
+        encoder = build_encoder("deeplabv3_resnet50")
+    assert "randomly initialised" in caplog.text
+    assert encoder.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 256, 4, 4)
+
+
+def test_unknown_encoder_name_suggests_a_close_one():
+    with pytest.raises(ValueError, match="did you mean 'deeplabv3_resnet101'"):
+        build_encoder("deeplabv3_resnet100")
+    with pytest.raises(ValueError, match="'tiny' encoder has no pretrained weights"):
+        build_encoder("tiny", pretrained_weights="coco.pth")
+
+
+# --- COCO weights from a local file --------------------------------------------------------
+
+def test_coco_checkpoint_loads_backbone_only(tmp_path, caplog):
+    torch.manual_seed(1)
+    coco = segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                            num_classes=21, aux_loss=True)
+    path = tmp_path / "deeplabv3_resnet101_coco-586e9e4e.pth"
+    torch.save(coco.state_dict(), path)
+    with caplog.at_level(logging.WARNING, logger="models.encoder"):
+        encoder = build_encoder("deeplabv3_resnet101", pretrained_weights=path)
+    assert "randomly initialised" not in caplog.text
+    for name, tensor in coco.backbone.state_dict().items():
+        assert torch.equal(encoder.backbone.state_dict()[name], tensor), name
+    # the unused ASPP copy is not taken from the file's classifier
+    assert not torch.equal(encoder.aspp_out[1].weight, coco.classifier[1].weight)
+
+
+def test_missing_or_wrong_coco_file_names_the_path_and_the_keys(tmp_path, r101):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_encoder("deeplabv3_resnet101", pretrained_weights=missing)
+    heads_only = tmp_path / "heads_only.pth"
+    torch.save({"classifier.4.weight": torch.zeros(21, 256, 1, 1),
+                "aux_classifier.4.bias": torch.zeros(21)}, heads_only)
+    with pytest.raises(ValueError, match=r"heads_only\.pth.*found none.*classifier\.4\.weight"):
+        load_coco_backbone(r101.encoder, heads_only)
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"notes\.pth: expected a torchvision DeepLabV3"):
+        load_coco_backbone(r101.encoder, not_a_checkpoint)
+
+
+def test_mismatched_coco_file_lists_missing_unexpected_and_misshapen_keys(tmp_path):
+    encoder = build_encoder("tiny")
+    state = {f"backbone.{k}": v for k, v in encoder.backbone.state_dict().items()}
+    del state["backbone.body.1.running_var"]
+    state["backbone.layer9.weight"] = torch.zeros(1)
+    state["backbone.body.0.weight"] = torch.zeros(8, 3, 3, 3)
+    path = tmp_path / "mismatch.pth"
+    torch.save(state, path)
+    before = encoder.backbone.body[0].weight.clone()
+    with pytest.raises(ValueError) as err:
+        load_coco_backbone(encoder, path)
+    message = str(err.value)
+    assert "mismatch.pth" in message
+    assert "1 missing keys: body.1.running_var" in message
+    assert "1 unexpected keys: layer9.weight" in message
+    assert "body.0.weight: expected [32, 3, 3, 3], got [8, 3, 3, 3]" in message
+    assert torch.equal(encoder.backbone.body[0].weight, before), "nothing loaded on error"
+
+
+# --- the original's checkpoints ---------------------------------------------------------------
+
+def test_state_dict_keys_match_the_original(r101):
+    assert set(r101.state_dict()) == original_key_names()
+
+
+def test_original_checkpoint_loads_from_a_wrapped_state_dict(tmp_path, r101):
+    state = {k: v.clone() for k, v in r101.state_dict().items()}
+    assert set(state) == original_key_names()
+    state["encoder.localconv.weight"].fill_(0.5)
+    state["encoder.backbone.layer4.2.bn3.running_var"].fill_(2.0)
+    path = tmp_path / "100000.pth"
+    torch.save({"model": state}, path)
+    load_original_checkpoint(r101, path)
+    assert torch.all(r101.encoder.localconv.weight == 0.5)
+    assert torch.all(r101.encoder.backbone.layer4[2].bn3.running_var == 2.0)
+
+
+def test_original_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path):
+    model = ALPNet("tiny")
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}   # DataParallel prefix
+    path = tmp_path / "ok.pth"
+    torch.save(state, path)
+    load_original_checkpoint(model, path)
+    del state["module.encoder.localconv.weight"]
+    state["module.encoder.asppconv.weight"] = torch.zeros(256, 256, 1, 1)
+    bad = tmp_path / "25000.pth"
+    torch.save(state, bad)
+    with pytest.raises(ValueError, match=r"25000\.pth.*missing keys: encoder\.localconv\.weight"
+                                         r".*unexpected keys: encoder\.asppconv\.weight"):
+        load_original_checkpoint(model, bad)
+    with pytest.raises(FileNotFoundError, match="50000.pth: expected an SSL-ALPNet checkpoint"):
+        load_original_checkpoint(model, tmp_path / "50000.pth")
