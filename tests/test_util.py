@@ -23,9 +23,10 @@ def test_lr_is_a_pure_function_of_the_step():
     assert lr_at(999) == 1e-3
     assert lr_at(1000) == pytest.approx(1e-3 * 0.95)
     for k in (5, 42, 99):
-        assert lr_at(k * 1000 + 17, n_steps=100000) == pytest.approx(1e-3 * 0.95 ** k)
-    # no decay past the last milestone (n_steps - 1000)
-    assert lr_at(100050, n_steps=100100) == pytest.approx(1e-3 * 0.95 ** 99)
+        assert lr_at(k * 1000 + 17) == pytest.approx(1e-3 * 0.95 ** k)
+    assert lr_at(99999) == pytest.approx(6.23e-6, rel=1e-3)    # the original's final lr
+    with pytest.raises(ValueError, match="step_size"):
+        lr_at(5, step_size=0)
 
 
 def test_checkpoint_roundtrip_and_newest_first(tmp_path):
@@ -33,7 +34,9 @@ def test_checkpoint_roundtrip_and_newest_first(tmp_path):
     save_checkpoint(snap / "10.pth", _state(10))
     save_checkpoint(snap / "20.pth", _state(20))
     save_checkpoint(snap / "latest.pth", _state(25))
-    assert [p.name for p in checkpoint_candidates(tmp_path)] == ["latest.pth", "20.pth", "10.pth"]
+    save_checkpoint(snap / "5.pth", _state(5))
+    assert [p.name for p in checkpoint_candidates(tmp_path)] == ["latest.pth", "20.pth", "10.pth",
+                                                                 "5.pth"]
     path, state = find_resume_checkpoint(tmp_path)
     assert path.name == "latest.pth" and state["step"] == 25 and state["format_version"] == 1
     assert not [p for p in snap.iterdir() if p.name.startswith(".")]   # no temp files left

@@ -57,24 +57,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def checkpoint_candidates(run_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoints of a run folder, newest step first (``latest.pth`` before a same-step one)."""
-    run_dir = Path(run_dir)
-    found = []
-    for path in (run_dir / SNAPSHOT_DIR).glob("*.pth"):
-        match = _STEP.match(path.name)
-        if match:
-            found.append((int(match.group(1)), 0, path))
-    latest = run_dir / SNAPSHOT_DIR / LATEST
-    if latest.is_file():
-        found.append((_peek_step(latest), 1, latest))
-    return [p for _, _, p in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
-
-
-def _peek_step(path: Path) -> int:
-    try:
-        return int(load_checkpoint(path)["step"])
-    except (ValueError, FileNotFoundError):
-        return -1
+    """Checkpoints of a run folder, newest first: ``latest.pth`` (written at every
+    ``checkpoint_every`` and at the end, so never older than a snapshot), then ``<step>.pth``."""
+    snapshots = Path(run_dir) / SNAPSHOT_DIR
+    numbered = sorted(((int(m.group(1)), p) for p in snapshots.glob("*.pth")
+                       if (m := _STEP.match(p.name))), reverse=True)
+    latest = [snapshots / LATEST] if (snapshots / LATEST).is_file() else []
+    return latest + [p for _, p in numbered]
 
 
 def find_resume_checkpoint(target: str | os.PathLike,
