@@ -16,16 +16,15 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed
 
 quickstart: venv
-	$(PY) -m data_preprocessing.phantom --out data/PHANTOM --seed 0
-	$(PY) -m data_preprocessing.superpixels --dir data/PHANTOM --scale MIDDLE
-	$(PY) -m data_preprocessing.classmap --dir data/PHANTOM
-	$(PY) -m data_preprocessing.verify --dir data/PHANTOM
+	$(PY) examples/quickstart.py --out exps/quickstart --data data/PHANTOM
 
 test: venv
 	SSL_SHARED_DATA=$(SHARED_DATA) $(PY) -m pytest -q tests
 
 bench: venv
 	$(PY) benchmarks/bench_superpixels.py
+	$(PY) -m benchmarks.bench_model
+	$(PY) benchmarks/bench_episodes.py
 
 clean-data:
 	rm -rf data/PHANTOM

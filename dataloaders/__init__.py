@@ -1,0 +1,22 @@
+"""Episodes for training and evaluation (SPEC §3, §6, §9.3, §9.5).
+
+- ``dataloaders.volumes``   scans in memory as (Z, H, W), cropped to 256×256:
+  ``load_volume(dataset, pid, *, stats, label, superpix_scale, crop) -> Volume``,
+  ``load_volumes``, ``normalization_stats(dataset, train_pids) -> NormStats | None`` (CT
+  training-fold mean / std; None for per-volume MR z-scoring), ``train_fold_stats``,
+  ``normalize``.
+- ``dataloaders.augment``   SPEC §3.5 on a generator passed in: ``AugParams``, ``PRESETS``
+  ('sabs_aug', 'aug_v3'), ``augment_pair(image, label, rng, params)``, its steps
+  ``affine_matrix`` / ``random_affine`` / ``elastic_deform`` / ``recover_label`` /
+  ``gamma_transform``, and ``geometric`` / ``random_gamma`` (used by supervoxel episodes).
+- ``dataloaders.episodes``  torch Datasets of flat episode dicts (keys ``EPISODE_KEYS``):
+  ``SuperpixelEpisodes`` (self-supervised, Setting 1 / 2), ``SupervoxelEpisodes`` (3-D,
+  adjacent slices), ``ManualLabelEpisodes`` (supervised baseline); ``episode_loader`` (batch 1
+  over global steps, any number of workers), ``episode_rng(seed, step)``,
+  ``setting_exclusions``, ``training_classes``, ``excluded_slices_from_classmap``.
+- ``dataloaders.evaluation`` ``build_evaluation(dataset, fold, *, label_group, protocol,
+  npart, ...) -> EvaluationSet`` with ``SupportSet`` / ``SupportPart`` per test class and a
+  ``QueryScan`` + ``QueryPlan`` per query scan and class under the 'paper', 'realistic' or
+  'adnet' protocol; helpers ``part_percentiles``, ``support_slice``, ``chunk_index``,
+  ``count_chunks``, ``build_support``, ``plan_query``.
+"""

@@ -38,3 +38,18 @@ def cmr_dir() -> Path:
 @pytest.fixture(scope="session")
 def ct_dir() -> Path:
     return _require("CT_example")
+
+
+@pytest.fixture(scope="session")
+def chaos_prepared(chaos_dir, tmp_path_factory) -> Path:
+    """The 20 shared CHAOS-T2 scans linked, registered, indexed, with MIDDLE superpixels."""
+    from data_preprocessing import classmap, superpixels
+    from data_preprocessing.contract import register
+    from data_preprocessing.prepare import link_scans
+
+    root = tmp_path_factory.mktemp("chaos_prepared")
+    link_scans(chaos_dir, root)
+    register(root, "CHAOST2")
+    classmap.write_classmap(root, 1)
+    superpixels.generate(root, "MIDDLE")
+    return root

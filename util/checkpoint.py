@@ -89,3 +89,13 @@ def find_resume_checkpoint(target: str | os.PathLike,
     detail = "; ".join(problems) if problems else "none found"
     raise FileNotFoundError(f"{target / SNAPSHOT_DIR}: expected a loadable checkpoint to resume "
                             f"from, {detail}")
+
+
+def checkpoint_config(path: str | os.PathLike | None) -> dict:
+    """The training config stored in one of our checkpoints; ``{}`` for a bare state dict."""
+    if not path:
+        return {}
+    try:
+        return dict(load_checkpoint(path).get("config", {}))
+    except ValueError:
+        return {}

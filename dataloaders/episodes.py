@@ -1,0 +1,496 @@
+"""Training episodes: superpixel (SPEC §3.2–§3.7), supervoxel (§9.3) and manual-label episodes.
+
+Every dataset here is a map-style ``torch.utils.data.Dataset`` whose item ``index`` is an episode
+drawn from its own generator ``episode_rng(seed, step)`` with ``step = epoch · length + index``:
+an episode is a pure function of (run seed, step), the same with 0, 2 or 8 workers, in any order,
+and on resume. Use :func:`episode_loader` (a sampler over global steps) or a plain DataLoader
+plus :meth:`set_epoch` before each epoch (with non-persistent workers, the default, so that the
+workers see the new epoch). No ``worker_init_fn`` is needed: nothing reads a global RNG, and
+torch already runs each worker with one intra-op thread. Do not call ``cv2.setNumThreads`` in a
+forked worker: once the parent has used OpenCV's thread pool, that call deadlocks the worker.
+
+One episode is a flat dict (S support shots, one query; H = W = 256 on real data):
+
+====================  ==================  ====================================================
+key                   type / shape        meaning
+====================  ==================  ====================================================
+``support_images``    [S, 3, H, W] f32    grey slice tiled to 3 identical channels
+``support_fg``        [S, H, W] f32       1 on the foreground (the superpixel / organ), else 0
+``support_bg``        [S, H, W] f32       ``1 − support_fg``
+``query_images``      [1, 3, H, W] f32    tiled grey query slice
+``query_labels``      [1, H, W] int64     {0, 1}
+``support_z``         [S] int64           support slice index of each shot
+``scan_id``           str                 support scan id(s), comma-joined when S > 1
+``z``                 int                 slice of the first support shot
+``query_scan_id``     str                 query scan id
+``query_z``           int                 query slice index
+``superpixel_id``     int                 pseudolabel id drawn (−1 for manual-label episodes)
+``class_id``          int                 1 (pseudolabel foreground) or the organ id
+``step``              int                 the global step the episode was drawn for
+====================  ==================  ====================================================
+
+With ``batch_size=1`` the default collate adds a leading batch axis to every tensor, turns ints
+into tensors of shape [1] and strings into one-element lists.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from data_preprocessing.contract import Dataset
+from dataloaders.augment import AugParams, augment_pair, geometric, get_aug_params, random_gamma
+from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
+    normalization_stats
+from util.io import read_json
+
+__all__ = ["EPISODE_KEYS", "episode_rng", "StepSampler", "episode_loader",
+           "setting_exclusions", "training_classes", "excluded_slices_from_classmap",
+           "make_episode", "supervoxel_pairs", "EpisodeDataset", "SuperpixelEpisodes",
+           "SupervoxelEpisodes", "ManualLabelEpisodes"]
+
+EPISODE_KEYS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels",
+                "support_z", "scan_id", "z", "query_scan_id", "query_z", "superpixel_id",
+                "class_id", "step")
+SUPERPIXEL_DRAWS = ("uniform", "original")
+EXCLUDE_MODES = ("any", "all")
+
+
+def episode_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of one episode: PCG64 seeded from ``SeedSequence([seed, step])``."""
+    if seed < 0 or step < 0:
+        raise ValueError(f"episode_rng: expected a non-negative seed and step, got {seed}, {step}")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(step)]))
+
+
+class StepSampler(Sampler[int]):
+    """Yields the global steps ``start, start + 1, ..., start + n_steps − 1``."""
+
+    def __init__(self, start: int, n_steps: int) -> None:
+        if start < 0 or n_steps < 0:
+            raise ValueError(f"StepSampler: expected start >= 0 and n_steps >= 0, got "
+                             f"{start}, {n_steps}")
+        self.start, self.n_steps = int(start), int(n_steps)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.start + self.n_steps))
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+
+def episode_loader(dataset: EpisodeDataset, *, num_workers: int = 4, start_step: int = 0,
+                   n_steps: int | None = None, pin_memory: bool = False,
+                   prefetch_factor: int | None = None) -> DataLoader:
+    """Batch-1 loader over the global steps ``start_step .. start_step + n_steps − 1``.
+
+    ``n_steps`` defaults to ``len(dataset)``; the sampler's indices are global steps, so leave
+    the dataset's epoch at 0. Resuming at step k is ``start_step=k``.
+    """
+    n = len(dataset) if n_steps is None else n_steps
+    kwargs = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
+    return DataLoader(dataset, batch_size=1, sampler=StepSampler(start_step, n),
+                      num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+
+
+def setting_exclusions(dataset: Dataset | str | os.PathLike, setting: int,
+                       label_group: int) -> list[int]:
+    """Classes whose slices are never sampled: none in Setting 1, the test classes in Setting 2."""
+    ds = as_dataset(dataset)
+    if setting == 1:
+        return []
+    if setting == 2:
+        return ds.test_labels(label_group)
+    raise ValueError(f"setting: expected 1 or 2 (SPEC §3.7), got {setting!r}")
+
+
+def training_classes(dataset: Dataset | str | os.PathLike, label_group: int) -> list[int]:
+    """The classes of ``all_test_labels`` that label group ``label_group`` does not test."""
+    ds = as_dataset(dataset)
+    tested = set(ds.test_labels(label_group))
+    return [c for c in ds.meta["all_test_labels"] if c not in tested]
+
+
+def _check_classes(ds: Dataset, classes: Sequence[int], what: str) -> list[int]:
+    out = [int(c) for c in classes]
+    bad = [c for c in out if c not in ds.labels or c == 0]
+    if bad:
+        raise ValueError(f"{what}: expected foreground class ids of {ds.name} "
+                         f"{sorted(c for c in ds.labels if c)}, got {bad}")
+    return out
+
+
+def excluded_slices_from_classmap(dataset: Dataset | str | os.PathLike, pids: Sequence[str],
+                                  exclude_labels: Sequence[int], mode: str = "any",
+                                  min_tp: int = 1) -> dict[str, set[int]]:
+    """Per scan, the slices holding ≥ 1 pixel of any (``mode='any'``, SPEC §3.7) or of every
+    (``'all'``, the Q-Net bug of §9.3) class of ``exclude_labels``, per ``classmap_<min_tp>``."""
+    ds = as_dataset(dataset)
+    if mode not in EXCLUDE_MODES:
+        raise ValueError(f"exclude mode: expected one of {EXCLUDE_MODES}, got {mode!r}")
+    labels = _check_classes(ds, exclude_labels, "exclude_labels")
+    if not labels:
+        return {p: set() for p in pids}
+    path = ds.classmap_path(min_tp)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected the class-slice index for Setting-2 exclusion, "
+                                f"found nothing there; build it with `python -m "
+                                f"data_preprocessing.classmap --dir {ds.root}`")
+    classmap = read_json(path)
+    out = {}
+    for pid in pids:
+        sets = []
+        for c in labels:
+            name = ds.labels[c]
+            if name not in classmap or pid not in classmap[name]:
+                raise ValueError(f"{path}: expected an entry [{name!r}][{pid!r}], found none; "
+                                 f"rebuild the class-slice index")
+            sets.append(set(int(z) for z in classmap[name][pid]))
+        out[pid] = set.union(*sets) if mode == "any" else set.intersection(*sets)
+    return out
+
+
+def _tile(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """[n] × [H, W] float → [n, 3, H, W] float32 tensor (three identical channels)."""
+    grey = np.stack(images).astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(
+        np.broadcast_to(grey[:, None], (grey.shape[0], 3) + grey.shape[1:])))
+
+
+def make_episode(support_images: Sequence[np.ndarray], support_labels: Sequence[np.ndarray],
+                 query_image: np.ndarray, query_label: np.ndarray, *, step: int,
+                 support_scans: Sequence[str], support_z: Sequence[int], query_scan: str,
+                 query_z: int, superpixel_id: int, class_id: int) -> dict:
+    """The flat episode dict (see the module docstring) from binary labels in {0, 1}.
+
+    The arithmetic is NumPy's; torch only wraps the arrays, so building an episode never enters
+    torch's intra-op thread pool (slow for tiny ops on a busy CPU).
+    """
+    fg = (np.stack(support_labels) == 1).astype(np.float32)
+    return {
+        "support_images": _tile(support_images),
+        "support_fg": torch.from_numpy(fg),
+        "support_bg": torch.from_numpy(1.0 - fg),
+        "query_images": _tile([query_image]),
+        "query_labels": torch.from_numpy(np.asarray(query_label, dtype=np.int64)[None].copy()),
+        "support_z": torch.from_numpy(np.array([int(z) for z in support_z], dtype=np.int64)),
+        "scan_id": ",".join(str(s) for s in support_scans),
+        "z": int(support_z[0]),
+        "query_scan_id": str(query_scan),
+        "query_z": int(query_z),
+        "superpixel_id": int(superpixel_id),
+        "class_id": int(class_id),
+        "step": int(step),
+    }
+
+
+def supervoxel_pairs(superpix: np.ndarray, excluded: set[int] | Sequence[int],
+                     min_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Every valid (supervoxel id v, start slice s) of one volume [Z, H, W] and its probability.
+
+    Q-Net's proposal draws v uniformly over the volume's non-zero ids, a run uniformly among the
+    runs of >= 2 consecutive non-excluded slices holding v, and s uniformly among the run's slices
+    but its last; it rejects until ``max(|v ∩ s|, |v ∩ s+1|) >= min_size``. The accepted
+    distribution is the proposal's restricted to valid pairs, renormalised: returned as
+    (ids [n], starts [n], probabilities [n]); None when no pair is valid.
+    """
+    n_slices = superpix.shape[0]
+    ids, inverse = np.unique(superpix, return_inverse=True)
+    inverse = inverse.reshape(superpix.shape)
+    counts = np.stack([np.bincount(inverse[z].ravel(), minlength=ids.size)
+                       for z in range(n_slices)])          # [Z, n_ids]
+    counts[sorted(int(z) for z in excluded if 0 <= int(z) < n_slices), :] = 0
+    keep_ids = np.flatnonzero(ids > 0)
+    out_ids, out_starts, out_w = [], [], []
+    for j in keep_ids:
+        present = np.concatenate([[False], counts[:, j] > 0, [False]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(present))
+        runs = [(a, b - 1) for a, b in zip(edges[::2], edges[1::2]) if b - 1 > a]
+        for a, b in runs:
+            for s in range(a, b):
+                if max(counts[s, j], counts[s + 1, j]) >= min_size:
+                    out_ids.append(int(ids[j]))
+                    out_starts.append(s)
+                    out_w.append(1.0 / (keep_ids.size * len(runs) * (b - a)))
+    if not out_ids:
+        return None
+    w = np.array(out_w)
+    return np.array(out_ids), np.array(out_starts), w / w.sum()
+
+
+class EpisodeDataset(torch.utils.data.Dataset):
+    """Base: ``length`` items per epoch, item → :meth:`episode` with its own generator."""
+
+    def __init__(self, length: int, seed: int, aug: str | AugParams | None) -> None:
+        if length < 1:
+            raise ValueError(f"{type(self).__name__}: expected length >= 1, got {length}")
+        if seed < 0:
+            raise ValueError(f"{type(self).__name__}: expected a non-negative seed, got {seed}")
+        self.length, self.seed, self.epoch = int(length), int(seed), 0
+        self.aug = get_aug_params(aug)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Item ``i`` then draws the episode of step ``epoch · length + i``."""
+        if epoch < 0:
+            raise ValueError(f"set_epoch: expected epoch >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if index < 0:
+            raise IndexError(f"{type(self).__name__}: expected a non-negative index (a global "
+                             f"step), got {index}")
+        step = self.epoch * self.length + index
+        return self.episode(episode_rng(self.seed, step), step)
+
+    def episode(self, rng: np.random.Generator, step: int) -> dict:
+        raise NotImplementedError
+
+
+class SuperpixelEpisodes(EpisodeDataset):
+    """Self-supervised 2-D superpixel episodes (SPEC §3.2–§3.7, with the §0 fixes).
+
+    The training scans ``pids`` are loaded once (normalised per the dataset's rule; CT statistics
+    from these scans unless ``stats`` is given). A slice is *eligible* when it holds at least one
+    superpixel id of ≥ ``min_superpixel_px`` pixels and, for Setting 2, no pixel (per
+    ``classmap_1.json``) of any class in ``exclude_labels``. An episode draws an eligible slice
+    uniformly, then a superpixel id uniformly among its eligible ids, so it is never empty.
+    ``draw='original'`` restores the original id draw ``UniformInt[1, max − 1]`` (the largest id
+    never drawn; an absent id gives an empty mask) on slices whose largest id is ≥ 2 (the
+    original crashed on a largest id of 1). Support and query are two independent
+    augmentations of the same (slice, superpixel mask) pair (``aug=None``: none).
+    """
+
+    def __init__(self, dataset: Dataset | str | os.PathLike, pids: Sequence[str], *,
+                 superpix_scale: str = "MIDDLE", exclude_labels: Sequence[int] = (),
+                 length: int = 1000, seed: int = 1234, aug: str | AugParams | None = "sabs_aug",
+                 min_superpixel_px: int = 1, draw: str = "uniform",
+                 stats: NormStats | None = None, crop: int | None = CROP) -> None:
+        super().__init__(length, seed, aug)
+        ds = as_dataset(dataset)
+        if draw not in SUPERPIXEL_DRAWS:
+            raise ValueError(f"superpixel draw: expected one of {SUPERPIXEL_DRAWS}, got {draw!r}")
+        if min_superpixel_px < 1:
+            raise ValueError(f"min_superpixel_px: expected >= 1, got {min_superpixel_px}")
+        if draw == "original" and min_superpixel_px != 1:
+            raise ValueError(f"min_superpixel_px: the original draw has no size check, expected 1 "
+                             f"with draw='original', got {min_superpixel_px}")
+        if not pids:
+            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
+        self.dataset_root, self.draw, self.min_superpixel_px = ds.root, draw, min_superpixel_px
+        self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
+        self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
+        self.volumes: list[Volume] = load_volumes(ds, list(pids), stats=self.stats, label=False,
+                                                  superpix_scale=superpix_scale, crop=crop)
+        excluded = excluded_slices_from_classmap(ds, pids, self.exclude_labels)
+        self.slices: list[tuple[int, int]] = []   # eligible (volume index, z)
+        self._choices: list[np.ndarray] = []      # per eligible slice: ids (uniform) or [max]
+        self.n_total = self.n_excluded = self.n_without_superpixel = 0
+        for vi, vol in enumerate(self.volumes):
+            for z in range(vol.n_slices):
+                self.n_total += 1
+                if z in excluded[vol.pid]:
+                    self.n_excluded += 1
+                    continue
+                sp = vol.superpix[z]
+                if draw == "uniform":
+                    counts = np.bincount(sp.ravel())
+                    counts[0] = 0
+                    choice = np.flatnonzero(counts >= min_superpixel_px)
+                else:
+                    top = int(sp.max())
+                    choice = np.array([top]) if top >= 2 else np.zeros(0, int)
+                if choice.size == 0:
+                    self.n_without_superpixel += 1
+                    continue
+                self.slices.append((vi, z))
+                self._choices.append(choice)
+        if not self.slices:
+            raise ValueError(f"{ds.root}: expected eligible slices among scans {list(pids)}, "
+                             f"found none ({self.n_total} slices, {self.n_excluded} excluded for "
+                             f"classes {self.exclude_labels}, {self.n_without_superpixel} without "
+                             f"a superpixel of >= {min_superpixel_px} px)")
+
+    def eligible_slices(self) -> set[tuple[str, int]]:
+        """Every (scan id, z) an episode can come from."""
+        return {(self.volumes[vi].pid, z) for vi, z in self.slices}
+
+    def episode(self, rng: np.random.Generator, step: int) -> dict:
+        k = int(rng.integers(len(self.slices)))
+        vi, z = self.slices[k]
+        vol = self.volumes[vi]
+        choice = self._choices[k]
+        if self.draw == "uniform":
+            sp_id = int(choice[rng.integers(choice.size)])
+        else:
+            sp_id = int(rng.integers(1, int(choice[0])))
+        image = vol.image[z]
+        mask = (vol.superpix[z] == sp_id).astype(np.int64)
+        pairs = []
+        for _ in range(2):  # draw 0 is the support, draw 1 the query
+            pairs.append(augment_pair(image, mask, rng, self.aug) if self.aug is not None
+                         else (image, mask))
+        (s_img, s_lab), (q_img, q_lab) = pairs
+        return make_episode([s_img], [s_lab], q_img, q_lab, step=step, support_scans=[vol.pid],
+                            support_z=[z], query_scan=vol.pid, query_z=z, superpixel_id=sp_id,
+                            class_id=1)
+
+
+class SupervoxelEpisodes(EpisodeDataset):
+    """3-D supervoxel episodes (SPEC §9.3): support and query are *adjacent* slices of one scan.
+
+    Per item: a training scan uniformly; then (supervoxel v, run of ≥ 2 consecutive non-excluded
+    slices holding v, start s inside the run but not its last slice) as Q-Net proposes them (v
+    uniform over the scan's ids, run uniform, s uniform), conditioned on
+    ``max(|v ∩ slice s|, |v ∩ slice s+1|) ≥ min_size``. Q-Net reaches this distribution by
+    rejection; here it is sampled exactly from precomputed weights (no loop). With probability
+    0.5 the pair is swapped (support = s + 1). The geometric transform (affine + elastic) goes to
+    support or query (50/50), and gamma, independently, to support or query (50/50).
+
+    Exclusion is by OR over ``exclude_labels`` (``exclude_mode='all'`` restores Q-Net's AND bug).
+    ``superpix_scale`` names pseudolabel files holding volume-wide 3-D ids; 2-D superpixel files
+    (per-slice ids, recorded as ``felzenszwalb2d``) are refused.
+    """
+
+    def __init__(self, dataset: Dataset | str | os.PathLike, pids: Sequence[str], *,
+                 superpix_scale: str, exclude_labels: Sequence[int] = (),
+                 exclude_mode: str = "any", length: int = 1000, seed: int = 1234,
+                 aug: str | AugParams | None = "sabs_aug", min_size: int = 200,
+                 stats: NormStats | None = None, crop: int | None = CROP) -> None:
+        super().__init__(length, seed, aug)
+        ds = as_dataset(dataset)
+        record = ds.meta.get("pseudolabels", {}).get(superpix_scale, {})
+        if "2d" in str(record.get("method", "")):
+            raise ValueError(f"{ds.root / 'dataset.json'}: pseudolabels {superpix_scale!r} are "
+                             f"{record['method']} (per-slice ids); supervoxel episodes expect "
+                             f"3-D ids consistent across slices")
+        if min_size < 1:
+            raise ValueError(f"min_size: expected >= 1 px, got {min_size}")
+        if not pids:
+            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
+        self.min_size = int(min_size)
+        self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
+        self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
+        self.volumes = load_volumes(ds, list(pids), stats=self.stats, label=False,
+                                    superpix_scale=superpix_scale, crop=crop)
+        excluded = excluded_slices_from_classmap(ds, pids, self.exclude_labels, exclude_mode)
+        self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # ids, starts, cum p
+        self.volume_index: list[int] = []
+        for vi, vol in enumerate(self.volumes):
+            table = supervoxel_pairs(vol.superpix, excluded[vol.pid], self.min_size)
+            if table is not None:
+                ids, starts, prob = table
+                self._tables.append((ids, starts, np.cumsum(prob)))
+                self.volume_index.append(vi)
+        if not self._tables:
+            raise ValueError(f"{ds.root}: expected a supervoxel on two adjacent slices with >= "
+                             f"{min_size} px on one of them in scans {list(pids)}, found none")
+
+    def episode(self, rng: np.random.Generator, step: int) -> dict:
+        t = int(rng.integers(len(self._tables)))
+        ids, starts, cum = self._tables[t]
+        k = min(int(np.searchsorted(cum, rng.random(), side="right")), ids.size - 1)
+        vol = self.volumes[self.volume_index[t]]
+        v, s = int(ids[k]), int(starts[k])
+        zs, zq = (s + 1, s) if rng.random() < 0.5 else (s, s + 1)
+        s_img, q_img = vol.image[zs], vol.image[zq]
+        s_lab = (vol.superpix[zs] == v).astype(np.int64)
+        q_lab = (vol.superpix[zq] == v).astype(np.int64)
+        if self.aug is not None:
+            geo_on_query, gamma_on_query = rng.random() < 0.5, rng.random() < 0.5
+            if geo_on_query:
+                q_img, q_lab = geometric(q_img, q_lab, rng, self.aug)
+            else:
+                s_img, s_lab = geometric(s_img, s_lab, rng, self.aug)
+            if gamma_on_query:
+                q_img = random_gamma(q_img, rng, self.aug)
+            else:
+                s_img = random_gamma(s_img, rng, self.aug)
+        return make_episode([s_img], [s_lab], q_img, q_lab, step=step, support_scans=[vol.pid],
+                            support_z=[zs], query_scan=vol.pid, query_z=zq, superpixel_id=v,
+                            class_id=1)
+
+
+class ManualLabelEpisodes(EpisodeDataset):
+    """Supervised few-shot episodes from manual labels (the "manual annotation" baseline).
+
+    ``classes`` are the training classes (e.g. :func:`training_classes`); a slice is eligible
+    for class c when it holds ≥ ``min_fg_px`` pixels of c and (Setting 2) no pixel of any class
+    in ``exclude_labels``. Per item: c uniformly, the query slice uniformly among c's eligible
+    slices, then ``n_shots`` distinct support slices among the others, from other scans whenever
+    another scan has an eligible slice (else other slices of the same scan). Foreground is
+    ``label == c``, background everything else (other organs included). Support and query are
+    augmented independently.
+    """
+
+    def __init__(self, dataset: Dataset | str | os.PathLike, pids: Sequence[str],
+                 classes: Sequence[int], *, exclude_labels: Sequence[int] = (),
+                 n_shots: int = 1, min_fg_px: int = 100, length: int = 1000, seed: int = 1234,
+                 aug: str | AugParams | None = "sabs_aug", stats: NormStats | None = None,
+                 crop: int | None = CROP) -> None:
+        super().__init__(length, seed, aug)
+        ds = as_dataset(dataset)
+        self.classes = _check_classes(ds, classes, "classes")
+        self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
+        if not self.classes:
+            raise ValueError("classes: expected at least one training class, got none")
+        clash = sorted(set(self.classes) & set(self.exclude_labels))
+        if clash:
+            raise ValueError(f"classes: expected training classes disjoint from exclude_labels "
+                             f"{self.exclude_labels}, got {clash} in both")
+        if n_shots < 1 or min_fg_px < 1:
+            raise ValueError(f"expected n_shots >= 1 and min_fg_px >= 1, got {n_shots}, "
+                             f"{min_fg_px}")
+        if not pids:
+            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
+        self.n_shots, self.min_fg_px = int(n_shots), int(min_fg_px)
+        self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
+        self.volumes = load_volumes(ds, list(pids), stats=self.stats, label=True, crop=crop)
+        self.eligible: dict[int, np.ndarray] = {}   # class → [n, 2] (volume index, z)
+        for c in self.classes:
+            rows = []
+            for vi, vol in enumerate(self.volumes):
+                flat = vol.label.reshape(vol.n_slices, -1)
+                fg = (flat == c).sum(axis=1)
+                bad = np.isin(flat, self.exclude_labels).any(axis=1) if self.exclude_labels \
+                    else np.zeros(vol.n_slices, bool)
+                rows += [(vi, z) for z in np.flatnonzero((fg >= self.min_fg_px) & ~bad)]
+            if len(rows) < self.n_shots + 1:
+                raise ValueError(f"{ds.root}: class {c} ({ds.labels[c]}) has {len(rows)} "
+                                 f"eligible slices (>= {min_fg_px} px, not excluded) in scans "
+                                 f"{list(pids)}; expected at least {self.n_shots + 1}")
+            self.eligible[c] = np.array(rows, dtype=np.int64)
+
+    def episode(self, rng: np.random.Generator, step: int) -> dict:
+        c = self.classes[int(rng.integers(len(self.classes)))]
+        rows = self.eligible[c]
+        q = int(rng.integers(len(rows)))
+        qv, qz = (int(x) for x in rows[q])
+        others = np.delete(np.arange(len(rows)), q)
+        other_scan = others[rows[others, 0] != qv]
+        pool = other_scan if other_scan.size >= self.n_shots else others
+        picks = rng.choice(pool, size=self.n_shots, replace=False)
+        images, labels, scans, zs = [], [], [], []
+        for p in picks:
+            vi, z = (int(x) for x in rows[p])
+            vol = self.volumes[vi]
+            img, lab = vol.image[z], (vol.label[z] == c).astype(np.int64)
+            if self.aug is not None:
+                img, lab = augment_pair(img, lab, rng, self.aug)
+            images.append(img)
+            labels.append(lab)
+            scans.append(vol.pid)
+            zs.append(z)
+        qvol = self.volumes[qv]
+        q_img, q_lab = qvol.image[qz], (qvol.label[qz] == c).astype(np.int64)
+        if self.aug is not None:
+            q_img, q_lab = augment_pair(q_img, q_lab, rng, self.aug)
+        return make_episode(images, labels, q_img, q_lab, step=step, support_scans=scans,
+                            support_z=zs, query_scan=qvol.pid, query_z=qz, superpixel_id=-1,
+                            class_id=c)

@@ -1,0 +1,194 @@
+"""Scan loading and intensity normalisation for episodes (SPEC §3.2, §6.1).
+
+Volumes are kept in memory as **(Z, H, W)** arrays, axis 0 being the SITK array's slice axis, so
+``volume[z]`` is one contiguous 2-D slice and ``z`` is the index used by ``classmap_<N>.json``.
+(The original transposes to (H, W, Z); the slice index and the in-plane crop are the same.)
+
+Normalisation, by the dataset's ``dataset.json`` rule:
+
+- ``zscore_volume`` (MR): per volume ``(x − mean) / std`` with the population std over every
+  voxel as stored (padding and the trailing zero slice included);
+- ``zscore_train_fold`` (CT): one mean and population std over every voxel of every
+  training-fold image as stored (SABS: 257×257×(Z+1)), from :func:`train_fold_stats` (one
+  streaming pass, float64 accumulators, per-file statistics merged with Chan's formula).
+
+The image is normalised as a whole, then cropped to ``[:, :256, :256]``. Labels are mapped to
+class ids with :func:`data_preprocessing.classmap.map_label_values` (CMR 200/500/600 → 1/2/3).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_preprocessing.classmap import map_label_values
+from data_preprocessing.contract import Dataset, load_dataset
+from util.io import read_array
+
+__all__ = ["NormStats", "Volume", "as_dataset", "train_fold_stats", "normalization_stats",
+           "normalize", "body_extent", "load_volume", "load_volumes", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("zscore_volume", "zscore_train_fold")
+CROP = 256
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Global intensity statistics of a set of scans (CT training-fold normalisation)."""
+
+    mean: float
+    std: float
+    n_voxels: int
+
+
+@dataclass
+class Volume:
+    """One scan in memory; every array is (Z, H, W) and cropped to ``[:, :256, :256]``.
+
+    ``image`` float32, normalised; ``label`` uint8 class ids or None; ``superpix`` int32
+    pseudolabel ids or None; ``body_z`` the first and last slice holding any raw intensity above
+    the dataset's body threshold (None when no slice does), computed from the image alone.
+    """
+
+    pid: str
+    image: np.ndarray
+    label: np.ndarray | None = None
+    superpix: np.ndarray | None = None
+    body_z: tuple[int, int] | None = None
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.image.shape[0])
+
+
+def as_dataset(dataset: Dataset | str | os.PathLike) -> Dataset:
+    """A :class:`Dataset` from itself or from a registered folder's path."""
+    return dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    image = read_array(path).astype(np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D image (Z, H, W), found shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"{path}: expected finite intensities, found NaN or inf")
+    return image
+
+
+def train_fold_stats(dataset: Dataset | str | os.PathLike, pids: list[str]) -> NormStats:
+    """Mean and population std over every voxel of the images ``pids``, read as stored."""
+    ds = as_dataset(dataset)
+    if not pids:
+        raise ValueError(f"{ds.root}: expected at least one training scan for the "
+                         f"normalisation statistics, got none")
+    n, mean, m2 = 0, 0.0, 0.0
+    for pid in pids:
+        x = read_array(ds.path("image", pid)).astype(np.float64).ravel()
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{ds.path('image', pid)}: expected finite intensities, found NaN "
+                             f"or inf")
+        nb, mean_b = x.size, float(x.mean())
+        m2_b = float(np.square(x - mean_b).sum())
+        delta = mean_b - mean
+        total = n + nb
+        mean += delta * nb / total
+        m2 += m2_b + delta * delta * n * nb / total
+        n = total
+    std = float(np.sqrt(m2 / n))
+    if not std > 0:
+        raise ValueError(f"{ds.root}: expected varying intensities over scans {pids}, found a "
+                         f"constant image set (std 0)")
+    return NormStats(mean=float(mean), std=std, n_voxels=int(n))
+
+
+def normalization_stats(dataset: Dataset | str | os.PathLike,
+                        train_pids: list[str]) -> NormStats | None:
+    """Training-fold statistics when the dataset's rule needs them (CT), else None (MR)."""
+    ds = as_dataset(dataset)
+    rule = ds.meta["normalization"]
+    if rule == "zscore_volume":
+        return None
+    if rule == "zscore_train_fold":
+        return train_fold_stats(ds, train_pids)
+    raise ValueError(f"{ds.root / 'dataset.json'}: normalization expected one of "
+                     f"{NORMALIZATIONS}, found {rule!r}")
+
+
+def normalize(image: np.ndarray, rule: str, stats: NormStats | None = None,
+              where: str = "image") -> np.ndarray:
+    """Z-score ``image`` by ``rule``; float32 out."""
+    if rule == "zscore_volume":
+        mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
+        if not std > 0:
+            raise ValueError(f"{where}: expected a non-constant volume to z-score, found std 0")
+    elif rule == "zscore_train_fold":
+        if stats is None:
+            raise ValueError(f"{where}: normalization 'zscore_train_fold' needs the training-fold "
+                             f"statistics; pass stats=train_fold_stats(dataset, train_pids)")
+        mean, std = stats.mean, stats.std
+    else:
+        raise ValueError(f"{where}: normalization expected one of {NORMALIZATIONS}, got {rule!r}")
+    return ((image - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False)
+
+
+def body_extent(raw: np.ndarray, threshold: float) -> tuple[int, int] | None:
+    """First and last slice of a raw (Z, H, W) image with any voxel above ``threshold``."""
+    zs = np.flatnonzero((raw > threshold).reshape(raw.shape[0], -1).any(axis=1))
+    return (int(zs[0]), int(zs[-1])) if zs.size else None
+
+
+
+
+def _crop(arr: np.ndarray, crop: int | None) -> np.ndarray:
+    return arr if crop is None else np.ascontiguousarray(arr[:, :crop, :crop])
+
+
+def load_volume(dataset: Dataset | str | os.PathLike, pid: str, *, stats: NormStats | None = None,
+                label: bool = True, superpix_scale: str | None = None,
+                crop: int | None = CROP) -> Volume:
+    """Read, normalise and crop one scan; optionally its label and pseudolabel."""
+    ds = as_dataset(dataset)
+    image_path = ds.path("image", pid)
+    raw = _read_image(image_path)
+    image = normalize(raw, ds.meta["normalization"], stats, str(image_path))
+    body_z = body_extent(_crop(raw, crop), float(ds.meta.get("body_threshold", 0.0)))
+    vol = Volume(pid=pid, image=_crop(image, crop), body_z=body_z)
+    if label:
+        path = ds.path("label", pid)
+        lab = read_array(path)
+        if lab.shape != raw.shape:
+            raise ValueError(f"{path}: expected the image's shape {raw.shape}, found {lab.shape}")
+        lab = map_label_values(lab, ds.raw_label_values, str(path))
+        if lab.min(initial=0) < 0 or lab.max(initial=0) > 255:
+            raise ValueError(f"{path}: expected class ids in 0..255, found "
+                             f"{lab.min()}..{lab.max()}")
+        vol.label = _crop(lab.astype(np.uint8), crop)
+    if superpix_scale is not None:
+        path = ds.path("pseudolabel", pid, superpix_scale)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: expected pseudolabels of scale {superpix_scale!r} for scan {pid}, found "
+                f"nothing there; generate them with `python -m data_preprocessing.superpixels "
+                f"--dir {ds.root} --scale {superpix_scale}`")
+        sp = read_array(path)
+        if sp.shape != raw.shape:
+            raise ValueError(f"{path}: expected the image's shape {raw.shape}, found {sp.shape}")
+        if not np.array_equal(sp, np.rint(sp)) or sp.min(initial=0) < 0:
+            raise ValueError(f"{path}: expected non-negative integer pseudolabel ids, found "
+                             f"other values")
+        vol.superpix = _crop(sp.astype(np.int32), crop)
+    return vol
+
+
+def load_volumes(dataset: Dataset | str | os.PathLike, pids: list[str], *,
+                 stats: NormStats | None = None, label: bool = True,
+                 superpix_scale: str | None = None, crop: int | None = CROP) -> list[Volume]:
+    """:func:`load_volume` for each of ``pids``, in the given order."""
+    ds = as_dataset(dataset)
+    unknown = [p for p in pids if p not in ds.cases]
+    if unknown:
+        raise ValueError(f"{ds.root}: expected scan ids among {ds.cases}, got unknown {unknown}")
+    return [load_volume(ds, p, stats=stats, label=label, superpix_scale=superpix_scale, crop=crop)
+            for p in pids]

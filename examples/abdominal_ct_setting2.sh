@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Abdominal CT (Synapse/SABS), Setting 2: train and validate, 5 folds, 1-shot, paper protocol.
+#   bash examples/abdominal_ct_setting2.sh                       # everything
+#   FOLDS=0 STAGE=train bash examples/abdominal_ct_setting2.sh   # one fold, training only
+#   VAL_EXTRA=protocol=realistic STAGE=validate bash examples/abdominal_ct_setting2.sh
+source "$(dirname "$0")/lib.sh"
+experiment sabs 2 "0 1"

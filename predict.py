@@ -1,0 +1,124 @@
+"""Segment new scans: one support scan with a mask of one organ, one or more query scans.
+
+    python predict.py --checkpoint exps/<run>/snapshots/latest.pth \\
+        --support sup.nii.gz --support-mask sup_liver.nii.gz --query a.nii.gz b.nii.gz --out preds
+
+Setup → read, check and preprocess every input (nothing is written before all inputs pass) →
+support parts and their prototypes → per query: realistic chunk plan, segment, map back onto the
+query's own grid, write ``<out>/<query name>_pred.nii.gz`` (uint8 0/1, the query's size, spacing,
+origin and direction). Scans are resampled and normalised as the training data were
+(:mod:`util.predict`); query slices take their support part from the body extent
+(SPEC §9.5, no query label is used).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from data_preprocessing.resample import fmt_spacing
+from dataloaders.evaluation import QueryScan, build_support, plan_query
+from models.encoder import ENCODER_NAMES
+from util.device import resolve_device
+from util.inference import encode_parts, segment
+from util.io import write_image
+from util.predict import (MODALITIES, binary_mask, check_same_grid, checkpoint_modality,
+                          dataset_info, load_model, orientation, output_path, prepare_mask,
+                          prepare_scan, read_scan, support_volume, target_spacing, to_original)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="our training checkpoint (snapshots/*.pth) or an original-code snapshot")
+    p.add_argument("--support", required=True, type=Path, help="support image (NIfTI)")
+    p.add_argument("--support-mask", required=True, type=Path,
+                   help="mask of the organ on the support image's grid")
+    p.add_argument("--label", type=float, default=None,
+                   help="mask value of the organ (default: any non-zero voxel)")
+    p.add_argument("--query", required=True, nargs="+", type=Path, help="query image(s)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--modality", choices=MODALITIES, default=None,
+                   help="intensity preprocessing (default: the checkpoint's dataset, else MR)")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
+                   help="target spacing x y [z] in mm (default: the training data's)")
+    p.add_argument("--n-part", type=int, default=3, help="support parts (odd)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
+    p.add_argument("--encoder", choices=ENCODER_NAMES, default="deeplabv3_resnet101",
+                   help="encoder of a bare state-dict checkpoint (ours record their own)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+
+    # setup
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected a positive number, got {args.batch_size}")
+    if args.n_part < 1 or args.n_part % 2 == 0:
+        raise ValueError(f"--n-part: expected a positive odd number, got {args.n_part}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"{args.out}: expected an output folder, found a file")
+    outputs = [output_path(args.out, q) for q in args.query]
+    clashes = sorted({str(o) for o in outputs if outputs.count(o) > 1})
+    if clashes:
+        raise ValueError(f"--query: expected distinct file names, found several queries writing "
+                         f"{clashes}; rename them or predict them in separate runs")
+    device = resolve_device(args.device)
+    model, cfg = load_model(args.checkpoint, args.encoder, device)
+    modality = args.modality or checkpoint_modality(cfg)
+
+    # read, check and preprocess every input before writing anything
+    support = read_scan(args.support, "support image")
+    mask_image = read_scan(args.support_mask, "support mask")
+    check_same_grid(support, mask_image, args.support, args.support_mask)
+    mask = binary_mask(mask_image, args.support_mask, args.label)
+    info = dataset_info(modality, cfg.get("dataset"))
+    spacing = target_spacing(info, support, args.spacing)
+    print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
+          f"256 x 256, per-volume z-score; device {device}")
+    sup = prepare_scan(support, spacing, modality, info.body_threshold, str(args.support))
+    sup_mask = prepare_mask(mask, support, sup, str(args.support_mask))
+    queries = []
+    for path in args.query:
+        image = read_scan(path, "query image")
+        if orientation(image) != orientation(support):
+            print(f"warning: {path} is stored {orientation(image)}, the support "
+                  f"{orientation(support)}; slices are segmented as stored", file=sys.stderr)
+        queries.append(prepare_scan(image, spacing, modality, info.body_threshold, str(path)))
+    del support, mask_image, image  # only the preprocessed scans are kept
+
+    # support parts: one slice per part, prototypes once
+    name = f"label {args.label:g}" if args.label is not None else "mask"
+    support_set = build_support([support_volume(str(args.support), sup, sup_mask)], 1, name,
+                                args.n_part)
+    prototypes = encode_parts(model, support_set, device)
+
+    # per query: segment on the network grid, map back onto the query's grid, write
+    for path, prepared, out in zip(args.query, queries, outputs):
+        start = time.perf_counter()
+        # no query label exists; the realistic plan only records (never uses) the label's extent
+        scan = QueryScan(pid=str(path), grey=torch.from_numpy(prepared.image),
+                         label=torch.zeros(prepared.image.shape, dtype=torch.uint8),
+                         body_z=prepared.body_z)
+        plan = plan_query(scan, 1, support_set, protocol="realistic")
+        pred = segment(model, prototypes, scan, plan, device, args.batch_size)
+        result = to_original(pred, prepared)
+        write_image(result, out)
+        n_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(result)))
+        print(f"{path}: {n_voxels} voxels predicted in {time.perf_counter() - start:.1f} s "
+              f"-> {out}")
+    return outputs
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"predict.py: error: {err}")

@@ -1,0 +1,247 @@
+"""predict.py: geometry of the written masks, the exact way back, input errors, the CLI."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import predict
+from data_preprocessing.resample import crop_or_pad_volume
+from models.alpnet import ALPNet
+from util.checkpoint import save_checkpoint
+from util.predict import prepare_mask, prepare_scan, to_original, uncrop_volume
+from util.seeding import rng_state
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAOS_SPACING = (1.25, 1.25, 7.70)
+MR_BODY = 50.0001
+MODEL_CONFIG = {"encoder": "tiny", "feature_hw": [32, 32], "proto_grid_size": 8, "val_wsize": 2,
+                "fg_thresh": 0.95, "bg_thresh": 0.95, "usealign": True, "bf16": False,
+                "channels_last": False, "pretrained_weights": None, "reload_model_path": None,
+                "dataset": "CHAOST2"}
+
+
+def resample(image, spacing, interpolator):
+    """``image`` on a grid of ``spacing`` covering the same extent (same origin, direction)."""
+    size = [int(n * s / t) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing,
+                         image.GetDirection(), 0, image.GetPixelID())
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Ours (a training checkpoint with its config) and a bare state dict (original style)."""
+    root = tmp_path_factory.mktemp("predict_ckpt")
+    torch.manual_seed(0)
+    weights = ALPNet("tiny").state_dict()
+    ours = save_checkpoint(root / "latest.pth", {"model": weights, "optimizer": {}, "step": 0,
+                                                 "rng": rng_state(), "config": MODEL_CONFIG})
+    bare = root / "bare.pth"
+    torch.save(weights, bare)
+    return {"ours": ours, "bare": bare}
+
+
+@pytest.fixture(scope="module")
+def scans(chaos_dir, tmp_path_factory):
+    """Support: shared image_8 and its liver mask. Query: image_1 at 1.6 x 1.6 x 6.0 mm, cropped
+    to another size (and origin), with its liver mask resampled the same way."""
+    root = tmp_path_factory.mktemp("predict_scans")
+    support = sitk.ReadImage(str(chaos_dir / "image_8.nii.gz"))
+    liver = sitk.Cast(sitk.ReadImage(str(chaos_dir / "label_8.nii.gz")) == 1, sitk.sitkUInt8)
+    sitk.WriteImage(liver, str(root / "support_liver.nii.gz"))
+    image = resample(sitk.ReadImage(str(chaos_dir / "image_1.nii.gz")), (1.6, 1.6, 6.0),
+                     sitk.sitkLinear)[7:-20, 12:-5, 2:-3]
+    label = resample(sitk.ReadImage(str(chaos_dir / "label_1.nii.gz")), (1.6, 1.6, 6.0),
+                     sitk.sitkNearestNeighbor)[7:-20, 12:-5, 2:-3]
+    sitk.WriteImage(image, str(root / "query_a.nii.gz"))
+    sitk.WriteImage(label, str(root / "query_a_label.nii.gz"))
+    return {"support": chaos_dir / "image_8.nii.gz", "mask": root / "support_liver.nii.gz",
+            "query": root / "query_a.nii.gz", "query_label": root / "query_a_label.nii.gz",
+            "query_b": chaos_dir / "image_1.nii.gz", "root": root}
+
+
+def args(checkpoint, support, mask, queries, out, *extra):
+    return ["--checkpoint", str(checkpoint), "--support", str(support), "--support-mask",
+            str(mask), "--query", *map(str, queries), "--out", str(out), "--device", "cpu",
+            *extra]
+
+
+# ---------------------------------------------------------------- (1) output geometry
+
+def test_predict_writes_masks_with_each_querys_geometry(checkpoints, scans, tmp_path, capsys):
+    queries = [scans["query"], scans["query_b"]]
+    outputs = predict.main(args(checkpoints["ours"], scans["support"], scans["mask"], queries,
+                                tmp_path / "out", "--batch-size", "8"))
+    assert [p.name for p in outputs] == ["query_a_pred.nii.gz", "image_1_pred.nii.gz"]
+    for query, out in zip(queries, outputs):
+        ref, pred = sitk.ReadImage(str(query)), sitk.ReadImage(str(out))
+        assert pred.GetSize() == ref.GetSize()
+        assert pred.GetSpacing() == ref.GetSpacing()
+        assert pred.GetOrigin() == ref.GetOrigin()
+        assert pred.GetDirection() == ref.GetDirection()
+        assert pred.GetPixelID() == sitk.sitkUInt8
+        assert set(np.unique(sitk.GetArrayViewFromImage(pred))) <= {0, 1}
+    assert sitk.ReadImage(str(scans["query"])).GetSize() != sitk.ReadImage(
+        str(scans["query_b"])).GetSize()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "voxels predicted" in ln]
+    assert len(lines) == 2 and lines[0].startswith(str(scans["query"]))
+
+
+def test_ct_scan_is_windowed_and_mapped_back(checkpoints, ct_dir, tmp_path):
+    """The CT path (HU window, z-score, field-of-view spacing) on the shared raw CT."""
+    liver = sitk.Cast(sitk.ReadImage(str(ct_dir / "label_0.nii.gz")) == 6, sitk.sitkUInt8)
+    sitk.WriteImage(liver, str(tmp_path / "liver.nii.gz"))
+    query = resample(sitk.ReadImage(str(ct_dir / "image_0.nii.gz")), (2.0, 2.5, 4.0),
+                     sitk.sitkLinear)[3:-4, :-6, 1:]
+    sitk.WriteImage(query, str(tmp_path / "ct_query.nii"))  # uncompressed NIfTI is accepted too
+    out, = predict.main(args(checkpoints["ours"], ct_dir / "image_0.nii.gz",
+                             tmp_path / "liver.nii.gz", [tmp_path / "ct_query.nii"],
+                             tmp_path / "out", "--modality", "CT"))
+    pred = sitk.ReadImage(str(out))
+    assert out.name == "ct_query_pred.nii.gz"
+    assert (pred.GetSize(), pred.GetSpacing(), pred.GetOrigin(), pred.GetDirection()) == (
+        query.GetSize(), query.GetSpacing(), query.GetOrigin(), query.GetDirection())
+    prepared = prepare_scan(query, (1.25, 1.25, 3.0), "CT", 1e-4, "ct")
+    assert abs(float(prepared.image.mean())) < 1e-3 and abs(float(prepared.image.std()) - 1) < 1e-3
+
+
+# ---------------------------------------------------------------- (2) the way back
+
+@pytest.mark.parametrize("shape", [(3, 300, 211), (2, 100, 257), (1, 256, 256), (2, 5, 400)])
+def test_uncrop_inverts_the_centre_crop_or_pad(shape):
+    arr = np.random.default_rng(0).integers(1, 9, shape).astype(np.uint8)
+    back = uncrop_volume(crop_or_pad_volume(arr).astype(np.uint8), shape)
+    kept = [slice(max(n // 2 - 128, 0), min(n // 2 + 128, n)) for n in shape[1:]]
+    np.testing.assert_array_equal(back[:, kept[0], kept[1]], arr[:, kept[0], kept[1]])
+    assert back.sum() == arr[:, kept[0], kept[1]].sum()  # nothing outside the window
+
+
+def _round_trip(image, mask01, spacing):
+    prepared = prepare_scan(image, spacing, "MR", MR_BODY, "scan")
+    on_grid = prepare_mask(mask01, image, prepared, "mask")
+    assert on_grid.shape == prepared.image.shape == (on_grid.shape[0], 256, 256)
+    out = to_original(on_grid, prepared)
+    assert out.GetSize() == image.GetSize() and out.GetOrigin() == image.GetOrigin()
+    return sitk.GetArrayFromImage(out)
+
+
+def test_mask_round_trip_is_exact_on_the_training_grid(chaos_dir):
+    image = sitk.ReadImage(str(chaos_dir / "image_1.nii.gz"))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(chaos_dir / "label_1.nii.gz")))
+    for organ in (1, 2):
+        mask = (labels == organ).astype(np.uint8)
+        np.testing.assert_array_equal(_round_trip(image, mask, CHAOS_SPACING), mask)
+
+
+def test_mask_round_trip_on_another_grid_matches_up_to_the_border(scans):
+    image = sitk.ReadImage(str(scans["query"]))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(scans["query_label"])))
+    for organ in (1, 4):  # liver, spleen
+        mask = labels == organ
+        assert dice(_round_trip(image, mask.astype(np.uint8), CHAOS_SPACING) == 1, mask) > 0.95
+
+
+def test_to_original_handles_an_oblique_direction():
+    rotation = sitk.VersorTransform((0.2, 0.1, 0.3), 0.4).GetMatrix()
+    arr = np.zeros((7, 50, 60), np.float32)
+    arr[2:5, 10:40, 15:45] = 100.0
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.9, 1.1, 5.0))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    image.SetDirection(rotation)
+    mask = (arr > 0).astype(np.uint8)
+    back = _round_trip(image, mask, (0.9, 1.1, 5.0))
+    np.testing.assert_array_equal(back, mask)
+
+
+# ---------------------------------------------------------------- (3) errors
+
+def _write(image, path):
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture
+def bad_inputs(scans, tmp_path):
+    """name -> (support mask, bad query or None, extra args, exception, file named)."""
+    mask = sitk.ReadImage(str(scans["mask"]))
+    empty = _write(mask * 0, tmp_path / "empty_mask.nii.gz")
+    spacing = sitk.Image(mask)
+    spacing.SetSpacing((1.3, 1.25, 7.7))
+    origin = sitk.Image(mask)
+    origin.SetOrigin(tuple(o + 0.01 for o in mask.GetOrigin()))
+    small = mask[:200]
+    truncated = tmp_path / "truncated_query.nii.gz"
+    data = scans["query"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    flat = _write(sitk.Image([64, 64], sitk.sitkFloat32), tmp_path / "flat_query.nii.gz")
+    good = scans["mask"]
+    return {
+        "empty mask": (empty, None, [], ValueError, empty),
+        "label absent": (good, None, ["--label", "3"], ValueError, good),
+        "mask spacing": (_write(spacing, tmp_path / "m_sp.nii.gz"), None, [], ValueError,
+                         tmp_path / "m_sp.nii.gz"),
+        "mask origin": (_write(origin, tmp_path / "m_or.nii.gz"), None, [], ValueError,
+                        tmp_path / "m_or.nii.gz"),
+        "mask size": (_write(small, tmp_path / "m_sz.nii.gz"), None, [], ValueError,
+                      tmp_path / "m_sz.nii.gz"),
+        "truncated query": (good, truncated, [], ValueError, truncated),
+        "missing query": (good, tmp_path / "nope.nii.gz", [], FileNotFoundError,
+                          tmp_path / "nope.nii.gz"),
+        "2-D query": (good, flat, [], ValueError, flat),
+        "missing mask": (tmp_path / "no_mask.nii.gz", None, [], FileNotFoundError,
+                         tmp_path / "no_mask.nii.gz"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty mask", "label absent", "mask spacing", "mask origin",
+                                  "mask size", "truncated query", "missing query", "2-D query",
+                                  "missing mask"])
+def test_bad_inputs_raise_naming_the_file_and_write_nothing(case, bad_inputs, checkpoints, scans,
+                                                           tmp_path):
+    mask, bad_query, extra, error, named = bad_inputs[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = out / "query_a_pred.nii.gz"  # the valid first query's output, from an earlier run
+    existing.write_bytes(b"an earlier prediction")
+    queries = [scans["query"]] + ([bad_query] if bad_query else [])
+    with pytest.raises(error) as info:
+        predict.main(args(checkpoints["ours"], scans["support"], mask, queries, out, *extra))
+    assert str(named) in str(info.value)
+    assert existing.read_bytes() == b"an earlier prediction"
+    assert sorted(p.name for p in out.iterdir()) == ["query_a_pred.nii.gz"]
+
+
+def test_missing_checkpoint_and_wrong_encoder_are_reported(checkpoints, scans, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        predict.main(args(tmp_path / "missing.pth", scans["support"], scans["mask"],
+                          [scans["query"]], tmp_path / "out"))
+    with pytest.raises(ValueError, match="--encoder deeplabv3_resnet50"):
+        predict.main(args(checkpoints["bare"], scans["support"], scans["mask"],
+                          [scans["query"]], tmp_path / "out", "--encoder", "deeplabv3_resnet50"))
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- (4) the CLI
+
+def test_cli_end_to_end_with_a_bare_state_dict(checkpoints, scans, tmp_path):
+    cmd = [sys.executable, "predict.py", *args(checkpoints["bare"], scans["support"],
+                                              scans["mask"], [scans["query"]], tmp_path / "out",
+                                              "--encoder", "tiny", "--label", "1",
+                                              "--spacing", "1.25", "1.25", "7.7")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "voxels predicted" in done.stdout
+    pred = sitk.ReadImage(str(tmp_path / "out" / "query_a_pred.nii.gz"))
+    assert pred.GetSize() == sitk.ReadImage(str(scans["query"])).GetSize()
+    cmd[cmd.index("--support-mask") + 1] = str(tmp_path / "missing_mask.nii.gz")
+    failed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert failed.returncode != 0 and "missing_mask.nii.gz" in failed.stderr
+    assert "Traceback" not in failed.stderr

@@ -1,0 +1,184 @@
+"""training.py end to end on small inputs: logs, checkpoints, determinism, kill and resume, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from config_ssl_upload import ex
+from data_preprocessing import classmap, superpixels
+from data_preprocessing.phantom import write_phantom
+import training  # noqa: F401  (registers the train command)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom(root, seed=0, size=64, n_slices=5)
+    superpixels.generate(root, workers=2)
+    classmap.write_classmap(root, 1)
+    return root
+
+
+def small(data_dir, log_dir, **extra):
+    cfg = {"data_dir": str(data_dir), "log_dir": str(log_dir), "encoder": "tiny",
+           "num_workers": 0, "n_steps": 6, "print_interval": 1, "image_every": 3,
+           "checkpoint_every": 2, "save_snapshot_every": 4, "deterministic": True,
+           "lr": 1e-2, "device": "cpu"}
+    cfg.update(extra)
+    return cfg
+
+
+def run_train(cfg, named=("phantom", "setting1")):
+    return ex.run("train", config_updates=cfg, named_configs=list(named))
+
+
+def losses(run_dir):
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return dict(zip(metrics["train/loss"]["steps"], metrics["train/loss"]["values"]))
+
+
+def test_train_writes_a_complete_run_folder(phantom_dir, tmp_path):
+    run = run_train(small(phantom_dir, tmp_path))
+    run_dir = Path(run.observers[0].dir)
+    assert run.result["step"] == 6
+    for name in ("config.json", "metrics.json", "run.json"):
+        assert (run_dir / name).is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for tag in ("train/loss", "train/align_loss", "train/lr", "train/empty_prototype_sets"):
+        assert metrics[tag]["steps"] == [1, 2, 3, 4, 5, 6]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    state = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=False)
+    assert state["step"] == 6 and state["config"]["encoder"] == "tiny"
+    assert (run_dir / "snapshots" / "4.pth").is_file()
+    # a second run in the same process gets its own folder and observer
+    run2 = run_train(small(phantom_dir, tmp_path, n_steps=2))
+    assert Path(run2.observers[0].dir) != run_dir and len(run2.observers) == 1
+
+
+def test_same_seed_same_losses_on_cpu(phantom_dir, tmp_path):
+    a = losses(run_train(small(phantom_dir, tmp_path / "a")).observers[0].dir)
+    b = losses(run_train(small(phantom_dir, tmp_path / "b")).observers[0].dir)
+    c = losses(run_train(small(phantom_dir, tmp_path / "c", seed=7)).observers[0].dir)
+    assert a == b
+    assert a != c
+
+
+def test_setting2_and_manual_label_training_run(phantom_dir, tmp_path):
+    run = run_train(small(phantom_dir, tmp_path, n_steps=2), named=("phantom", "setting2"))
+    assert run.config["exclude_labels"] == [2, 3]
+    run = run_train(small(phantom_dir, tmp_path, n_steps=2, min_fg_px=10),
+                    named=("phantom", "manual"))
+    assert run.result["step"] == 2
+
+
+def test_resume_continues_at_the_same_step_and_lr(phantom_dir, tmp_path):
+    full = losses(run_train(small(phantom_dir, tmp_path / "full", n_steps=8, lr_step_size=3))
+                  .observers[0].dir)
+    first = run_train(small(phantom_dir, tmp_path / "part", n_steps=4, lr_step_size=3))
+    resumed = run_train(small(phantom_dir, tmp_path / "part", n_steps=8, lr_step_size=3,
+                              resume=first.observers[0].dir))
+    assert resumed.info["resumed_from"].endswith("latest.pth")
+    tail = losses(resumed.observers[0].dir)
+    assert sorted(tail) == [5, 6, 7, 8]
+    assert all(tail[s] == pytest.approx(full[s], rel=1e-5) for s in tail)
+    lr = json.loads((Path(resumed.observers[0].dir) / "metrics.json").read_text())["train/lr"]
+    # the lr logged at step s is the one of update s - 1: 0.01 * 0.95 ** ((s - 1) // 3)
+    assert lr["values"] == pytest.approx([1e-2 * 0.95, 1e-2 * 0.95, 1e-2 * 0.95 ** 2,
+                                          1e-2 * 0.95 ** 2])
+
+
+def test_truncated_latest_falls_back_to_previous_snapshot(phantom_dir, tmp_path):
+    first = run_train(small(phantom_dir, tmp_path, n_steps=6))
+    latest = Path(first.observers[0].dir) / "snapshots" / "latest.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        resumed = run_train(small(phantom_dir, tmp_path, n_steps=6, resume=str(latest.parent.parent)))
+    assert resumed.info["resumed_from"].endswith("4.pth")
+    assert sorted(losses(resumed.observers[0].dir)) == [5, 6]
+
+
+def test_clear_errors(phantom_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth: expected a checkpoint file"):
+        run_train(small(phantom_dir, tmp_path, resume=str(tmp_path / "nope.pth")))
+    with pytest.raises(FileNotFoundError, match="missing_dir: expected a dataset folder"):
+        run_train(small(tmp_path / "missing_dir", tmp_path))
+    with pytest.raises(FileNotFoundError, match="coco.pth"):
+        run_train(small(phantom_dir, tmp_path, encoder="deeplabv3_resnet50",
+                        pretrained_weights=str(tmp_path / "coco.pth")))
+    with pytest.raises(ValueError, match="n_steps expects int, got 2.5"):
+        run_train(small(phantom_dir, tmp_path, n_steps=2.5))
+    with pytest.raises(Exception, match="Added new config entry"):
+        run_train({**small(phantom_dir, tmp_path), "n_step": 3})
+    with pytest.raises(ValueError, match="expected dataset 'CHAOST2'"):
+        run_train(small(phantom_dir, tmp_path), named=("chaost2",))
+
+
+def test_cli_suggests_the_key_meant(tmp_path):
+    out = subprocess.run([sys.executable, "training.py", "with", "quickstart", "n_step=3"],
+                         cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert out.returncode != 0
+    assert "unknown key 'n_step'; did you mean 'n_steps'" in out.stderr
+
+
+def test_nonfinite_loss_stops_and_saves_the_episode(phantom_dir, tmp_path, monkeypatch):
+    real = training.weighted_cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, target, weights):
+        calls["n"] += 1
+        loss = real(logits, target, weights)
+        return loss * float("nan") if calls["n"] == 3 else loss
+    monkeypatch.setattr(training, "weighted_cross_entropy", poisoned)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 2: scan \d+, "
+                                                 r"slice \d+, superpixel \d+"):
+        run_train(small(phantom_dir, tmp_path))
+    saved = list(Path(tmp_path).rglob("nonfinite_episode_step2.pt"))
+    assert len(saved) == 1
+    assert torch.load(saved[0], weights_only=False)["episode"]["support_images"].shape[-1] == 64
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(phantom_dir, tmp_path):
+    args = ["with", "phantom", "setting1", f"data_dir={phantom_dir}", "encoder=tiny",
+            "num_workers=0", "n_steps=40", "print_interval=1", "checkpoint_every=5",
+            "deterministic=True", "device=cpu", "lr=0.01", "image_every=1000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = subprocess.run([sys.executable, "training.py", *args, f"log_dir={tmp_path / 'full'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    full_run = next((tmp_path / "full").rglob("metrics.json")).parent
+
+    proc = subprocess.Popen([sys.executable, "training.py", *args,
+                             f"log_dir={tmp_path / 'killed'}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    latest = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "killed").rglob("snapshots/latest.pth"))
+        if found:
+            latest = found[0]
+            break
+        time.sleep(0.05)
+    assert latest is not None and proc.poll() is None, "training ended before a checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_run = latest.parent.parent
+    step = torch.load(latest, weights_only=False)["step"]
+    assert 5 <= step < 40
+
+    resumed = subprocess.run([sys.executable, "training.py", *args, f"resume={killed_run}",
+                              f"log_dir={tmp_path / 'resumed'}"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed_run = next((tmp_path / "resumed").rglob("metrics.json")).parent
+    tail, reference = losses(resumed_run), losses(full_run)
+    assert min(tail) == step + 1 and max(tail) == 40
+    assert all(tail[s] == pytest.approx(reference[s], rel=1e-5) for s in tail)

@@ -1,0 +1,156 @@
+"""Train ALPNet on self-supervised superpixel episodes (or supervoxel / manual-label episodes).
+
+    python training.py with chaost2 setting2 group0 eval_fold=0 [pretrained_weights=coco.pth]
+    python training.py with quickstart                       # the phantom, minutes on a CPU
+    python training.py with chaost2 resume=exps/train/<exp>/<id>   # continue a killed run
+
+Setup → data → model → optimizer → one step loop (stops at ``n_steps``) → save. Everything of a
+run (config, metrics, tensorboard events, checkpoints) lands in ``<log_dir>/train/<exp_name>/<id>``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from config_ssl_upload import ex, run_cli
+from data_preprocessing.contract import load_dataset
+from dataloaders.episodes import (ManualLabelEpisodes, SupervoxelEpisodes, SuperpixelEpisodes,
+                                  episode_loader, training_classes)
+from models.factory import build_model
+from models.losses import weighted_cross_entropy
+from util.checkpoint import LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
+from util.device import resolve_device
+from util.logger import RunLogger, episode_panel
+from util.schedule import lr_at
+from util.seeding import rng_state, seed_everything, set_rng_state
+
+EPISODE_TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
+RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
+                     "setting", "label_sets")
+
+
+def build_episodes(cfg: dict, ds, train_pids: list[str]):
+    """The training episode dataset chosen by ``pseudolabel``."""
+    common = {"exclude_labels": cfg["exclude_labels"], "length": cfg["episodes_per_epoch"],
+              "seed": cfg["seed"], "aug": cfg["which_aug"]}
+    if cfg["pseudolabel"] == "superpixel":
+        return SuperpixelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"],
+                                  min_superpixel_px=cfg["min_superpixel_px"], **common)
+    if cfg["pseudolabel"] == "supervoxel":
+        return SupervoxelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"], **common)
+    return ManualLabelEpisodes(ds, train_pids, training_classes(ds, cfg["label_sets"]),
+                               min_fg_px=cfg["min_fg_px"], **common)
+
+
+def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key) != cfg[key]:
+            raise ValueError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
+                             f"expected {saved.get(key)!r}, got {cfg[key]!r}")
+
+
+def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float) -> Path:
+    path = run_dir / f"nonfinite_episode_step{step}.pt"
+    torch.save({"step": step, "loss": loss, "episode": episode}, path)
+    return path
+
+
+@ex.command
+def train(_run, _config, _log):
+    cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
+    run_dir = Path(_run.observers[0].dir) if _run.observers else Path(cfg["log_dir"])
+    device = resolve_device(cfg["device"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
+    _log.info("run folder %s, device %s", run_dir, device)
+
+    # data
+    ds = load_dataset(cfg["data_dir"])
+    if ds.name != cfg["dataset"].upper().removesuffix("_SUPERPIX"):
+        raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
+                         f"(config key dataset), found {ds.name!r}")
+    fold = ds.fold(cfg["eval_fold"])
+    episodes = build_episodes(cfg, ds, fold["train"])
+    _log.info("%s fold %d: %d training scans, excluded classes %s", ds.name, cfg["eval_fold"],
+              len(fold["train"]), cfg["exclude_labels"])
+
+    # model and optimizer
+    model = build_model(cfg, device)
+    if cfg["compile"]:
+        model.encoder.compile()  # in place: state-dict keys stay those of the original
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                                weight_decay=cfg["weight_decay"])
+    step = 0
+    if cfg["resume"]:
+        path, state = find_resume_checkpoint(cfg["resume"], map_location=device)
+        check_resume_config(path, state.get("config", {}), cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        _run.info["resumed_from"] = str(path)
+        _log.info("resumed from %s at step %d", path, step)
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "step": step, "rng": rng_state(), "config": cfg,
+                               "dataset": ds.name, "fold": fold})
+
+    # the step loop: the sampler yields the global steps step .. n_steps - 1
+    logger = RunLogger(run_dir, _run, cfg["print_interval"])
+    loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=step,
+                            n_steps=max(cfg["n_steps"] - step, 0),
+                            pin_memory=device.type == "cuda")
+    weights = (0.05, 1.0) if cfg["use_wce"] else (1.0, 1.0)
+    snapshots = run_dir / SNAPSHOT_DIR
+    model.train()
+    loss = None
+    for episode in loader:
+        lr = lr_at(step, cfg["lr"], cfg["lr_step_gamma"], cfg["lr_step_size"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = {k: episode[k][0].to(device, non_blocking=True) for k in EPISODE_TENSORS}
+        out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
+                    batch["query_images"])
+        query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], weights)
+        loss = query_loss + out.align_loss
+        if not torch.isfinite(loss):
+            saved = save_bad_episode(run_dir, step, episode, loss.item())
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at step {step}: scan {episode['scan_id'][0]}, "
+                f"slice {int(episode['z'][0])}, superpixel {int(episode['superpixel_id'][0])}; "
+                f"episode saved to {saved}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+
+        means = logger.scalars(step, {"train/loss": query_loss.item(),
+                                      "train/align_loss": out.align_loss.item(),
+                                      "train/lr": lr,
+                                      "train/empty_prototype_sets": float(out.n_fallback)})
+        if means is not None:
+            _log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f", step,
+                      cfg["n_steps"], means["train/loss"], means["train/align_loss"], lr,
+                      means["train/empty_prototype_sets"])
+        if step % cfg["image_every"] == 0:
+            pred = out.logits[0].argmax(0)
+            logger.image("train/episode", step, episode_panel(
+                batch["support_images"][0], batch["support_fg"][0], batch["query_images"][0],
+                batch["query_labels"][0], pred))
+        if step % cfg["save_snapshot_every"] == 0:
+            checkpoint(snapshots / f"{step}.pth")
+        if step % cfg["checkpoint_every"] == 0:
+            checkpoint(snapshots / LATEST)
+
+    checkpoint(snapshots / LATEST)
+    logger.close()
+    _log.info("finished at step %d; checkpoint %s", step, snapshots / LATEST)
+    return {"step": step, "final_loss": None if loss is None else loss.item(),
+            "checkpoint": str(snapshots / LATEST)}
+
+
+if __name__ == "__main__":
+    run_cli("train", sys.argv)

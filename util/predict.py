@@ -1,0 +1,315 @@
+"""Segmenting new scans: input checks, the training preprocessing, and the way back (predict.py).
+
+A new scan of any size and spacing is brought onto the network grid the way the training data
+were made (SPEC §1.2, §1.3, §3.2), then a prediction on that grid is mapped back onto the scan:
+
+    to the network grid   intensity step → R1 to the target spacing → centre crop / pad to
+                          256 x 256 (R3) → z-score of that [Z, 256, 256] volume
+    back to the scan      un-crop into the resampled grid → nearest-neighbour resampling onto
+                          the original image's grid (its exact size, spacing, origin,
+                          direction)
+
+Intensity step: MR clips at the 99.5th percentile (CHAOS-T2 step 3); CT clips HU to
+[-125, 275] and rescales to [0, 255] (SABS step 1). The z-score is per volume for both: a new
+CT scan has no training fold, and the checkpoint does not record the training-fold mean and std
+that SABS uses (SPEC §3.2), so per-volume statistics stand in for them. The z-score is taken
+over the cropped / padded volume, as the loaders z-score the stored 256 x 256 files.
+
+Target spacing: ``--spacing``, else the training dataset's (CHAOS-T2 1.25 x 1.25 x 7.70 mm);
+for CT, which SABS resamples per scan, see :func:`target_spacing`. Every scan of one run uses the
+same spacing. Axes are not reoriented (the cardiac data are oblique short-axis stacks): slices
+are segmented along the stored z axis, and ``predict.py`` warns when a query's orientation code
+differs from the support's.
+
+Masks are binarised (one label value, or any non-zero) and resampled with R2; the body extent
+used by the realistic chunk assignment (SPEC §9.5) is found on the scan's intensities before
+the z-score, as the loaders do.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from data_preprocessing.registry import CHAOST2, SABS, DatasetInfo, get_dataset_info
+from data_preprocessing.resample import (CROP_SIZE, clip_percentile, crop_or_pad_volume,
+                                         full_spacing, resample_label, resample_to_spacing)
+from data_preprocessing.sabs import BORDER, window_ct
+from dataloaders.volumes import Volume, body_extent, normalize
+from models.alpnet import ALPNet, load_original_checkpoint
+from models.factory import build_model
+from util.checkpoint import checkpoint_config
+from util.io import read_image
+
+MODALITIES = ("MR", "CT")
+GEOMETRY_TOL = 1e-4
+MODEL_KEYS = ("encoder", "feature_hw", "proto_grid_size", "val_wsize", "fg_thresh", "bg_thresh",
+              "usealign", "bf16", "channels_last")
+# SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
+SABS_FOV_FRACTION = 1 - 2 * BORDER / 512
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An image's voxel grid without its voxels: SITK array shape (Z, Y, X) and geometry."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        return cls(shape=tuple(reversed(image.GetSize())), spacing=image.GetSpacing(),
+                   origin=image.GetOrigin(), direction=image.GetDirection())
+
+
+@dataclass
+class PreparedScan:
+    """A scan on the network grid: ``image`` [Z, 256, 256] float32 z-scored, ``body_z`` the
+    first and last slice with intensity above the body threshold (all slices when none),
+    ``grid`` the resampled grid the 256 x 256 crop was taken from, ``source`` the grid of the
+    scan as read (where predictions go back to)."""
+
+    image: np.ndarray
+    body_z: tuple[int, int]
+    grid: Grid
+    source: Grid
+
+
+# ---------------------------------------------------------------- reading and checking inputs
+
+def read_scan(path: str | os.PathLike, what: str = "image") -> sitk.Image:
+    """A scalar 3-D image; missing, unreadable, truncated or other-dimensional files raise."""
+    image = read_image(path)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{path}: expected a scalar 3-D {what}, found a {image.GetDimension()}-D "
+                         f"image with {image.GetNumberOfComponentsPerPixel()} component(s) per "
+                         f"voxel, size {image.GetSize()}")
+    return image
+
+
+def check_same_grid(image: sitk.Image, mask: sitk.Image, image_path: str | os.PathLike,
+                    mask_path: str | os.PathLike, tol: float = GEOMETRY_TOL) -> None:
+    """The mask must share the image's size, and its spacing, origin, direction within ``tol``."""
+    if mask.GetSize() != image.GetSize():
+        raise ValueError(f"{mask_path}: expected the size of the support image {image_path} "
+                         f"{image.GetSize()}, found {mask.GetSize()}")
+    for key in ("Spacing", "Origin", "Direction"):
+        want, got = getattr(image, f"Get{key}")(), getattr(mask, f"Get{key}")()
+        if not np.allclose(want, got, rtol=0.0, atol=tol):
+            raise ValueError(f"{mask_path}: expected the {key.lower()} of the support image "
+                             f"{image_path} {_fmt(want)} (tolerance {tol:g}), found {_fmt(got)}; "
+                             f"the mask must be drawn on the support image's grid")
+
+
+def binary_mask(mask: sitk.Image, path: str | os.PathLike,
+                label: float | None = None) -> np.ndarray:
+    """SITK array (Z, Y, X) uint8: 1 where the mask equals ``label`` (None: is non-zero)."""
+    arr = sitk.GetArrayViewFromImage(mask)
+    if label is None:
+        out = arr != 0
+        if not out.any():
+            raise ValueError(f"{path}: expected a support mask with some non-zero voxels, found "
+                             f"an empty mask (all 0)")
+    else:
+        out = arr == label
+        if not out.any():
+            values = np.unique(arr)
+            shown = ", ".join(f"{v:g}" for v in values[:20]) + (" ..." if values.size > 20 else "")
+            raise ValueError(f"{path}: expected voxels with label value {label:g} (--label), "
+                             f"found only the values {shown}")
+    return out.astype(np.uint8)
+
+
+def output_path(out_dir: str | os.PathLike, query: str | os.PathLike) -> Path:
+    """``<out_dir>/<query name without .nii.gz / .nii / other extension>_pred.nii.gz``."""
+    stem = Path(Path(query).name.removesuffix(".gz")).stem
+    return Path(out_dir) / f"{stem}_pred.nii.gz"
+
+
+def orientation(image: sitk.Image) -> str:
+    """The three-letter orientation code of the image axes (e.g. 'LAS')."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+# ---------------------------------------------------------------- preprocessing settings
+
+def dataset_info(modality: str, dataset: str | None = None) -> DatasetInfo:
+    """The training dataset whose preprocessing a new scan follows.
+
+    The checkpoint's dataset when it has ``modality``; otherwise CHAOS-T2 for MR, SABS for CT.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality: expected one of {MODALITIES}, got {modality!r}")
+    if dataset:
+        try:
+            info = get_dataset_info(dataset)
+        except KeyError:
+            info = None
+        if info is not None and info.modality == modality:
+            return info
+    return CHAOST2 if modality == "MR" else SABS
+
+
+def checkpoint_modality(cfg: dict) -> str:
+    """The modality of the dataset a checkpoint was trained on; MR when it names none."""
+    try:
+        return get_dataset_info(cfg["dataset"]).modality
+    except KeyError:
+        return "MR"
+
+
+def target_spacing(info: DatasetInfo, support: sitk.Image,
+                   spacing: list[float] | None = None) -> tuple[float, float, float]:
+    """The spacing every scan is resampled to: ``spacing`` if given (2 values keep the support's
+    z spacing), else the dataset's (CHAOS-T2 1.25 x 1.25 x 7.70 mm). SABS has none (each scan
+    keeps its own, ``s * 1.75`` in-plane); here one square in-plane spacing maps the central 7/8
+    of the support's larger field-of-view axis onto 256 pixels (for a 512 x 512 scan exactly
+    ``s * 1.75``) and z is the support's, so support and queries share one scale."""
+    if spacing is not None:
+        out = full_spacing(support, spacing)
+    elif info.target_spacing is not None:
+        out = tuple(float(s) for s in info.target_spacing)
+    else:
+        (sx, sy, sz), (nx, ny, _) = support.GetSpacing(), support.GetSize()
+        s = max(sx * nx, sy * ny) * SABS_FOV_FRACTION / CROP_SIZE
+        out = (s, s, sz)
+    if len(out) != 3 or not all(np.isfinite(s) and s > 0 for s in out):
+        raise ValueError(f"spacing: expected three positive values (x, y, z) in mm, got {out}")
+    return out
+
+
+# ---------------------------------------------------------------- to the network grid and back
+
+def intensity_step(image: sitk.Image, modality: str, name: str) -> sitk.Image:
+    """MR: clip at the 99.5th percentile (dtype kept). CT: HU window [-125, 275] → [0, 255]."""
+    arr = sitk.GetArrayFromImage(image)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: expected finite intensities, found NaN or inf")
+    if modality == "MR":
+        out, _ = clip_percentile(arr)
+    elif modality == "CT":
+        out = window_ct(arr, name=name)
+    else:
+        raise ValueError(f"modality: expected one of {MODALITIES}, got {modality!r}")
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(image)
+    return result
+
+
+def prepare_scan(image: sitk.Image, spacing: tuple[float, float, float], modality: str,
+                 body_threshold: float, name: str = "scan") -> PreparedScan:
+    """Intensity step, R1 to ``spacing``, centre crop / pad to 256 x 256, per-volume z-score."""
+    resampled = resample_to_spacing(intensity_step(image, modality, name), spacing)
+    arr = sitk.GetArrayFromImage(resampled)
+    cropped = crop_or_pad_volume(arr, CROP_SIZE, float(arr.min())).astype(np.float32)
+    body_z = body_extent(cropped, body_threshold) or (0, cropped.shape[0] - 1)
+    return PreparedScan(image=normalize(cropped, "zscore_volume", where=name), body_z=body_z,
+                        grid=Grid.of(resampled), source=Grid.of(image))
+
+
+def prepare_mask(mask01: np.ndarray, image: sitk.Image, prepared: PreparedScan,
+                 name: str = "mask") -> np.ndarray:
+    """A binary SITK-array mask on ``image``'s grid → [Z, 256, 256] uint8 on the network grid."""
+    mask = sitk.GetImageFromArray(mask01.astype(np.uint8))
+    mask.CopyInformation(image)
+    resampled = sitk.GetArrayFromImage(resample_label(mask, prepared.grid.spacing))
+    assert resampled.shape == prepared.grid.shape, (resampled.shape, prepared.grid.shape)
+    if not resampled.any():
+        raise ValueError(f"{name}: expected the support mask to survive resampling to "
+                         f"{_fmt(prepared.grid.spacing)} mm, found it empty afterwards (the "
+                         f"structure is smaller than half a voxel); choose a finer --spacing")
+    out = crop_or_pad_volume(resampled, CROP_SIZE, 0.0).astype(np.uint8)
+    if not out.any():
+        raise ValueError(f"{name}: expected the support mask inside the central "
+                         f"{CROP_SIZE} x {CROP_SIZE} field of view at {_fmt(prepared.grid.spacing)}"
+                         f" mm, found it entirely outside; use a larger --spacing")
+    return out
+
+
+def support_volume(pid: str, prepared: PreparedScan, mask: np.ndarray) -> Volume:
+    """The support scan as a :class:`Volume` with class 1 = the mask (for ``build_support``)."""
+    return Volume(pid=pid, image=prepared.image, label=mask, body_z=prepared.body_z)
+
+
+def uncrop_volume(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Inverse of R3: put a (Z, 256, 256) array back into a zero (Z, Y, X) array of ``shape``.
+
+    Source pixel ``(n // 2 - 128 + r)`` became output pixel ``r`` (per in-plane axis), so the
+    part of ``arr`` that came from inside the grid goes back there; padding is dropped and pixels
+    cropped away stay 0.
+    """
+    if arr.ndim != 3 or arr.shape[0] != shape[0]:
+        raise ValueError(f"uncrop_volume: expected (Z={shape[0]}, H, W), got {arr.shape}")
+    size = arr.shape[1]
+    out = np.zeros(shape, arr.dtype)
+    src, dst = [], []
+    for n in shape[1:]:
+        start = n // 2 - size // 2
+        lo, hi = max(start, 0), min(start + size, n)
+        dst.append(slice(lo, max(hi, lo)))
+        src.append(slice(lo - start, max(hi, lo) - start))
+    out[:, dst[0], dst[1]] = arr[:, src[0], src[1]]
+    return out
+
+
+def to_original(pred: np.ndarray, prepared: PreparedScan) -> sitk.Image:
+    """A [Z, 256, 256] label map on the network grid → uint8 image on the scan's own grid.
+
+    Un-crop into the resampled grid (same origin and direction as the scan), then resample with
+    nearest neighbour onto the scan's size, spacing, origin and direction (the scan's geometry
+    is the reference; its voxels are not needed).
+    """
+    grid, ref = prepared.grid, prepared.source
+    full = sitk.GetImageFromArray(uncrop_volume(pred.astype(np.uint8), grid.shape))
+    full.SetSpacing(grid.spacing)
+    full.SetOrigin(grid.origin)
+    full.SetDirection(grid.direction)
+    return sitk.Resample(full, tuple(reversed(ref.shape)), sitk.Transform(),
+                         sitk.sitkNearestNeighbor, ref.origin, ref.spacing, ref.direction, 0,
+                         sitk.sitkUInt8)
+
+
+# ---------------------------------------------------------------- the model
+
+def load_model(path: str | os.PathLike, encoder: str,
+               device: torch.device) -> tuple[ALPNet, dict]:
+    """The model of a checkpoint in eval mode, and the training config it holds ({} if none).
+
+    Our checkpoints rebuild the trained architecture from their config; a bare state dict (the
+    original code's snapshots) gets ``encoder`` and the original's defaults.
+    """
+    cfg = checkpoint_config(path)  # raises FileNotFoundError; {} for a bare state dict
+    missing = [k for k in MODEL_KEYS if k not in cfg]
+    if cfg and missing:
+        raise ValueError(f"{path}: expected the model keys {missing} in the checkpoint's "
+                         f"config, found them missing")
+    # the encoder's "no pretrained weights, randomly initialised" warning does not apply here
+    encoder_log = logging.getLogger("models.encoder")
+    level = encoder_log.level
+    encoder_log.setLevel(logging.ERROR)
+    try:
+        if cfg:
+            model = build_model({**cfg, "pretrained_weights": None, "reload_model_path": None},
+                                device)
+        else:
+            model = ALPNet(encoder).to(device)
+    finally:
+        encoder_log.setLevel(level)
+    try:
+        load_original_checkpoint(model, path)
+    except ValueError as err:
+        hint = (f" (the model was built with --encoder {encoder}; pass the encoder it was "
+                f"trained with)" if not cfg and "do not match" in str(err) else "")
+        raise ValueError(f"{err}{hint}") from err
+    return model.eval(), cfg
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
