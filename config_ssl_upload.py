@@ -21,6 +21,7 @@ from sacred import Experiment, SETTINGS  # noqa: E402  (sacred 0.8.7 imports pkg
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
+from util.distributed import env_info  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "no"
 SETTINGS.DISCOVER_SOURCES = "none"
@@ -235,6 +236,9 @@ def attach_observer(config, command_name, logger):
     if command_name in ("print_config", "print_named_configs", "print_dependencies"):
         return {}
     check_config(config)
+    if env_info().rank > 0:  # under torchrun only rank 0 writes the run folder
+        ex.observers[:] = []
+        return {}
     base = Path(config["log_dir"]) / command_name / config["exp_name"]
     ex.observers[:] = [FileStorageObserver(str(base))]
     return {}

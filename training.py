@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from config_ssl_upload import ex, run_cli
 from data_preprocessing.contract import load_dataset
@@ -21,6 +22,7 @@ from dataloaders.episodes import (ManualLabelEpisodes, SupervoxelEpisodes, Super
                                   episode_loader, training_classes)
 from models.factory import build_model
 from models.losses import weighted_cross_entropy
+from util import distributed
 from util.checkpoint import LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
 from util.device import resolve_device
 from util.logger import RunLogger, episode_panel
@@ -62,9 +64,10 @@ def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float) -> Pa
 def train(_run, _config, _log):
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
     run_dir = Path(_run.observers[0].dir) if _run.observers else Path(cfg["log_dir"])
-    device = resolve_device(cfg["device"])
+    rank, device = distributed.init(resolve_device(cfg["device"]))
     seed_everything(cfg["seed"], cfg["deterministic"])
-    _log.info("run folder %s, device %s", run_dir, device)
+    _log.info("run folder %s, device %s, rank %d of %d (one episode per rank and step)",
+              run_dir, device, rank.rank, rank.world_size)
 
     # data
     ds = load_dataset(cfg["data_dir"])
@@ -80,6 +83,9 @@ def train(_run, _config, _log):
     model = build_model(cfg, device)
     if cfg["compile"]:
         model.encoder.compile()  # in place: state-dict keys stay those of the original
+    # DDP averages the gradients of the ranks' episodes (effective batch: world_size episodes)
+    forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None) if rank.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
     step = 0
@@ -94,15 +100,18 @@ def train(_run, _config, _log):
         _log.info("resumed from %s at step %d", path, step)
 
     def checkpoint(path: Path) -> None:
+        if not rank.is_main:
+            return
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "step": step, "rng": rng_state(), "config": cfg,
                                "dataset": ds.name, "fold": fold})
 
     # the step loop: the sampler yields the global steps step .. n_steps - 1
-    logger = RunLogger(run_dir, _run, cfg["print_interval"])
+    logger = RunLogger(run_dir, _run, cfg["print_interval"]) if rank.is_main else None
     loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=step,
                             n_steps=max(cfg["n_steps"] - step, 0),
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", rank=rank.rank,
+                            world_size=rank.world_size)
     weights = (0.05, 1.0) if cfg["use_wce"] else (1.0, 1.0)
     snapshots = run_dir / SNAPSHOT_DIR
     model.train()
@@ -112,11 +121,11 @@ def train(_run, _config, _log):
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: episode[k][0].to(device, non_blocking=True) for k in EPISODE_TENSORS}
-        out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
-                    batch["query_images"])
+        out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
+                      batch["query_images"])
         query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], weights)
         loss = query_loss + out.align_loss
-        if not torch.isfinite(loss):
+        if not distributed.all_finite(loss, rank):
             saved = save_bad_episode(run_dir, step, episode, loss.item())
             raise FloatingPointError(
                 f"non-finite loss {loss.item()} at step {step}: scan {episode['scan_id'][0]}, "
@@ -126,6 +135,8 @@ def train(_run, _config, _log):
         loss.backward()
         optimizer.step()
         step += 1
+        if logger is None:
+            continue
 
         means = logger.scalars(step, {"train/loss": query_loss.item(),
                                       "train/align_loss": out.align_loss.item(),
@@ -146,6 +157,10 @@ def train(_run, _config, _log):
             checkpoint(snapshots / LATEST)
 
     checkpoint(snapshots / LATEST)
+    distributed.barrier(rank)
+    distributed.shutdown(rank)
+    if logger is None:
+        return {"step": step, "rank": rank.rank}
     logger.close()
     _log.info("finished at step %d; checkpoint %s", step, snapshots / LATEST)
     return {"step": step, "final_loss": None if loss is None else loss.item(),

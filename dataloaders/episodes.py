@@ -67,16 +67,21 @@ def episode_rng(seed: int, step: int) -> np.random.Generator:
 
 
 class StepSampler(Sampler[int]):
-    """Yields the global steps ``start, start + 1, ..., start + n_steps − 1``."""
+    """Yields the episode index of steps ``start .. start + n_steps − 1``: ``step · stride +
+    offset``. With one process (stride 1, offset 0) the index is the step; a distributed rank r
+    of W uses stride W and offset r, so ranks draw distinct episodes and a resumed run the same
+    ones."""
 
-    def __init__(self, start: int, n_steps: int) -> None:
-        if start < 0 or n_steps < 0:
-            raise ValueError(f"StepSampler: expected start >= 0 and n_steps >= 0, got "
-                             f"{start}, {n_steps}")
+    def __init__(self, start: int, n_steps: int, stride: int = 1, offset: int = 0) -> None:
+        if start < 0 or n_steps < 0 or stride < 1 or not 0 <= offset < stride:
+            raise ValueError(f"StepSampler: expected start >= 0, n_steps >= 0, stride >= 1 and "
+                             f"0 <= offset < stride, got {start}, {n_steps}, {stride}, {offset}")
         self.start, self.n_steps = int(start), int(n_steps)
+        self.stride, self.offset = int(stride), int(offset)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.start + self.n_steps))
+        return iter(s * self.stride + self.offset
+                    for s in range(self.start, self.start + self.n_steps))
 
     def __len__(self) -> int:
         return self.n_steps
@@ -84,15 +89,18 @@ class StepSampler(Sampler[int]):
 
 def episode_loader(dataset: EpisodeDataset, *, num_workers: int = 4, start_step: int = 0,
                    n_steps: int | None = None, pin_memory: bool = False,
-                   prefetch_factor: int | None = None) -> DataLoader:
-    """Batch-1 loader over the global steps ``start_step .. start_step + n_steps − 1``.
+                   prefetch_factor: int | None = None, rank: int = 0,
+                   world_size: int = 1) -> DataLoader:
+    """Batch-1 loader over the steps ``start_step .. start_step + n_steps − 1``.
 
-    ``n_steps`` defaults to ``len(dataset)``; the sampler's indices are global steps, so leave
-    the dataset's epoch at 0. Resuming at step k is ``start_step=k``.
+    ``n_steps`` defaults to ``len(dataset)``; the sampler's indices are global episode indices,
+    so leave the dataset's epoch at 0. Resuming at step k is ``start_step=k``. Under distributed
+    training pass the process's ``rank`` and the ``world_size``.
     """
     n = len(dataset) if n_steps is None else n_steps
     kwargs = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
-    return DataLoader(dataset, batch_size=1, sampler=StepSampler(start_step, n),
+    return DataLoader(dataset, batch_size=1,
+                      sampler=StepSampler(start_step, n, stride=world_size, offset=rank),
                       num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
 

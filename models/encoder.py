@@ -63,6 +63,8 @@ class Encoder(nn.Module):
         if aspp_out is not None:  # unused; kept so state-dict keys match the original
             self.asppconv = nn.Conv2d(FEATURE_CHANNELS, FEATURE_CHANNELS, 1, bias=False)
             self.aspp_out = aspp_out
+            for module in (self.asppconv, self.aspp_out):  # never in the forward pass
+                module.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.localconv(self.backbone(x)["out"])

@@ -1,0 +1,69 @@
+"""Multi-process (torchrun) training: process group, ranks, and the reductions the loop needs.
+
+Launched by ``torchrun --nproc_per_node N training.py with ...`` the environment carries RANK,
+WORLD_SIZE and LOCAL_RANK; otherwise this is a single process and every helper is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    """Ranks from the torchrun environment (a single process when absent)."""
+    try:
+        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                        int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError as err:
+        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK: expected integers from torchrun, got "
+                         f"{os.environ.get('RANK')!r}/{os.environ.get('WORLD_SIZE')!r}/"
+                         f"{os.environ.get('LOCAL_RANK')!r}") from err
+
+
+def init(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group (NCCL on CUDA, gloo otherwise); one GPU per local rank."""
+    info = env_info()
+    if not info.enabled:
+        return info, device
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
+    """True when ``value`` is finite on every rank (so all ranks stop together)."""
+    ok = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if info.enabled:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
