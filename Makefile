@@ -25,6 +25,8 @@ bench: venv
 	$(PY) benchmarks/bench_superpixels.py
 	$(PY) -m benchmarks.bench_model
 	$(PY) benchmarks/bench_episodes.py
+	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_validation.py
 
 clean-data:
 	rm -rf data/PHANTOM

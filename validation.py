@@ -145,7 +145,7 @@ def validate(_run, _config, _log):
                     "support": split["support"], "queries": split["query"], "absent": absent,
                     "checkpoint": cfg["reload_model_path"]})
     write_json(run_dir / "summary.json", summary)
-    with atomic_path(run_dir / "scores.csv") as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(run_dir / "scores.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(scores[0].as_dict()) if scores else ["scan"])
         writer.writeheader()
         for s in scores:

@@ -23,6 +23,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import locale
 import os
 import re
 from dataclasses import dataclass
@@ -43,6 +45,17 @@ GREY_TO_CLASS = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
 SEQUENCE = "T2SPIR"
 _PNG_INDEX = re.compile(r"-(\d+)$")
 
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """GDCM resets the process locale to "C" (Python's default text encoding becomes ASCII);
+    restore it afterwards."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 @dataclass(frozen=True)
 class RawScan:
@@ -73,11 +86,13 @@ def dicom_series_files(dicom_dir: str | os.PathLike) -> tuple[str, ...]:
     present = sorted(p.name for p in dicom_dir.glob("*.dcm"))
     if not present:
         raise FileNotFoundError(f"{dicom_dir}: expected *.dcm files, found none")
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(dicom_dir))
+    with keep_locale():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(dicom_dir))
     if len(series) != 1:
         raise ValueError(f"{dicom_dir}: expected one DICOM series, found {len(series)}"
                          f"{': ' + ', '.join(series) if series else ''}")
-    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_dir), series[0]))
+    with keep_locale():
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_dir), series[0]))
     in_series = {Path(f).name for f in files}
     left_out = [name for name in present if name not in in_series]
     if left_out:
@@ -133,7 +148,8 @@ def read_dicom_series(scan: RawScan) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(scan.dicom_files))
     try:
-        image = reader.Execute()
+        with keep_locale():
+            image = reader.Execute()
     except RuntimeError as err:
         last = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
         raise ValueError(f"{scan.dicom_dir}: expected a readable DICOM series, reading failed: "

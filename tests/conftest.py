@@ -53,3 +53,13 @@ def chaos_prepared(chaos_dir, tmp_path_factory) -> Path:
     classmap.write_classmap(root, 1)
     superpixels.generate(root, "MIDDLE")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """Writing DICOM with SimpleITK (GDCM) resets the process locale to "C"; undo it per test."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)

@@ -12,7 +12,7 @@ def _summary(tmp_path, run, fold, dice, setting=2, protocol="paper"):
     per_organ = {o: {"dice": {"mean": d, "std": 0.0, "n": 4}} for o, d in dice.items()}
     (folder / "summary.json").write_text(json.dumps({
         "dataset": "CHAOST2", "setting": setting, "protocol": protocol, "n_shots": 1,
-        "pseudolabel": "superpixel", "fold": fold, "per_organ": per_organ}))
+        "pseudolabel": "superpixel", "fold": fold, "per_organ": per_organ}), encoding="utf-8")
 
 
 def test_mean_over_folds_and_published_rows(tmp_path):
@@ -26,16 +26,16 @@ def test_mean_over_folds_and_published_rows(tmp_path):
     assert paper["mean"] == pytest.approx(75.0)
     assert paper["published"]["LK"] == 73.63
     main([str(tmp_path), "--out", str(tmp_path / "out")])
-    md = (tmp_path / "out" / "results.md").read_text()
+    md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert "80.00 ± 10.00 (2)" in md and "SSL-ALPNet (published)" in md
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
-    assert "LK" in (tmp_path / "out" / "results.csv").read_text()
+    assert "LK" in (tmp_path / "out" / "results.csv").read_text(encoding="utf-8")
 
 
 def test_missing_folder_and_bad_summary(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         collect([tmp_path / "nope"])
     (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "summary.json").write_text("{}")
+    (tmp_path / "x" / "summary.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ValueError, match="expected a validation summary"):
         collect([tmp_path])

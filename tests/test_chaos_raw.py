@@ -112,9 +112,9 @@ def test_normalized_output(source, converted):
     assert np.all(arr[z] == 0) and np.all(lab[z] == 0)
     np.testing.assert_array_equal(lab[:z], label)
     assert set(np.unique(lab)) == {0, 1, 2, 3, 4}
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["preprocessing"]  # parameters recorded
-    assert json.loads((out / "splits.json").read_text())["folds"] == []  # too few scans
+    assert json.loads((out / "splits.json").read_text(encoding="utf-8"))["folds"] == []  # too few scans
 
 
 def test_png_order_is_numeric():
@@ -220,3 +220,25 @@ def test_from_niis_reruns_stage_3(rerun, converted, capsys):
         got = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "normalized" / name)))
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(converted[1] / "normalized" / name)))
         np.testing.assert_array_equal(got, ref)
+
+
+def test_reading_dicom_keeps_the_process_locale(tmp_path):
+    import locale
+
+    import SimpleITK as sitk
+
+    from data_preprocessing.chaos import keep_locale
+
+    before = locale.getpreferredencoding(False)
+    img = sitk.GetImageFromArray(np.zeros((2, 8, 8), np.int16))
+    with keep_locale():  # GDCM's writer resets the locale too
+        for z in range(2):
+            sl = img[:, :, z]
+            sl.SetMetaData("0020|0032", f"0\\0\\{z}")
+            sitk.WriteImage(sl, str(tmp_path / f"{z}.dcm"))
+    assert locale.getpreferredencoding(False) == before
+    with keep_locale():
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path)))
+        reader.Execute()
+    assert locale.getpreferredencoding(False) == before

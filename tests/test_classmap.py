@@ -13,10 +13,10 @@ def test_chaos_classmap_equals_reference(chaos_dir, tmp_path):
     link_scans(chaos_dir, tmp_path)
     register(tmp_path, "CHAOST2")
     path = write_classmap(tmp_path, 1)
-    ours = json.loads(path.read_text())
-    reference = json.loads((chaos_dir / "classmap_1.reference.json").read_text())
+    ours = json.loads(path.read_text(encoding="utf-8"))
+    reference = json.loads((chaos_dir / "classmap_1.reference.json").read_text(encoding="utf-8"))
     assert ours == reference
-    assert json.loads((tmp_path / "dataset.json").read_text())["classmaps"] == [1]
+    assert json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))["classmaps"] == [1]
 
 
 def test_min_tp_counts_pixels_of_the_class():
@@ -49,7 +49,7 @@ def test_cmr_classmap_from_shared_scans(cmr_dir, tmp_path):
     link_scans(cmr_dir, tmp_path)
     with pytest.warns(UserWarning, match="scaled"):
         register(tmp_path, "CMR")
-    cm = json.loads(write_classmap(tmp_path, 1).read_text())
+    cm = json.loads(write_classmap(tmp_path, 1).read_text(encoding="utf-8"))
     assert set(cm) == {"BG", "LV-MYO", "LV-BP", "RV"}
     assert sorted(cm["RV"], key=int) == [str(i) for i in range(1, 8)]
     assert all(len(cm[name][pid]) > 0 for name in ("LV-MYO", "LV-BP", "RV") for pid in cm["RV"])

@@ -59,9 +59,9 @@ def test_cmr_output(src, tmp_path, capsys):
         np.testing.assert_array_equal(lab[:z], label)
         assert np.all(arr[z] == 0) and np.all(lab[z] == 0)
         assert set(np.unique(lab)) == {0, 200, 500, 600}
-    meta = json.loads((dst / "dataset.json").read_text())
+    meta = json.loads((dst / "dataset.json").read_text(encoding="utf-8"))
     assert meta["preprocessing"]  # parameters recorded
-    assert json.loads((dst / "splits.json").read_text())["folds"] == []  # too few scans
+    assert json.loads((dst / "splits.json").read_text(encoding="utf-8"))["folds"] == []  # too few scans
 
 
 def test_two_value_spacing_keeps_input_z(src, tmp_path):

@@ -39,7 +39,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     runs = sorted((tmp_path / "exps" / "train").glob("*/[0-9]*"))
     assert len(runs) == 1, runs                      # only rank 0 writes a run folder
-    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    metrics = json.loads((runs[0] / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["train/loss"]["steps"] == [1, 2, 3, 4, 5, 6]
     state = torch.load(runs[0] / "snapshots" / "latest.pth", weights_only=False)
     assert state["step"] == 6
@@ -49,4 +49,4 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = sorted((tmp_path / "exps" / "train").glob("*/[0-9]*"))
     assert len(runs) == 2
-    assert json.loads((runs[1] / "metrics.json").read_text())["train/loss"]["steps"] == [7, 8]
+    assert json.loads((runs[1] / "metrics.json").read_text(encoding="utf-8"))["train/loss"]["steps"] == [7, 8]

@@ -25,15 +25,15 @@ def test_abdominal_mri_setting2_script_trains_and_validates_each_group(chaos_pre
         "CHAOST2_setting2_group1_superpixel_MIDDLE_fold1"]
     for group, organs in ((0, {"RK", "LK"}), (1, {"LIVER", "SPLEEN"})):
         summary = json.loads(next((tmp_path / "exps" / "validate").glob(
-            f"CHAOST2_setting2_group{group}_*/1/summary.json")).read_text())
+            f"CHAOST2_setting2_group{group}_*/1/summary.json")).read_text(encoding="utf-8"))
         assert set(summary["per_organ"]) == organs
         assert summary["queries"] == ["8", "10", "13", "15"] and summary["support"] == ["19"]
         assert summary["checkpoint"].endswith("latest.pth") and summary["setting"] == 2
     metrics = json.loads(next((tmp_path / "exps" / "train").glob("*group0*/1/metrics.json"))
-                         .read_text())
+                         .read_text(encoding="utf-8"))
     assert metrics["train/loss"]["steps"] == [1, 2, 3]
     results = subprocess.run(["bash", "examples/results.sh"], cwd=ROOT,
                              env={**env, "OUT": str(tmp_path / "results")},
                              capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert results.returncode == 0, results.stderr[-2000:]
-    assert "CHAOST2, Setting 2, paper protocol" in (tmp_path / "results" / "results.md").read_text()
+    assert "CHAOST2, Setting 2, paper protocol" in (tmp_path / "results" / "results.md").read_text(encoding="utf-8")

@@ -68,7 +68,7 @@ def test_register_and_load_roundtrip(chaos_dir, tmp_path):
     ds = register(tmp_path, "CHAOST2")
     assert ds.cases == CHAOS_PIDS
     loaded = load_dataset(tmp_path)
-    assert loaded.meta == json.loads((tmp_path / "dataset.json").read_text())
+    assert loaded.meta == json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     assert loaded.fold(4)["support"] == ["1"]
     assert loaded.test_labels(1) == [1, 4]
     assert loaded.labels[3] == "LK"
@@ -77,11 +77,11 @@ def test_register_and_load_roundtrip(chaos_dir, tmp_path):
 def test_load_dataset_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.json"):
         load_dataset(tmp_path)
-    (tmp_path / "dataset.json").write_text("{not json")
-    (tmp_path / "splits.json").write_text("{}")
+    (tmp_path / "dataset.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "splits.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ValueError, match="dataset.json.*valid JSON"):
         load_dataset(tmp_path)
-    (tmp_path / "dataset.json").write_text('{"name": "CHAOST2"}')
+    (tmp_path / "dataset.json").write_text('{"name": "CHAOST2"}', encoding="utf-8")
     with pytest.raises(ValueError, match="missing"):
         load_dataset(tmp_path)
 

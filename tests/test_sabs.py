@@ -83,9 +83,9 @@ def test_ct_example(ct_dir, tmp_path, capsys):
     assert out.max() > 200
     out_img = sitk.ReadImage(str(dst / "image_0.nii.gz"))
     assert out_img.GetOrigin() == raw.GetOrigin()  # the border crop keeps the origin
-    meta = json.loads((dst / "dataset.json").read_text())
+    meta = json.loads((dst / "dataset.json").read_text(encoding="utf-8"))
     assert meta["preprocessing"]  # parameters recorded
-    assert json.loads((dst / "splits.json").read_text())["folds"] == []  # too few scans
+    assert json.loads((dst / "splits.json").read_text(encoding="utf-8"))["folds"] == []  # too few scans
 
 
 def test_synthetic_512(tmp_path):

@@ -41,7 +41,7 @@ def run_train(cfg, named=("phantom", "setting1")):
 
 
 def losses(run_dir):
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
     return dict(zip(metrics["train/loss"]["steps"], metrics["train/loss"]["values"]))
 
 
@@ -51,7 +51,7 @@ def test_train_writes_a_complete_run_folder(phantom_dir, tmp_path):
     assert run.result["step"] == 6
     for name in ("config.json", "metrics.json", "run.json"):
         assert (run_dir / name).is_file()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     for tag in ("train/loss", "train/align_loss", "train/lr", "train/empty_prototype_sets"):
         assert metrics[tag]["steps"] == [1, 2, 3, 4, 5, 6]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -89,7 +89,7 @@ def test_resume_continues_at_the_same_step_and_lr(phantom_dir, tmp_path):
     tail = losses(resumed.observers[0].dir)
     assert sorted(tail) == [5, 6, 7, 8]
     assert all(tail[s] == pytest.approx(full[s], rel=1e-5) for s in tail)
-    lr = json.loads((Path(resumed.observers[0].dir) / "metrics.json").read_text())["train/lr"]
+    lr = json.loads((Path(resumed.observers[0].dir) / "metrics.json").read_text(encoding="utf-8"))["train/lr"]
     # the lr logged at step s is the one of update s - 1: 0.01 * 0.95 ** ((s - 1) // 3)
     assert lr["values"] == pytest.approx([1e-2 * 0.95, 1e-2 * 0.95, 1e-2 * 0.95 ** 2,
                                           1e-2 * 0.95 ** 2])

@@ -74,9 +74,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     write_json(target, {"v": 1})
     with pytest.raises(RuntimeError):
         with atomic_path(target) as tmp:
-            tmp.write_text("partial")
+            tmp.write_text("partial", encoding="utf-8")
             raise RuntimeError("killed")
-    assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
+    assert target.read_text(encoding="utf-8").strip().startswith("{") and '"v": 1' in target.read_text(encoding="utf-8")
     assert os.listdir(tmp_path) == ["x.json"]
 
 

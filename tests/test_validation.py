@@ -45,12 +45,12 @@ def validate(data_dir, log_dir, checkpoint, named=("phantom",), **extra):
 def test_paper_protocol_outputs_and_geometry(phantom_dir, checkpoint, tmp_path):
     run = validate(phantom_dir, tmp_path, checkpoint)
     run_dir = Path(run.result["run_dir"])
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert set(summary["per_organ"]) == {"RK", "LK"} and summary["queries"] == ["1", "2"]
     for organ in ("RK", "LK"):
         assert summary["per_organ"][organ]["dice"]["n"] == 2
         assert 0.0 <= summary["per_organ"][organ]["dice"]["mean"] <= 1.0
-    rows = (run_dir / "scores.csv").read_text().splitlines()
+    rows = (run_dir / "scores.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("scan,organ,dice,precision,recall,hd95_mm,assd_mm") and len(rows) == 5
     pred = sitk.ReadImage(str(run_dir / "predictions" / "pred_1_RK.nii.gz"))
     image = sitk.ReadImage(str(phantom_dir / "image_1.nii.gz"))
@@ -58,7 +58,7 @@ def test_paper_protocol_outputs_and_geometry(phantom_dir, checkpoint, tmp_path):
     assert pred.GetOrigin() == image.GetOrigin() and pred.GetDirection() == image.GetDirection()
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 2}
     assert len(list((run_dir / "overlays").glob("*.png"))) >= 4
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     assert "val/dice/RK" in metrics
 
 
@@ -67,16 +67,16 @@ def test_realistic_protocol_scores_every_slice(phantom_dir, checkpoint, tmp_path
     real = validate(phantom_dir, tmp_path, checkpoint, protocol="realistic",
                     save_predictions=False)
     rows = {r.split(",")[0] + r.split(",")[1]: r for r in
-            (Path(real.result["run_dir"]) / "scores.csv").read_text().splitlines()[1:]}
+            (Path(real.result["run_dir"]) / "scores.csv").read_text(encoding="utf-8").splitlines()[1:]}
     n_slices = [int(r.split(",")[-1]) for r in rows.values()]
     assert all(n == 8 for n in n_slices)          # every slice of the 8-slice scans scored
-    paper_rows = (Path(paper.result["run_dir"]) / "scores.csv").read_text().splitlines()[1:]
+    paper_rows = (Path(paper.result["run_dir"]) / "scores.csv").read_text(encoding="utf-8").splitlines()[1:]
     assert any(int(r.split(",")[-1]) < 8 for r in paper_rows)
 
 
 def test_k_shot_uses_several_support_scans(phantom_dir, checkpoint, tmp_path):
     run = validate(phantom_dir, tmp_path, checkpoint, n_shots=2, save_predictions=False)
-    summary = json.loads((Path(run.result["run_dir"]) / "summary.json").read_text())
+    summary = json.loads((Path(run.result["run_dir"]) / "summary.json").read_text(encoding="utf-8"))
     assert summary["support"] == ["3", "4"] and summary["queries"] == ["1", "2"]
 
 
@@ -92,11 +92,11 @@ def test_absent_organ_is_reported_not_a_crash(phantom_dir, checkpoint, tmp_path)
     sitk.WriteImage(out, str(path), useCompression=True)
     classmap.write_classmap(data, 1)
     run = validate(data, tmp_path, checkpoint, save_predictions=False)
-    summary = json.loads((Path(run.result["run_dir"]) / "summary.json").read_text())
+    summary = json.loads((Path(run.result["run_dir"]) / "summary.json").read_text(encoding="utf-8"))
     assert summary["absent"] == [{"scan": "2", "organ": "LK", "protocol": "paper"}]
     assert summary["per_organ"]["LK"]["dice"]["n"] == 1
     real = validate(data, tmp_path, checkpoint, save_predictions=False, protocol="realistic")
-    real_summary = json.loads((Path(real.result["run_dir"]) / "summary.json").read_text())
+    real_summary = json.loads((Path(real.result["run_dir"]) / "summary.json").read_text(encoding="utf-8"))
     assert real_summary["per_organ"]["LK"]["dice"]["n"] == 2   # scored: false positives count
 
 
@@ -112,7 +112,7 @@ def test_validation_on_shared_real_scans(name, group, checkpoint, tmp_path, requ
     for protocol in ("paper", "realistic"):
         run = validate(tmp_path / "data", tmp_path, checkpoint, named=(name.lower(),),
                        protocol=protocol, label_sets=group, save_predictions=protocol == "paper")
-        summary = json.loads((Path(run.result["run_dir"]) / "summary.json").read_text())
+        summary = json.loads((Path(run.result["run_dir"]) / "summary.json").read_text(encoding="utf-8"))
         assert summary["per_organ"] and all(s["dice"]["n"] >= 1
                                             for s in summary["per_organ"].values())
     pred = next((Path(run.result["run_dir"]).parent / "1" / "predictions").glob("*.nii.gz"))

@@ -80,9 +80,9 @@ def test_every_problem_is_listed_once(clean_folder, tmp_path):
     data = (root / "image_7.nii.gz").read_bytes()                        # truncated file
     (root / "image_7.nii.gz").write_bytes(data[: len(data) // 2])
 
-    cm = json.loads((root / "classmap_1.json").read_text())              # classmap disagrees
+    cm = json.loads((root / "classmap_1.json").read_text(encoding="utf-8"))              # classmap disagrees
     cm["LIVER"]["8"] = [0]
-    (root / "classmap_1.json").write_text(json.dumps(cm))
+    (root / "classmap_1.json").write_text(json.dumps(cm), encoding="utf-8")
 
     with pytest.raises(DatasetVerificationError) as info:
         verify_dataset(root)
@@ -104,9 +104,9 @@ def test_every_problem_is_listed_once(clean_folder, tmp_path):
 def test_missing_pseudolabel_file_and_unknown_fold_case(clean_folder, tmp_path):
     root = _copy(clean_folder, tmp_path / "broken2")
     (root / "superpix-MIDDLE_9.nii.gz").unlink()
-    splits = json.loads((root / "splits.json").read_text())
+    splits = json.loads((root / "splits.json").read_text(encoding="utf-8"))
     splits["folds"][0]["query"].append("99")
-    (root / "splits.json").write_text(json.dumps(splits))
+    (root / "splits.json").write_text(json.dumps(splits), encoding="utf-8")
     with pytest.raises(DatasetVerificationError) as info:
         verify_dataset(root)
     text = "\n".join(info.value.problems)

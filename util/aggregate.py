@@ -107,8 +107,9 @@ def write_outputs(rows: list[dict], out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text("# Mean Dice (%), mean over query scans, then mean ± std over folds\n\n"
-                       + to_markdown(rows))
-    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
+                       + to_markdown(rows), encoding="utf-8")
+    with atomic_path(out / "results.csv") as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["dataset", "setting", "protocol", "shots", "pseudolabel", "encoder",
                          "steps", "organ", "dice_mean", "dice_std_over_folds", "n_folds",

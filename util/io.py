@@ -53,7 +53,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -61,7 +61,7 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: expected a JSON file, found nothing there")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: expected valid JSON, found a parse error: {err}") from err
 
