@@ -156,7 +156,8 @@ def train(_run, _config, _log):
         if step % cfg["checkpoint_every"] == 0:
             checkpoint(snapshots / LATEST)
 
-    checkpoint(snapshots / LATEST)
+    if step % cfg["checkpoint_every"] or not (snapshots / LATEST).is_file():
+        checkpoint(snapshots / LATEST)
     distributed.barrier(rank)
     distributed.shutdown(rank)
     if logger is None:

@@ -36,9 +36,9 @@ import SimpleITK as sitk
 
 from data_preprocessing.contract import register
 from data_preprocessing.registry import CHAOST2
-from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, fmt_spacing,
+from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, convert_pair,
                                          normalize_resample_crop)
-from util.io import pid_from_path, read_image, sort_pids, write_image
+from util.io import pid_from_path, sort_pids, write_image
 
 # Grey value of each class in the CHAOS ground-truth PNGs (SPEC §1.2 step 2).
 GREY_TO_CLASS = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
@@ -224,18 +224,8 @@ def normalize_scan(niis: str | os.PathLike, dst: str | os.PathLike, pid: str,
                    spacing=CHAOST2.target_spacing, size: int = CROP_SIZE,
                    percentile: float = CLIP_PERCENTILE) -> str:
     """Stage 3 for one scan, ``niis`` -> ``dst``; returns a one-line summary."""
-    niis, dst = Path(niis), Path(dst)
-    img_path, lbl_path = niis / f"image_{pid}.nii.gz", niis / f"label_{pid}.nii.gz"
-    image, label = read_image(img_path), read_image(lbl_path)
-    img_out, lbl_out, info = normalize_resample_crop(image, label, spacing, size, percentile,
-                                                     name=str(img_path))
-    out_img, out_lbl = dst / f"image_{pid}.nii.gz", dst / f"label_{pid}.nii.gz"
-    write_image(img_out, out_img)
-    write_image(lbl_out, out_lbl)
-    classes = np.unique(sitk.GetArrayViewFromImage(lbl_out)).astype(int).tolist()
-    return (f"CHAOST2 {pid}: {image.GetSize()} @ {fmt_spacing(image.GetSpacing())} mm -> "
-            f"{img_out.GetSize()} @ {fmt_spacing(img_out.GetSpacing())} mm, clip "
-            f"{info['clip_value']:g}, classes {classes} -> {out_img}")
+    return convert_pair(niis, dst, pid, CHAOST2.name, lambda image, label, name:
+                        normalize_resample_crop(image, label, spacing, size, percentile, name))
 
 
 def main(argv: list[str] | None = None) -> None:

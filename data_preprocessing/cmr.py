@@ -22,9 +22,9 @@ import SimpleITK as sitk
 
 from data_preprocessing.contract import register
 from data_preprocessing.registry import CMR
-from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, fmt_spacing,
+from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, convert_pair,
                                          normalize_resample_crop)
-from util.io import pid_from_path, read_image, sort_pids, write_image
+from util.io import pid_from_path, sort_pids
 
 RAW_LABEL_VALUES = (0, *sorted(CMR.raw_label_values))  # 0, 200, 500, 600
 
@@ -62,19 +62,9 @@ def normalize_scan(src: str | os.PathLike, dst: str | os.PathLike, pid: str,
                    spacing=CMR.target_spacing, size: int = CROP_SIZE,
                    percentile: float = CLIP_PERCENTILE) -> str:
     """One scan ``src`` -> ``dst``; returns a one-line summary."""
-    src, dst = Path(src), Path(dst)
-    img_path, lbl_path = src / f"image_{pid}.nii.gz", src / f"label_{pid}.nii.gz"
-    image, label = read_image(img_path), read_image(lbl_path)
-    check_label_values(label, lbl_path)
-    img_out, lbl_out, info = normalize_resample_crop(image, label, spacing, size, percentile,
-                                                     name=str(img_path))
-    out_img, out_lbl = dst / f"image_{pid}.nii.gz", dst / f"label_{pid}.nii.gz"
-    write_image(img_out, out_img)
-    write_image(lbl_out, out_lbl)
-    values = np.unique(sitk.GetArrayViewFromImage(lbl_out)).astype(int).tolist()
-    return (f"CMR {pid}: {image.GetSize()} @ {fmt_spacing(image.GetSpacing())} mm -> "
-            f"{img_out.GetSize()} @ {fmt_spacing(img_out.GetSpacing())} mm, clip "
-            f"{info['clip_value']:g}, label values {values} -> {out_img}")
+    return convert_pair(src, dst, pid, CMR.name, lambda image, label, name:
+                        normalize_resample_crop(image, label, spacing, size, percentile, name),
+                        check_label_values)
 
 
 def main(argv: list[str] | None = None) -> None:

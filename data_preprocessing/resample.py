@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from util.io import read_image, write_image
+
 
 # Added to ``n * sp_in / sp_out + 1`` before truncation. An exact ratio computed in floating point
 # can land a hair below the integer (255.99999999999997 + 1 for a 448 px axis resampled by 1.75);
@@ -198,3 +200,24 @@ def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Seque
 
 def fmt_spacing(spacing: Sequence[float]) -> str:
     return "x".join(f"{s:.3g}" for s in spacing)
+
+
+def convert_pair(src: str | os.PathLike, dst: str | os.PathLike, pid: str, dataset: str,
+                 transform, check_label=None) -> str:
+    """Read ``image_<pid>``/``label_<pid>`` from ``src``, ``transform(image, label, name)`` →
+    (image, label, info), write both to ``dst`` (atomically, after both are computed); returns a
+    one-line summary. ``check_label(label, path)`` validates the input label first."""
+    src, dst = Path(src), Path(dst)
+    img_path, lbl_path = src / f"image_{pid}.nii.gz", src / f"label_{pid}.nii.gz"
+    image, label = read_image(img_path), read_image(lbl_path)
+    if check_label is not None:
+        check_label(label, lbl_path)
+    img_out, lbl_out, info = transform(image, label, str(img_path))
+    out_img, out_lbl = dst / f"image_{pid}.nii.gz", dst / f"label_{pid}.nii.gz"
+    write_image(img_out, out_img)
+    write_image(lbl_out, out_lbl)
+    values = np.unique(sitk.GetArrayViewFromImage(lbl_out)).astype(int).tolist()
+    clip = f", clip {info['clip_value']:g}" if "clip_value" in info else ""
+    return (f"{dataset} {pid}: {image.GetSize()} @ {fmt_spacing(image.GetSpacing())} mm -> "
+            f"{img_out.GetSize()} @ {fmt_spacing(img_out.GetSpacing())} mm{clip}, label values "
+            f"{values} -> {out_img}")

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from data_preprocessing.contract import register
 from data_preprocessing.registry import SABS
-from data_preprocessing.resample import (CROP_SIZE, SIZE_EPS, fmt_spacing, resample_label,
+from data_preprocessing.resample import (CROP_SIZE, SIZE_EPS, convert_pair, resample_label,
                                          resample_to_spacing)
 from util.io import pid_from_path, read_image, sort_pids, write_image
 
@@ -120,17 +120,8 @@ def crop_and_resample(image: sitk.Image, label: sitk.Image, border: int = BORDER
 def resample_scan(tmp: str | os.PathLike, dst: str | os.PathLike, pid: str,
                   border: int = BORDER, size: int = CROP_SIZE) -> str:
     """Step 2 for one scan, ``tmp`` -> ``dst``; returns a one-line summary."""
-    tmp, dst = Path(tmp), Path(dst)
-    img_path = tmp / f"image_{pid}.nii.gz"
-    image, label = read_image(img_path), read_image(tmp / f"label_{pid}.nii.gz")
-    res_img, res_lbl = crop_and_resample(image, label, border, size, name=str(img_path))
-    out_img, out_lbl = dst / f"image_{pid}.nii.gz", dst / f"label_{pid}.nii.gz"
-    write_image(res_img, out_img)
-    write_image(res_lbl, out_lbl)
-    classes = np.unique(sitk.GetArrayViewFromImage(res_lbl)).astype(int).tolist()
-    return (f"SABS {pid}: {image.GetSize()} @ {fmt_spacing(image.GetSpacing())} mm -> "
-            f"{res_img.GetSize()} @ {fmt_spacing(res_img.GetSpacing())} mm, classes {classes} "
-            f"-> {out_img}")
+    return convert_pair(tmp, dst, pid, SABS.name, lambda image, label, name:
+                        (*crop_and_resample(image, label, border, size, name=name), {}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,3 +63,14 @@ def _restore_locale():
     saved = locale.setlocale(locale.LC_ALL)
     yield
     locale.setlocale(locale.LC_ALL, saved)
+
+
+def make_phantom_dataset(root: Path, seed: int = 0, size: int = 64, n_slices: int = 5) -> Path:
+    """A small registered phantom folder with MIDDLE superpixels and classmap_1.json."""
+    from data_preprocessing import classmap, superpixels
+    from data_preprocessing.phantom import write_phantom
+
+    write_phantom(root, seed=seed, size=size, n_slices=n_slices)
+    superpixels.generate(root, workers=2)
+    classmap.write_classmap(root, 1)
+    return root

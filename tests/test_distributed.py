@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_preprocessing import classmap, superpixels
-from data_preprocessing.phantom import write_phantom
+from conftest import make_phantom_dataset
 from dataloaders.episodes import StepSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,10 +24,7 @@ def test_ranks_draw_distinct_episode_indices():
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
-    data = tmp_path / "data"
-    write_phantom(data, seed=3, size=64, n_slices=5)
-    superpixels.generate(data, workers=2)
-    classmap.write_classmap(data, 1)
+    data = make_phantom_dataset(tmp_path / "data", seed=3, n_slices=5)
     common = ["with", "phantom", "setting1", f"data_dir={data}", "encoder=tiny", "num_workers=0",
               "device=cpu", "print_interval=1", "checkpoint_every=2", f"log_dir={tmp_path / 'exps'}"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

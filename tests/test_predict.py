@@ -53,7 +53,6 @@ def scans(chaos_dir, tmp_path_factory):
     """Support: shared image_8 and its liver mask. Query: image_1 at 1.6 x 1.6 x 6.0 mm, cropped
     to another size (and origin), with its liver mask resampled the same way."""
     root = tmp_path_factory.mktemp("predict_scans")
-    support = sitk.ReadImage(str(chaos_dir / "image_8.nii.gz"))
     liver = sitk.Cast(sitk.ReadImage(str(chaos_dir / "label_8.nii.gz")) == 1, sitk.sitkUInt8)
     sitk.WriteImage(liver, str(root / "support_liver.nii.gz"))
     image = resample(sitk.ReadImage(str(chaos_dir / "image_1.nii.gz")), (1.6, 1.6, 6.0),

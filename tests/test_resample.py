@@ -1,7 +1,6 @@
 """R1 / R2 / R3 and the MRI step 3 on hand-checkable inputs (SPEC §1.1)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from config_ssl_upload import ex
-from data_preprocessing import classmap, superpixels
-from data_preprocessing.phantom import write_phantom
+from conftest import make_phantom_dataset
 import training  # noqa: F401  (registers the train command)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    write_phantom(root, seed=0, size=64, n_slices=5)
-    superpixels.generate(root, workers=2)
-    classmap.write_classmap(root, 1)
-    return root
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), seed=0, n_slices=5)
 
 
 def small(data_dir, log_dir, **extra):

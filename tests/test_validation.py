@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from config_ssl_upload import ex
-from data_preprocessing import classmap, superpixels
+from conftest import make_phantom_dataset
+from data_preprocessing import classmap
 from data_preprocessing.contract import register
-from data_preprocessing.phantom import write_phantom
 from data_preprocessing.prepare import link_scans
 import training  # noqa: F401  (registers the train command)
 import validation  # noqa: F401  (registers the validate command)
@@ -19,11 +19,7 @@ import validation  # noqa: F401  (registers the validate command)
 
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom_val")
-    write_phantom(root, seed=1, size=64, n_slices=8)
-    superpixels.generate(root, workers=2)
-    classmap.write_classmap(root, 1)
-    return root
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom_val"), seed=1, n_slices=8)
 
 
 @pytest.fixture(scope="module")

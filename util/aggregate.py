@@ -91,13 +91,13 @@ def to_markdown(rows: list[dict]) -> str:
         out.write("|---" * (len(organs) + 2) + "|\n")
         cells = [f"{m:.2f} ± {s:.2f} ({n})" if n else "n/a"
                  for m, s, n in row["per_organ"].values()]
-        out.write(f"| ours (measured) | " + " | ".join(cells) + f" | {row['mean']:.2f} |\n")
+        out.write("| ours (measured) | " + " | ".join(cells) + f" | {row['mean']:.2f} |\n")
         pub = row["published"]
         if pub and row["protocol"] == "paper" and row["shots"] == 1:
             vals = [pub.get(o) for o in organs]
             shown = [f"{v:.2f}" if v is not None else "–" for v in vals]
             known = [v for v in vals if v is not None]
-            out.write(f"| SSL-ALPNet (published) | " + " | ".join(shown)
+            out.write("| SSL-ALPNet (published) | " + " | ".join(shown)
                       + f" | {np.mean(known):.2f} |\n")
         out.write("\n")
     return out.getvalue()

@@ -22,6 +22,6 @@ def resolve_device(name: str = "auto") -> torch.device:
                          f"device=auto or device=cpu")
     if base == "mps" and not (getattr(torch.backends, "mps", None) is not None
                               and torch.backends.mps.is_available()):
-        raise ValueError(f"device: 'mps' requested but MPS is not available here; use "
-                         f"device=auto or device=cpu")
+        raise ValueError("device: 'mps' requested but MPS is not available here; use "
+                         "device=auto or device=cpu")
     return torch.device(name)
