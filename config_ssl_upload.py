@@ -100,8 +100,8 @@ def config():
     save_snapshot_every = 25000
     checkpoint_every = 500
     resume = None              # run folder or checkpoint file to continue from
-    bf16 = False               # bf16 autocast on CUDA
-    channels_last = False
+    bf16 = False               # bfloat16 autocast of the encoder (CUDA; CPUs with bf16 support)
+    channels_last = True       # memory layout only: same numbers, faster convolutions
     compile = False
     log_dir = "./exps"
     exp_prefix = ""

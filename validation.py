@@ -28,7 +28,7 @@ from dataloaders.evaluation import build_evaluation
 from models.factory import build_model
 from util.checkpoint import SNAPSHOT_DIR, checkpoint_config, find_resume_checkpoint
 from util.device import resolve_device
-from util.inference import encode_parts, segment
+from util.inference import encode_parts, encode_scan, segment_features
 from util.io import array_to_image, atomic_path, read_image, write_image, write_json
 from util.logger import RunLogger, overlay
 from util.metrics import METRICS, format_table, score_organ, summarize
@@ -109,26 +109,30 @@ def validate(_run, _config, _log):
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
     model = build_model(cfg, device).eval()
 
-    # predict and score
+    # predict and score: prototypes once per class and part, each query volume encoded once
     scores, absent = [], []
-    references = {s.pid: read_image(ds.path("image", s.pid)) for s in evalset.queries}
-    for c in evalset.classes:
-        organ = ds.labels[c]
-        prototypes = encode_parts(model, evalset.support[c], device)
-        for scan, plan in evalset.iter_class(c):
+    prototypes = {c: encode_parts(model, evalset.support[c], device) for c in evalset.classes}
+    for i, scan in enumerate(evalset.queries):
+        reference = read_image(ds.path("image", scan.pid))
+        sx, sy, sz = reference.GetSpacing()
+        plans = {c: evalset.plans[c][i] for c in evalset.classes}
+        needed = sorted({z for plan in plans.values() for z in plan.predict_z})
+        feats = encode_scan(model, scan, needed, device, cfg["eval_batch_size"])
+        for c, plan in plans.items():
+            organ = ds.labels[c]
             if plan.absent:
                 absent.append({"scan": scan.pid, "organ": organ, "protocol": plan.protocol})
                 _log.warning("scan %s: %s is absent from the ground truth%s", scan.pid, organ,
                              "" if plan.score_z else "; nothing to score")
                 if not plan.score_z:
                     continue
-            pred = segment(model, prototypes, scan, plan, device, cfg["eval_batch_size"])
+            pred = segment_features(model, prototypes[c], feats, plan, tuple(scan.grey.shape),
+                                    cfg["eval_batch_size"])
             gt = scan.binary_label(c).numpy().astype(np.uint8)
-            sx, sy, sz = references[scan.pid].GetSpacing()
             zs = plan.score_z
             scores.append(score_organ(pred[zs], gt[zs], (sz, sy, sx), scan.pid, organ))
             if cfg["save_predictions"]:
-                write_prediction(pred, c, references[scan.pid],
+                write_prediction(pred, c, reference,
                                  run_dir / "predictions" / f"pred_{scan.pid}_{organ}.nii.gz")
                 shown = list(range(plan.gt_z[0], plan.gt_z[1] + 1)) if plan.gt_z else zs
                 write_overlays(run_dir / "overlays", scan.pid, organ, scan.grey, gt, pred,
@@ -145,7 +149,8 @@ def validate(_run, _config, _log):
                     "support": split["support"], "queries": split["query"], "absent": absent,
                     "checkpoint": cfg["reload_model_path"]})
     write_json(run_dir / "summary.json", summary)
-    with atomic_path(run_dir / "scores.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(run_dir / "scores.csv") as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(scores[0].as_dict()) if scores else ["scan"])
         writer.writeheader()
         for s in scores:

@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the encoder")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,7 +73,8 @@ def main() -> None:
         train = ds.fold(0)["train"][: args.scans]
         superpixels.generate(tmp, cases=train)
         episodes = SuperpixelEpisodes(ds, train, seed=1234, aug="sabs_aug")
-        model = ALPNet(args.encoder, channels_last=args.channels_last).train()
+        model = ALPNet(args.encoder, channels_last=args.channels_last,
+                       autocast_bf16=args.bf16).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=5e-4)
         rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -94,7 +96,7 @@ def main() -> None:
             optimizer.step()
             t4 = time.perf_counter()
             if first_loss is None:
-                first_loss = float(loss)
+                first_loss = loss.item()
             images = torch.cat([batch["support_images"], batch["query_images"]])
             t5 = time.perf_counter()
             model.encode(images).sum().backward()
@@ -108,6 +110,7 @@ def main() -> None:
     result = {"benchmark": "train_step", "encoder": args.encoder, "input": "1-shot 256x256",
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "channels_last": args.channels_last,
+              "bf16": args.bf16,
               "steps": args.steps, **{k: stats(v) for k, v in parts.items()},
               "step_over_encoder_floor": round(float(np.median(parts["step"])
                                                      / np.median(parts["encoder_floor"])), 3),

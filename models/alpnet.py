@@ -124,8 +124,13 @@ class ALPNet(nn.Module):
         if query_images.dim() != 4:
             raise ValueError(f"ALPNet.score_queries: expected query_images [Q, 3, H, W], "
                              f"got {list(query_images.shape)}")
-        low = self.lowres_logits(l2_normalize(self.encode(query_images)), support)
-        return _upsample(low, query_images.shape[-2:])
+        return self.score_features(support, self.encode(query_images), query_images.shape[-2:])
+
+    def score_features(self, support: SupportPrototypes, query_feats: Tensor,
+                       size: tuple[int, int]) -> Tensor:
+        """Logits [Q, 2, *size] of already encoded queries [Q, C, h, w] (encode a volume once,
+        score it against several classes)."""
+        return _upsample(self.lowres_logits(l2_normalize(query_feats), support), size)
 
     def support_prototypes(self, support_feats: Tensor, support_fg: Tensor,
                            support_bg: Tensor) -> SupportPrototypes:

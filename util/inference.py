@@ -1,4 +1,5 @@
-"""Batched few-shot inference: support prototypes once per (class, part), query slices in batches."""
+"""Batched few-shot inference: support prototypes once per (class, part), each query volume
+encoded once and scored against every class."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,16 +17,38 @@ def encode_parts(model: ALPNet, support: SupportSet, device: torch.device) -> li
 
 
 @torch.no_grad()
-def segment(model: ALPNet, prototypes: list[SupportPrototypes], scan: QueryScan, plan: QueryPlan,
-            device: torch.device, batch_size: int = 16) -> np.ndarray:
-    """Binary prediction [Z, H, W] uint8 of one query scan (0 on slices the plan skips)."""
-    pred = np.zeros(tuple(scan.grey.shape), np.uint8)
+def encode_scan(model: ALPNet, scan: QueryScan, zs: list[int], device: torch.device,
+                batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """Features [C, h, w] of the slices ``zs`` of a query scan, encoded in batches."""
+    feats: dict[int, torch.Tensor] = {}
+    for i in range(0, len(zs), batch_size):
+        chunk = zs[i:i + batch_size]
+        for z, f in zip(chunk, model.encode(scan.tiled(chunk).to(device))):
+            feats[z] = f
+    return feats
+
+
+@torch.no_grad()
+def segment_features(model: ALPNet, prototypes: list[SupportPrototypes],
+                     feats: dict[int, torch.Tensor], plan: QueryPlan,
+                     shape: tuple[int, int, int], batch_size: int = 16) -> np.ndarray:
+    """Binary prediction [Z, H, W] uint8 of one query scan from its encoded slices (0 on slices
+    the plan skips)."""
+    pred = np.zeros(shape, np.uint8)
     by_part: dict[int, list[int]] = {}
     for z, part in zip(plan.predict_z, plan.parts):
         by_part.setdefault(part, []).append(z)
     for part, zs in by_part.items():
         for i in range(0, len(zs), batch_size):
             chunk = zs[i:i + batch_size]
-            logits = model.score_queries(prototypes[part], scan.tiled(chunk).to(device))
+            logits = model.score_features(prototypes[part], torch.stack([feats[z] for z in chunk]),
+                                          shape[1:])
             pred[chunk] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
     return pred
+
+
+def segment(model: ALPNet, prototypes: list[SupportPrototypes], scan: QueryScan, plan: QueryPlan,
+            device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """Binary prediction [Z, H, W] uint8 of one query scan for one class."""
+    feats = encode_scan(model, scan, plan.predict_z, device, batch_size)
+    return segment_features(model, prototypes, feats, plan, tuple(scan.grey.shape), batch_size)
