@@ -86,7 +86,7 @@ def to_markdown(rows: list[dict]) -> str:
         organs = list(row["per_organ"])
         out.write(f"### {row['dataset']}, Setting {row['setting']}, {row['protocol']} protocol, "
                   f"{row['shots']}-shot, {row['pseudolabel']}, {row['encoder']}, "
-                  f"{row['steps']} steps ({len(row['folds'])} fold(s): {row['folds']})\n\n")
+                  f"{_steps(row['steps'])} ({len(row['folds'])} fold(s): {row['folds']})\n\n")
         out.write("| | " + " | ".join(organs) + " | mean |\n")
         out.write("|---" * (len(organs) + 2) + "|\n")
         cells = [f"{m:.2f} ± {s:.2f} ({n})" if n else "n/a"
@@ -101,6 +101,10 @@ def to_markdown(rows: list[dict]) -> str:
                       + f" | {np.mean(known):.2f} |\n")
         out.write("\n")
     return out.getvalue()
+
+
+def _steps(steps) -> str:
+    return "untrained" if steps == "untrained" else f"{steps} steps"
 
 
 def write_outputs(rows: list[dict], out: str | os.PathLike) -> list[Path]:
