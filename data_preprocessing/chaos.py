@@ -36,8 +36,9 @@ import SimpleITK as sitk
 
 from data_preprocessing.contract import register
 from data_preprocessing.registry import CHAOST2
-from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, convert_pair,
-                                         normalize_resample_crop)
+from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, add_resample_options,
+                                         convert_pair, normalize_resample_crop,
+                                         parse_resample_options)
 from util.io import pid_from_path, sort_pids, write_image
 
 # Grey value of each class in the CHAOS ground-truth PNGs (SPEC §1.2 step 2).
@@ -238,14 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pids", nargs="+", default=None, help="only these scan ids")
     parser.add_argument("--from-niis", action="store_true",
                         help="skip stages 1-2 and normalize the NIfTI already in --niis")
-    parser.add_argument("--spacing", type=float, nargs="+", default=list(CHAOST2.target_spacing),
-                        help="target spacing x y [z] in mm (2 values keep the input z spacing)")
-    parser.add_argument("--size", type=int, default=CROP_SIZE, help="in-plane crop / pad size")
-    parser.add_argument("--percentile", type=float, default=CLIP_PERCENTILE,
-                        help="intensity clipping percentile")
-    args = parser.parse_args(argv)
-    if len(args.spacing) not in (2, 3):
-        parser.error(f"--spacing: expected 2 or 3 values, got {len(args.spacing)}")
+    add_resample_options(parser, CHAOST2.target_spacing)
+    args = parse_resample_options(parser, argv)
     dst = Path(args.dst)
     niis = Path(args.niis) if args.niis else dst.parent / "niis" / SEQUENCE
 

@@ -22,8 +22,9 @@ import SimpleITK as sitk
 
 from data_preprocessing.contract import register
 from data_preprocessing.registry import CMR
-from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, convert_pair,
-                                         normalize_resample_crop)
+from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, add_resample_options,
+                                         convert_pair, normalize_resample_crop,
+                                         parse_resample_options)
 from util.io import pid_from_path, sort_pids
 
 RAW_LABEL_VALUES = (0, *sorted(CMR.raw_label_values))  # 0, 200, 500, 600
@@ -72,14 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--src", required=True, help="folder with image_<n> / label_<n>.nii.gz")
     parser.add_argument("--dst", required=True, help="output folder of the normalized scans")
     parser.add_argument("--pids", nargs="+", default=None, help="only these scan ids")
-    parser.add_argument("--spacing", type=float, nargs="+", default=list(CMR.target_spacing),
-                        help="target spacing x y [z] in mm (2 values keep the input z spacing)")
-    parser.add_argument("--size", type=int, default=CROP_SIZE, help="in-plane crop / pad size")
-    parser.add_argument("--percentile", type=float, default=CLIP_PERCENTILE,
-                        help="intensity clipping percentile")
-    args = parser.parse_args(argv)
-    if len(args.spacing) not in (2, 3):
-        parser.error(f"--spacing: expected 2 or 3 values, got {len(args.spacing)}")
+    add_resample_options(parser, CMR.target_spacing)
+    args = parse_resample_options(parser, argv)
     pids = find_cases(args.src, args.pids)  # checks every pair before anything is written
     for pid in pids:
         print(normalize_scan(args.src, args.dst, pid, args.spacing, args.size, args.percentile))

@@ -221,3 +221,20 @@ def convert_pair(src: str | os.PathLike, dst: str | os.PathLike, pid: str, datas
     return (f"{dataset} {pid}: {image.GetSize()} @ {fmt_spacing(image.GetSpacing())} mm -> "
             f"{img_out.GetSize()} @ {fmt_spacing(img_out.GetSpacing())} mm{clip}, label values "
             f"{values} -> {out_img}")
+
+
+def add_resample_options(parser, spacing: Sequence[float]) -> None:
+    """``--spacing``, ``--size`` and ``--percentile`` of the MR preprocessing CLIs."""
+    parser.add_argument("--spacing", type=float, nargs="+", default=list(spacing),
+                        help="target spacing x y [z] in mm (2 values keep the input z spacing)")
+    parser.add_argument("--size", type=int, default=CROP_SIZE, help="in-plane crop / pad size")
+    parser.add_argument("--percentile", type=float, default=CLIP_PERCENTILE,
+                        help="intensity clipping percentile")
+
+
+def parse_resample_options(parser, argv):
+    """Parse ``argv``; a ``--spacing`` of other than 2 or 3 values is a usage error."""
+    args = parser.parse_args(argv)
+    if len(args.spacing) not in (2, 3):
+        parser.error(f"--spacing: expected 2 or 3 values, got {len(args.spacing)}")
+    return args
