@@ -70,7 +70,8 @@ def config():
                       else [])
     pseudolabel = "superpixel"  # superpixel | supervoxel | manual
     superpix_scale = "MIDDLE"  # pseudolabel variant: MIDDLE, SMALL, LARGE, SV<min_size>
-    min_superpixel_px = 1      # smallest pseudolabel (px) an episode may draw
+    min_superpixel_px = 100    # smallest pseudolabel (px) an episode may draw: body-mask
+    #                            fragments of a few px vanish under augmentation (empty episodes)
     min_fg_px = 100            # manual-label episodes: smallest organ area (px) of a slice
     which_aug = "sabs_aug"
     episodes_per_epoch = 1000  # the original's max_iters_per_load

@@ -30,8 +30,12 @@ from util.schedule import lr_at
 from util.seeding import rng_state, seed_everything, set_rng_state
 
 EPISODE_TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
+# what decides the episodes, the model or the schedule: a resumed run must keep it
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
-                     "setting", "label_sets")
+                     "exclude_labels", "which_aug", "min_superpixel_px", "min_fg_px",
+                     "episodes_per_epoch", "usealign", "use_wce", "proto_grid_size",
+                     "feature_hw", "fg_thresh", "bg_thresh", "lr", "lr_step_gamma",
+                     "lr_step_size", "momentum", "weight_decay", "world_size")
 
 
 def build_episodes(cfg: dict, ds, train_pids: list[str]):
@@ -49,7 +53,7 @@ def build_episodes(cfg: dict, ds, train_pids: list[str]):
 
 def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
     for key in RESUME_MUST_MATCH:
-        if saved.get(key) != cfg[key]:
+        if saved.get(key, 1 if key == "world_size" else None) != cfg[key]:
             raise ValueError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
                              f"expected {saved.get(key)!r}, got {cfg[key]!r}")
 
@@ -65,6 +69,7 @@ def train(_run, _config, _log):
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
     run_dir = Path(_run.observers[0].dir) if _run.observers else Path(cfg["log_dir"])
     rank, device = distributed.init(resolve_device(cfg["device"]))
+    cfg["world_size"] = rank.world_size  # recorded in checkpoints: it decides the episodes
     seed_everything(cfg["seed"], cfg["deterministic"])
     _log.info("run folder %s, device %s, rank %d of %d (one episode per rank and step)",
               run_dir, device, rank.rank, rank.world_size)

@@ -84,6 +84,9 @@ def test_resume_continues_at_the_same_step_and_lr(phantom_dir, tmp_path):
     tail = losses(resumed.observers[0].dir)
     assert sorted(tail) == [5, 6, 7, 8]
     assert all(tail[s] == pytest.approx(full[s], rel=1e-5) for s in tail)
+    with pytest.raises(ValueError, match="resuming needs the same 'which_aug'"):
+        run_train(small(phantom_dir, tmp_path / "part", n_steps=8, lr_step_size=3,
+                        which_aug="aug_v3", resume=first.observers[0].dir))
     lr = json.loads((Path(resumed.observers[0].dir) / "metrics.json").read_text(encoding="utf-8"))["train/lr"]
     # the lr logged at step s is the one of update s - 1: 0.01 * 0.95 ** ((s - 1) // 3)
     assert lr["values"] == pytest.approx([1e-2 * 0.95, 1e-2 * 0.95, 1e-2 * 0.95 ** 2,
