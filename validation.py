@@ -44,22 +44,24 @@ def fold_scans(ds, cfg: dict) -> dict:
                       cfg["support_idx"][0])[cfg["eval_fold"]]
 
 
-def resolve_weights(cfg: dict) -> str | None:
-    """``reload_model_path`` as a checkpoint file: "latest" → the newest training run of this
-    experiment under ``log_dir/train``; a run folder → its newest loadable checkpoint."""
+def resolve_weights(cfg: dict) -> tuple[str | None, dict]:
+    """``reload_model_path`` as (checkpoint file, its training config; {} for a bare state dict):
+    "latest" → the newest training run of this experiment under ``log_dir/train``; a run folder
+    → its newest loadable checkpoint."""
     target = cfg["reload_model_path"]
     if target == "latest":
         runs = Path(cfg["log_dir"]) / "train" / cfg["exp_name"]
         ids = sorted((int(p.name) for p in runs.glob("*") if p.name.isdigit()), reverse=True)
-        for run_id in ids:
-            if (runs / str(run_id) / SNAPSHOT_DIR).is_dir():
-                return str(find_resume_checkpoint(runs / str(run_id))[0])
-        raise FileNotFoundError(f"{runs}: expected a training run with checkpoints for "
-                                f"reload_model_path=latest, found none; train first or name "
-                                f"the checkpoint")
+        found = [runs / str(i) for i in ids if (runs / str(i) / SNAPSHOT_DIR).is_dir()]
+        if not found:
+            raise FileNotFoundError(f"{runs}: expected a training run with checkpoints for "
+                                    f"reload_model_path=latest, found none; train first or name "
+                                    f"the checkpoint")
+        target = found[0]
     if target and Path(target).is_dir():
-        return str(find_resume_checkpoint(target)[0])
-    return target
+        path, state = find_resume_checkpoint(target)
+        return str(path), dict(state.get("config", {}))
+    return target, checkpoint_config(target)
 
 
 def write_prediction(pred: np.ndarray, class_id: int, reference: sitk.Image, path: Path) -> None:
@@ -104,7 +106,7 @@ def validate(_run, _config, _log):
               [ds.labels[c] for c in evalset.classes])
 
     # model
-    cfg["reload_model_path"] = resolve_weights(cfg)
+    cfg["reload_model_path"], trained = resolve_weights(cfg)
     if not cfg["reload_model_path"]:
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
     model = build_model(cfg, device).eval()
@@ -140,7 +142,6 @@ def validate(_run, _config, _log):
 
     # report
     summary = summarize(scores)
-    trained = checkpoint_config(cfg["reload_model_path"])
     summary.update({"dataset": ds.name, "fold": cfg["eval_fold"], "protocol": cfg["protocol"],
                     "setting": trained.get("setting", cfg["setting"]),
                     "pseudolabel": trained.get("pseudolabel", cfg["pseudolabel"]),

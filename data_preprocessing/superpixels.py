@@ -118,6 +118,16 @@ def default_workers() -> int:
                else (os.cpu_count() or 1))
 
 
+def run_jobs(fn, jobs: list[tuple], workers: int | None = None) -> list:
+    """``fn(*job)`` for every job, in order; in a pool of ``workers`` processes (default: every
+    core) unless one suffices."""
+    workers = min(workers or default_workers(), len(jobs)) or 1
+    if workers == 1:
+        return [fn(*job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, *zip(*jobs)))
+
+
 def generate(folder: str | os.PathLike, scale: str = "MIDDLE", relabel_mode: str = "compact",
              workers: int | None = None, cases: list[str] | None = None) -> list[dict]:
     """Write pseudolabels for every case (or ``cases``) of a registered folder; returns stats."""
@@ -130,12 +140,7 @@ def generate(folder: str | os.PathLike, scale: str = "MIDDLE", relabel_mode: str
     todo = ds.cases if cases is None else cases
     jobs = [(ds.path("image", p), ds.path("pseudolabel", p, scale), ds.path("fgmask", p), params,
              threshold, relabel_mode) for p in todo]
-    workers = min(workers or default_workers(), len(jobs)) or 1
-    if workers == 1:
-        stats = [_process_case(*job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            stats = list(pool.map(_process_case, *zip(*jobs)))
+    stats = run_jobs(_process_case, jobs, workers)
     record = {"method": "felzenszwalb2d", **asdict(params), "body_threshold": threshold,
               "relabel": relabel_mode, "skimage": skimage.__version__}
     if cases is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from itertools import product
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from data_preprocessing.contract import load_dataset, update_metadata
-from data_preprocessing.superpixels import body_mask, default_workers
+from data_preprocessing.superpixels import body_mask, run_jobs
 from util.io import array_to_image, read_image, write_image
 
 BODY_THRESHOLD = 10.0  # on the [0, 255]-scaled volume (SPEC §9.2)
@@ -159,12 +158,7 @@ def generate(folder: str | os.PathLike, min_size: int = 5000, workers: int | Non
     name = scale_name(min_size)
     todo = ds.cases if cases is None else cases
     jobs = [(ds.path("image", p), ds.path("pseudolabel", p, name), min_size) for p in todo]
-    workers = min(workers or default_workers(), len(jobs)) or 1
-    if workers == 1:
-        counts = [_process_case(*job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            counts = list(pool.map(_process_case, *zip(*jobs)))
+    counts = run_jobs(_process_case, jobs, workers)
     if cases is None:
         update_metadata(folder, pseudolabels={name: {
             "method": "felzenszwalb3d", "min_size": min_size, "sigma": 0.0, "scale": 1.0,

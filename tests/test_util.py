@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from dataloaders.episodes import episode_rng
 from util.checkpoint import (checkpoint_candidates, find_resume_checkpoint, load_checkpoint,
                              save_checkpoint)
 from util.device import resolve_device
 from util.io import atomic_path, write_json
 from util.schedule import lr_at
-from util.seeding import episode_rng
 
 
 def _state(step):

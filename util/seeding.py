@@ -1,15 +1,14 @@
 """Seeds and random-number-generator state.
 
 Data randomness never uses global state: every episode draws from a NumPy ``Generator`` built from
-(run seed, episode index) by :func:`episode_rng`, so episode ``i`` is the same whatever the worker
-count and after a resume. Model-side randomness (parameter init) uses torch's generator, seeded by
+(run seed, episode index) by :func:`dataloaders.episodes.episode_rng`, so episode ``i`` is the same
+whatever the worker count and after a resume. Model-side randomness (parameter init) uses torch's generator, seeded by
 :func:`seed_everything` and saved/restored with checkpoints.
 """
 from __future__ import annotations
 
 import random
 
-import numpy as np
 import torch
 
 
@@ -21,11 +20,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-
-
-def episode_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
-    """An independent generator for episode ``index`` of a run seeded with ``seed``."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream), int(index)]))
 
 
 def rng_state() -> dict:
