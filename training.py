@@ -58,17 +58,34 @@ def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
                              f"expected {saved.get(key)!r}, got {cfg[key]!r}")
 
 
-def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float) -> Path:
-    path = run_dir / f"nonfinite_episode_step{step}.pt"
-    torch.save({"step": step, "loss": loss, "episode": episode}, path)
+def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float,
+                     rank: distributed.DistInfo) -> Path:
+    suffix = f"_rank{rank.rank}" if rank.enabled else ""
+    path = run_dir / f"nonfinite_episode_step{step}{suffix}.pt"
+    torch.save({"step": step, "loss": loss, "rank": rank.rank, "episode": episode}, path)
     return path
+
+
+def stop_on_nonfinite(run_dir: Path, step: int, episode: dict, loss: torch.Tensor,
+                      rank: distributed.DistInfo) -> None:
+    """Every rank stops; a rank whose own loss is non-finite saves its episode in the run folder."""
+    if torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(f"non-finite loss on another rank at step {step}; its episode "
+                                 f"is saved in {run_dir}")
+    saved = save_bad_episode(run_dir, step, episode, loss.item(), rank)
+    raise FloatingPointError(
+        f"non-finite loss {loss.item()} at step {step}: scan {episode['scan_id'][0]}, "
+        f"slice {int(episode['z'][0])}, superpixel {int(episode['superpixel_id'][0])}; "
+        f"episode saved to {saved}")
 
 
 @ex.command
 def train(_run, _config, _log):
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
-    run_dir = Path(_run.observers[0].dir) if _run.observers else Path(cfg["log_dir"])
     rank, device = distributed.init(resolve_device(cfg["device"]))
+    # rank 0's run folder (only rank 0 has an observer), so every rank writes beside it
+    run_dir = Path(distributed.from_main(
+        _run.observers[0].dir if _run.observers else cfg["log_dir"], rank))
     cfg["world_size"] = rank.world_size  # recorded in checkpoints: it decides the episodes
     seed_everything(cfg["seed"], cfg["deterministic"])
     _log.info("run folder %s, device %s, rank %d of %d (one episode per rank and step)",
@@ -131,11 +148,7 @@ def train(_run, _config, _log):
         query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], weights)
         loss = query_loss + out.align_loss
         if not distributed.all_finite(loss, rank):
-            saved = save_bad_episode(run_dir, step, episode, loss.item())
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at step {step}: scan {episode['scan_id'][0]}, "
-                f"slice {int(episode['z'][0])}, superpixel {int(episode['superpixel_id'][0])}; "
-                f"episode saved to {saved}")
+            stop_on_nonfinite(run_dir, step, episode, loss, rank)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -59,6 +59,15 @@ def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
     return bool(ok.item() > 0)
 
 
+def from_main(value, info: DistInfo):
+    """Rank 0's ``value`` on every rank (a picklable object; e.g. the run folder)."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
