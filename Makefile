@@ -26,6 +26,7 @@ bench: venv
 	$(PY) -m benchmarks.bench_model
 	$(PY) benchmarks/bench_episodes.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_conv3x3.py
 	$(PY) benchmarks/bench_validation.py
 
 clean-data:

@@ -11,6 +11,15 @@ Prints JSON: median and spread (min, max) in seconds of
 their ratio of medians (target ≤ 1.10), the ALP-only time (forward + backward of the ALP and loss
 part on fixed features), and the process's peak RSS (resource.getrusage) before and after the steps.
 Runs alternate between the two measurements after the warm-ups so drift affects both alike.
+
+With ``--infer-slices N`` it also times the validation's computation in eval mode, as
+``util.inference`` does it: prototypes of 2 classes × 3 support parts, then N query slices
+encoded in batches of 16 and each scored against one class (N = 280 is CHAOS-T2 fold 0, kidneys:
+2 classes × 140 slices). Reading scans and writing predictions are not included: it is the part
+of ``bench_validation.py`` that a GPU speeds up.
+
+It needs nothing but torch and torchvision, so ``benchmarks/gpu_check.sh`` runs it on a bare GPU
+machine; ``--device cuda`` adds the GPU's name and peak GPU memory.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ import time
 
 import torch
 
+from benchmarks.timing import synchronizer, time_calls
 from models.alp import l2_normalize
 from models.alpnet import ALPNet
 from models.losses import weighted_cross_entropy
@@ -52,6 +62,33 @@ def summary(times: list[float]) -> dict:
             "runs": len(times)}
 
 
+@torch.no_grad()
+def time_inference(model: ALPNet, args, device: torch.device, sync, n_classes: int = 2,
+                   n_parts: int = 3, repeats: int = 3) -> dict:
+    """Median seconds of one validation's computation: support prototypes of every (class,
+    part), then ``args.infer_slices`` query slices encoded in batches and scored."""
+    model.eval()
+    size = args.size
+    support = make_episode(size, 1, device, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    queries = torch.randn(args.infer_slices, 3, size, size, generator=gen)
+
+    def run() -> None:
+        prototypes = [model.encode_support(support["support_images"], support["support_fg"],
+                                           support["support_bg"])
+                      for _ in range(n_classes * n_parts)]
+        for i in range(0, len(queries), args.batch_size):
+            feats = model.encode(queries[i:i + args.batch_size].to(device, non_blocking=True))
+            model.score_features(prototypes[(i // args.batch_size) % len(prototypes)], feats,
+                                 (size, size)).argmax(dim=1).cpu()
+
+    times = time_calls(run, repeats, sync)
+    model.train()
+    total = statistics.median(times)
+    return {"slices": args.infer_slices, "batch_size": args.batch_size, "total": summary(times),
+            "s_per_slice": total / args.infer_slices}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default="deeplabv3_resnet101")
@@ -61,19 +98,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the encoder")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--infer-slices", type=int, default=0,
+                        help="also time eval-mode inference of this many query slices")
+    parser.add_argument("--batch-size", type=int, default=16, help="query slices per batch")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = ALPNet(args.encoder).to(device).train()
+    model = ALPNet(args.encoder, autocast_bf16=args.bf16,
+                   channels_last=args.channels_last).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     ep = make_episode(args.size, args.shots, device)
     batch = torch.cat([ep["support_images"], ep["query_images"]])
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    sync = synchronizer(device)
 
     def encoder_step() -> float:
         sync()
@@ -84,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return elapsed
 
-    fallbacks = []
+    fallbacks, losses = [], []
 
     def full_step() -> float:
         sync()
@@ -96,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         sync()
         fallbacks.append(out.n_fallback)
+        losses.append(loss.item())
         return time.perf_counter() - start
 
     # The ALP + alignment + loss part alone, on fixed features that need a gradient.
@@ -126,15 +168,28 @@ def main(argv: list[str] | None = None) -> dict:
         full.append(full_step())
         alp.append(alp_step())
 
+    rss_steps = peak_rss_mb()
+    gpu = {}
+    if device.type == "cuda":
+        gpu = {"gpu": torch.cuda.get_device_name(device),
+               "peak_gpu_memory_gib_train": torch.cuda.max_memory_allocated(device) / 1024 ** 3}
+        torch.cuda.reset_peak_memory_stats(device)
+    infer = time_inference(model, args, device, sync) if args.infer_slices else None
+    if infer is not None and device.type == "cuda":
+        infer["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
+
     result = {
         "encoder": args.encoder, "input": [args.shots + 1, 3, args.size, args.size],
-        "device": str(device), "threads": torch.get_num_threads(),
+        "device": str(device), **gpu, "bf16": args.bf16, "channels_last": args.channels_last,
+        "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "encoder_fwd_bwd": summary(enc), "full_step": summary(full), "alp_fwd_bwd": summary(alp),
         "ratio_full_over_encoder": statistics.median(full) / statistics.median(enc),
         "target_ratio": 1.10,
         "n_fallback_per_step": fallbacks[-1],
-        "peak_rss_mb_after_model_build": rss_before, "peak_rss_mb": peak_rss_mb(),
+        "first_step_loss": losses[0],  # fixed episode and seed: compare precisions with it
+        "peak_rss_mb_after_model_build": rss_before, "peak_rss_mb": rss_steps,
+        "inference": infer,
     }
     print(json.dumps(result, indent=2))
     return result

@@ -13,10 +13,16 @@ configured ALPNet (ResNet-101 by default, random init, 256×256, 1 shot), then t
 - ``encoder_floor``: encoder forward+backward alone on the same batch of 2 (sum of features as
   the loss).
 
-Prints JSON with median/p10/p90 per part, the ratio step / encoder floor, peak RSS, and the loss of
-the first (fixed, seeded) episode so that speed changes can be checked not to change numbers.
+Prints JSON with median/p10/p90 per part, the ratio step / encoder floor, peak RSS (and peak GPU
+memory on CUDA), and the loss of the first (fixed, seeded) episode so that speed changes can be
+checked not to change numbers. It also counts the floating-point operations of one step
+(``torch.utils.flop_counter``: convolutions and matrix products, forward + backward) and divides
+them by the measured times, next to a large fp32 matrix product timed in the same run
+(``matmul_gflops``): a step whose ``achieved_gflops`` is at the matrix-product rate is bound by
+arithmetic, and only fewer operations or lower precision make it faster.
 
     .venv/bin/python benchmarks/bench_train_step.py [--encoder deeplabv3_resnet101] [--steps 8]
+        [--device auto|cpu|cuda] [--channels-last] [--bf16] [--threads N]
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,7 +47,9 @@ from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
 from dataloaders.episodes import SuperpixelEpisodes  # noqa: E402
 from models.alpnet import ALPNet  # noqa: E402
+from benchmarks.timing import synchronizer  # noqa: E402
 from models.losses import weighted_cross_entropy  # noqa: E402
+from util.device import resolve_device  # noqa: E402
 
 TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
 
@@ -50,6 +59,26 @@ def stats(values: list[float]) -> dict:
     return {"median_s": round(float(np.median(arr)), 4),
             "p10_s": round(float(np.percentile(arr, 10)), 4),
             "p90_s": round(float(np.percentile(arr, 90)), 4)}
+
+
+def matmul_gflops(device: torch.device, sync, n: int = 2048, repeats: int = 10) -> float:
+    """The rate of an n×n fp32 matrix product on ``device``: the arithmetic ceiling in practice."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def count_gflop(fn) -> float:
+    """Floating-point operations (GFLOP) of ``fn()``, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
@@ -63,7 +92,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the encoder")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    sync = synchronizer(device)
+
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -74,7 +107,7 @@ def main() -> None:
         superpixels.generate(tmp, cases=train)
         episodes = SuperpixelEpisodes(ds, train, seed=1234, aug="sabs_aug")
         model = ALPNet(args.encoder, channels_last=args.channels_last,
-                       autocast_bf16=args.bf16).train()
+                       autocast_bf16=args.bf16).to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=5e-4)
         rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -84,22 +117,28 @@ def main() -> None:
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
             ep = episodes[i]
-            batch = {k: ep[k] for k in TENSORS}
+            batch = {k: ep[k].to(device) for k in TENSORS}
+            sync()
             t1 = time.perf_counter()
             out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
                         batch["query_images"])
             loss = weighted_cross_entropy(out.logits, batch["query_labels"]) + out.align_loss
+            sync()
             t2 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sync()
             t3 = time.perf_counter()
             optimizer.step()
+            sync()
             t4 = time.perf_counter()
             if first_loss is None:
                 first_loss = loss.item()
             images = torch.cat([batch["support_images"], batch["query_images"]])
+            sync()
             t5 = time.perf_counter()
             model.encode(images).sum().backward()
+            sync()
             t6 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             if i >= args.warmup:
@@ -107,15 +146,31 @@ def main() -> None:
                                    ("backward", t3 - t2), ("optimizer", t4 - t3),
                                    ("step", t4 - t1), ("encoder_floor", t6 - t5)):
                     parts[key].append(value)
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+        gpu = ({"gpu": torch.cuda.get_device_name(device),
+                "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 1024 ** 3,
+                                             3)} if device.type == "cuda" else {})
+        # operations of one step and of the encoder floor, on the last episode
+        def one_step() -> None:
+            out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
+                        batch["query_images"])
+            (weighted_cross_entropy(out.logits, batch["query_labels"]) + out.align_loss).backward()
+        step_gflop = count_gflop(one_step)
+        floor_gflop = count_gflop(lambda: model.encode(images).sum().backward())
+        optimizer.zero_grad(set_to_none=True)
+        matmul = matmul_gflops(device, sync)
+    step_s, floor_s = float(np.median(parts["step"])), float(np.median(parts["encoder_floor"]))
     result = {"benchmark": "train_step", "encoder": args.encoder, "input": "1-shot 256x256",
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "channels_last": args.channels_last,
-              "bf16": args.bf16,
+              "torch_threads": torch.get_num_threads(), "device": str(device), **gpu,
+              "torch": torch.__version__, "channels_last": args.channels_last, "bf16": args.bf16,
               "steps": args.steps, **{k: stats(v) for k, v in parts.items()},
-              "step_over_encoder_floor": round(float(np.median(parts["step"])
-                                                     / np.median(parts["encoder_floor"])), 3),
-              "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                    / 1024 ** 2, 3),
+              "step_over_encoder_floor": round(step_s / floor_s, 3),
+              "step_gflop": round(step_gflop, 1), "encoder_floor_gflop": round(floor_gflop, 1),
+              "achieved_gflops": {"step": round(step_gflop / step_s, 1),
+                                  "encoder_floor": round(floor_gflop / floor_s, 1)},
+              "matmul_gflops": round(matmul, 1),
+              "peak_rss_gib": round(peak_rss, 3),
               "rss_after_model_gib": round(rss_model / 1024, 3),
               "first_episode_loss": round(first_loss, 6)}
     print(json.dumps(result, indent=2))

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The prepared GPU check: one short script for a machine with a GPU, whose python3 has torch and
+# torchvision (none of the imaging packages are needed). It writes JSON files to $OUT (default
+# ./gpu_check):
+#   model_<variant>.json  bench_model.py: training step (fp32 / channels_last / bf16 autocast +
+#                         channels_last), encoder forward+backward, the loss of a fixed episode,
+#                         and the validation's computation for 280 query slices (CHAOS fold 0,
+#                         kidneys), peak GPU memory;
+#   conv3x3.json          bench_conv3x3.py: the trunk's 3×3 convolutions, direct vs Winograd.
+# Usage: bash benchmarks/gpu_check.sh   (DEVICE, ENCODER, SIZE, RUNS, SLICES override defaults;
+# the tests run it on the CPU with ENCODER=tiny).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu_check}"
+py="${PYTHON:-python3}"
+device="${DEVICE:-cuda}"
+encoder="${ENCODER:-deeplabv3_resnet101}"
+size="${SIZE:-256}"
+runs="${RUNS:-20}"
+slices="${SLICES:-280}"
+mkdir -p "$out"
+"$py" -c "import torch; print('torch', torch.__version__, 'device', '$device',
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+for variant in fp32 channels_last bf16_channels_last; do
+    case "$variant" in
+        fp32) flags=() ;;
+        channels_last) flags=(--channels-last) ;;
+        bf16_channels_last) flags=(--channels-last --bf16) ;;
+    esac
+    "$py" -m benchmarks.bench_model --device "$device" --encoder "$encoder" --size "$size" \
+        --runs "$runs" --warmup 3 --infer-slices "$slices" "${flags[@]}" > "$out/model_$variant.json"
+    "$py" -c "import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[2],
+'step %.4f s' % r['full_step']['median_s'], 'encoder %.4f s' % r['encoder_fwd_bwd']['median_s'],
+'loss %.6f' % r['first_step_loss'], 'inference %.4f s/slice' % r['inference']['s_per_slice'])" \
+        "$out/model_$variant.json" "$variant"
+done
+"$py" benchmarks/bench_conv3x3.py --device "$device" --repeats "$runs" --size $((size / 8)) \
+    > "$out/conv3x3.json"
+"$py" -c "import json; print('conv3x3 trunk ms', json.load(open('$out/conv3x3.json'))['trunk_total_ms'])"

@@ -1,0 +1,29 @@
+"""Wall-clock timing shared by the benchmarks: device synchronisation and repeated calls."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits for ``device``'s queued work (a no-op off CUDA)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_calls(fn: Callable[[], object], repeats: int, sync: Callable[[], None],
+               warmup: int = 1) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times

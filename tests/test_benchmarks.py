@@ -1,0 +1,64 @@
+"""The benchmark scripts compute what they claim, and the prepared GPU check runs on a machine
+that has torch but none of the imaging packages."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_conv3x3 import transforms, winograd_conv3x3  # noqa: E402
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("channels,dilation,side", [(3, 1, 10), (4, 2, 12), (5, 4, 8), (2, 2, 6)])
+def test_winograd_conv3x3_equals_direct_convolution(m, channels, dilation, side):
+    gen = torch.Generator().manual_seed(channels * side + m)
+    x = torch.randn(2, channels, side, side, generator=gen, requires_grad=True)
+    w = torch.randn(channels + 1, channels, 3, 3, generator=gen, requires_grad=True)
+    grad = torch.randn(2, channels + 1, side, side, generator=gen)
+    direct = F.conv2d(x, w, padding=dilation, dilation=dilation)
+    wino = winograd_conv3x3(x, w, dilation, m, transforms(m, torch.device("cpu")))
+    assert wino.shape == direct.shape
+    torch.testing.assert_close(wino, direct, rtol=1e-4, atol=1e-4)
+    for a, b in zip(torch.autograd.grad(wino, (x, w), grad),
+                    torch.autograd.grad(direct, (x, w), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_conv3x3_rejects_a_map_not_divisible_by_the_dilation():
+    with pytest.raises(ValueError, match="not divisible by dilation 4"):
+        winograd_conv3x3(torch.zeros(1, 1, 10, 10), torch.zeros(1, 1, 3, 3), 4, 2,
+                         transforms(2, torch.device("cpu")))
+
+
+def test_gpu_check_runs_without_the_imaging_packages(tmp_path):
+    block = tmp_path / "block"
+    block.mkdir()
+    for name in ("SimpleITK", "nibabel", "sacred", "medpy", "tensorboardX"):
+        (block / f"{name}.py").write_text("raise ImportError('not on the GPU machine')\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(block), "OUT": str(out), "PYTHON": sys.executable,
+           "DEVICE": "cpu", "ENCODER": "tiny", "SIZE": "64", "RUNS": "1", "SLICES": "5"}
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env,
+                         capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = {v: json.loads((out / f"model_{v}.json").read_text(encoding="utf-8"))
+               for v in ("fp32", "channels_last", "bf16_channels_last")}
+    assert [r["bf16"] for r in results.values()] == [False, False, True]
+    assert [r["channels_last"] for r in results.values()] == [False, True, True]
+    for r in results.values():
+        assert r["inference"]["slices"] == 5 and r["inference"]["s_per_slice"] > 0
+        assert r["full_step"]["median_s"] > 0
+    # same seed and episode: channels_last changes the loss only by rounding
+    assert abs(results["fp32"]["first_step_loss"]
+               - results["channels_last"]["first_step_loss"]) < 1e-4
+    conv = json.loads((out / "conv3x3.json").read_text(encoding="utf-8"))
+    assert conv["map"] == [8, 8] and conv["trunk_total_ms"]["direct"] > 0
+    assert all(max(row["winograd4_max_rel_error"]) < 1e-3 for row in conv["shapes"])
