@@ -14,9 +14,9 @@ Runs alternate between the two measurements after the warm-ups so drift affects 
 
 With ``--infer-slices N`` it also times the validation's computation in eval mode, as
 ``util.inference`` does it: prototypes of 2 classes × 3 support parts, then N query slices
-encoded in batches of 16 and each scored against one class (N = 280 is CHAOS-T2 fold 0, kidneys:
-2 classes × 140 slices). Reading scans and writing predictions are not included: it is the part
-of ``bench_validation.py`` that a GPU speeds up.
+encoded once in batches of 16 and each scored against both classes (N = 140 is CHAOS-T2 fold 0:
+4 query scans, 280 predicted slices for the two kidneys). Reading scans and writing predictions
+are not included: it is the part of ``bench_validation.py`` that a GPU speeds up.
 
 It needs nothing but torch and torchvision, so ``benchmarks/gpu_check.sh`` runs it on a bare GPU
 machine; ``--device cuda`` adds the GPU's name and peak GPU memory.
@@ -79,14 +79,17 @@ def time_inference(model: ALPNet, args, device: torch.device, sync, n_classes: i
                       for _ in range(n_classes * n_parts)]
         for i in range(0, len(queries), args.batch_size):
             feats = model.encode(queries[i:i + args.batch_size].to(device, non_blocking=True))
-            model.score_features(prototypes[(i // args.batch_size) % len(prototypes)], feats,
-                                 (size, size)).argmax(dim=1).cpu()
+            part = (i // args.batch_size) % n_parts
+            for c in range(n_classes):
+                model.score_features(prototypes[c * n_parts + part], feats,
+                                     (size, size)).argmax(dim=1).cpu()
 
     times = time_calls(run, repeats, sync)
     model.train()
     total = statistics.median(times)
-    return {"slices": args.infer_slices, "batch_size": args.batch_size, "total": summary(times),
-            "s_per_slice": total / args.infer_slices}
+    return {"slices": args.infer_slices, "classes": n_classes, "batch_size": args.batch_size,
+            "total": summary(times), "s_per_slice": total / args.infer_slices,
+            "s_per_prediction": total / (args.infer_slices * n_classes)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -4,8 +4,8 @@
 # ./gpu_check):
 #   model_<variant>.json  bench_model.py: training step (fp32 / channels_last / bf16 autocast +
 #                         channels_last), encoder forward+backward, the loss of a fixed episode,
-#                         and the validation's computation for 280 query slices (CHAOS fold 0,
-#                         kidneys), peak GPU memory;
+#                         and the validation's computation for 140 query slices scored against 2
+#                         classes (CHAOS fold 0, kidneys: 280 predictions), peak GPU memory;
 #   conv3x3.json          bench_conv3x3.py: the trunk's 3×3 convolutions, direct vs Winograd.
 # Usage: bash benchmarks/gpu_check.sh   (DEVICE, ENCODER, SIZE, RUNS, SLICES override defaults;
 # the tests run it on the CPU with ENCODER=tiny).
@@ -17,7 +17,7 @@ device="${DEVICE:-cuda}"
 encoder="${ENCODER:-deeplabv3_resnet101}"
 size="${SIZE:-256}"
 runs="${RUNS:-20}"
-slices="${SLICES:-280}"
+slices="${SLICES:-140}"
 mkdir -p "$out"
 "$py" -c "import torch; print('torch', torch.__version__, 'device', '$device',
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"

@@ -55,6 +55,8 @@ def test_gpu_check_runs_without_the_imaging_packages(tmp_path):
     assert [r["channels_last"] for r in results.values()] == [False, True, True]
     for r in results.values():
         assert r["inference"]["slices"] == 5 and r["inference"]["s_per_slice"] > 0
+        assert r["inference"]["s_per_prediction"] * 2 == pytest.approx(
+            r["inference"]["s_per_slice"])
         assert r["full_step"]["median_s"] > 0
     # same seed and episode: channels_last changes the loss only by rounding
     assert abs(results["fp32"]["first_step_loss"]
