@@ -27,6 +27,7 @@ bench: venv
 	$(PY) benchmarks/bench_episodes.py
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_conv3x3.py
+	$(PY) -m benchmarks.bench_precision
 	$(PY) benchmarks/bench_validation.py
 
 clean-data:

@@ -61,6 +61,7 @@ def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
 def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float,
                      rank: distributed.DistInfo) -> Path:
     suffix = f"_rank{rank.rank}" if rank.enabled else ""
+    run_dir.mkdir(parents=True, exist_ok=True)  # rank 0's folder, maybe on another node
     path = run_dir / f"nonfinite_episode_step{step}{suffix}.pt"
     torch.save({"step": step, "loss": loss, "rank": rank.rank, "episode": episode}, path)
     return path
@@ -68,11 +69,14 @@ def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float,
 
 def stop_on_nonfinite(run_dir: Path, step: int, episode: dict, loss: torch.Tensor,
                       rank: distributed.DistInfo) -> None:
-    """Every rank stops; a rank whose own loss is non-finite saves its episode in the run folder."""
-    if torch.isfinite(loss.detach()).all():
+    """Every rank stops; a rank whose own loss is non-finite saves its episode in the run folder
+    (all ranks wait for the saves, so no rank's exit cuts one short)."""
+    finite = bool(torch.isfinite(loss.detach()).all())
+    saved = None if finite else save_bad_episode(run_dir, step, episode, loss.item(), rank)
+    distributed.barrier(rank)
+    if saved is None:
         raise FloatingPointError(f"non-finite loss on another rank at step {step}; its episode "
                                  f"is saved in {run_dir}")
-    saved = save_bad_episode(run_dir, step, episode, loss.item(), rank)
     raise FloatingPointError(
         f"non-finite loss {loss.item()} at step {step}: scan {episode['scan_id'][0]}, "
         f"slice {int(episode['z'][0])}, superpixel {int(episode['superpixel_id'][0])}; "

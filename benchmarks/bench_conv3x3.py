@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import synchronizer, time_calls  # noqa: E402
+from benchmarks.timing import synchronizer, tf32_settings, time_calls  # noqa: E402
 from util.device import resolve_device  # noqa: E402
 
 # (channels, dilation, occurrences) of the stride-1 3×3 convolutions of the OS-8 ResNet-101 trunk
@@ -92,10 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--size", type=int, default=32, help="feature map side (32 for 256×256)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let CUDA round both convolutions and matrix products to TF32 "
+                             "(default: strict fp32 for both, a like-for-like comparison)")
     parser.add_argument("--shapes", default=None,
                         help="channels:dilation:count,... (default: the ResNet-101 trunk)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     shapes = TRUNK_SHAPES if args.shapes is None else tuple(
         tuple(int(v) for v in item.split(":")) for item in args.shapes.split(","))
 
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
     result = {"benchmark": "conv3x3_fwd_bwd", "device": str(device), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "threads": torch.get_num_threads(), "batch": 2, "map": [args.size, args.size],
+              "threads": torch.get_num_threads(), "tf32": tf32_settings(), "batch": 2, "map": [args.size, args.size],
               "shapes": rows, "trunk_total_ms": {k: round(v, 1) for k, v in totals.items()}}
     print(json.dumps(result, indent=2))
     return result

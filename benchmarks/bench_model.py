@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from benchmarks.timing import synchronizer, time_calls
+from benchmarks.timing import synchronizer, tf32_settings, time_calls
 from models.alp import l2_normalize
 from models.alpnet import ALPNet
 from models.losses import weighted_cross_entropy
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     def encoder_step() -> float:
         sync()
         start = time.perf_counter()
-        model.encoder(batch).mean().backward()
+        model.encode(batch).mean().backward()  # with the configured bf16 / channels_last
         sync()
         elapsed = time.perf_counter() - start
         optimizer.zero_grad(set_to_none=True)
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     feats.requires_grad_(True)
 
     def alp_step() -> float:
+        sync()
         start = time.perf_counter()
         fs, fq = feats[: args.shots], feats[args.shots:]
         support = model.support_prototypes(fs, ep["support_fg"], ep["support_bg"])
@@ -157,8 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                  mode="bilinear", align_corners=False)
         align, _ = model.alignment_loss(fq, low, fs, ep["support_fg"], ep["support_bg"])
         (weighted_cross_entropy(logits, ep["query_label"]) + align).backward()
+        sync()
+        elapsed = time.perf_counter() - start
         feats.grad = None
-        return time.perf_counter() - start
+        return elapsed
 
     rss_before = peak_rss_mb()
     for _ in range(args.warmup):
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "encoder": args.encoder, "input": [args.shots + 1, 3, args.size, args.size],
         "device": str(device), **gpu, "bf16": args.bf16, "channels_last": args.channels_last,
+        "tf32": tf32_settings(),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "encoder_fwd_bwd": summary(enc), "full_step": summary(full), "alp_fwd_bwd": summary(alp),

@@ -47,7 +47,7 @@ from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
 from dataloaders.episodes import SuperpixelEpisodes  # noqa: E402
 from models.alpnet import ALPNet  # noqa: E402
-from benchmarks.timing import synchronizer  # noqa: E402
+from benchmarks.timing import synchronizer, tf32_settings  # noqa: E402
 from models.losses import weighted_cross_entropy  # noqa: E402
 from util.device import resolve_device  # noqa: E402
 
@@ -164,6 +164,7 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "device": str(device), **gpu,
               "torch": torch.__version__, "channels_last": args.channels_last, "bf16": args.bf16,
+              "tf32": tf32_settings(),
               "steps": args.steps, **{k: stats(v) for k, v in parts.items()},
               "step_over_encoder_floor": round(step_s / floor_s, 3),
               "step_gflop": round(step_gflop, 1), "encoder_floor_gflop": round(floor_gflop, 1),

@@ -8,7 +8,9 @@
 #                         classes (CHAOS fold 0, kidneys: 280 predictions), peak GPU memory;
 #   conv3x3.json          bench_conv3x3.py: the trunk's 3×3 convolutions, direct vs Winograd.
 # Usage: bash benchmarks/gpu_check.sh   (DEVICE, ENCODER, SIZE, RUNS, SLICES override defaults;
-# the tests run it on the CPU with ENCODER=tiny).
+# the tests run it on the CPU with ENCODER=tiny). A relative OUT is taken from the repository root.
+# The "fp32" CUDA step runs as training does, with cuDNN's default TF32 convolutions: each JSON
+# records the setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
@@ -19,8 +21,8 @@ size="${SIZE:-256}"
 runs="${RUNS:-20}"
 slices="${SLICES:-140}"
 mkdir -p "$out"
-"$py" -c "import torch; print('torch', torch.__version__, 'device', '$device',
-torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+"$py" -c "import sys, torch; d = torch.device(sys.argv[1]); print('torch', torch.__version__,
+'device', d, torch.cuda.get_device_name(d) if d.type == 'cuda' else '')" "$device"
 for variant in fp32 channels_last bf16_channels_last; do
     case "$variant" in
         fp32) flags=() ;;
@@ -28,7 +30,8 @@ for variant in fp32 channels_last bf16_channels_last; do
         bf16_channels_last) flags=(--channels-last --bf16) ;;
     esac
     "$py" -m benchmarks.bench_model --device "$device" --encoder "$encoder" --size "$size" \
-        --runs "$runs" --warmup 3 --infer-slices "$slices" "${flags[@]}" > "$out/model_$variant.json"
+        --runs "$runs" --warmup 3 --infer-slices "$slices" ${flags[@]+"${flags[@]}"} \
+        > "$out/model_$variant.json"
     "$py" -c "import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[2],
 'step %.4f s' % r['full_step']['median_s'], 'encoder %.4f s' % r['encoder_fwd_bwd']['median_s'],
 'loss %.6f' % r['first_step_loss'], 'inference %.4f s/slice' % r['inference']['s_per_slice'])" \
@@ -36,4 +39,5 @@ for variant in fp32 channels_last bf16_channels_last; do
 done
 "$py" benchmarks/bench_conv3x3.py --device "$device" --repeats "$runs" --size $((size / 8)) \
     > "$out/conv3x3.json"
-"$py" -c "import json; print('conv3x3 trunk ms', json.load(open('$out/conv3x3.json'))['trunk_total_ms'])"
+"$py" -c "import json, sys; print('conv3x3 trunk ms (strict fp32)',
+json.load(open(sys.argv[1]))['trunk_total_ms'])" "$out/conv3x3.json"

@@ -27,3 +27,10 @@ def time_calls(fn: Callable[[], object], repeats: int, sync: Callable[[], None],
         sync()
         times.append(time.perf_counter() - start)
     return times
+
+
+def tf32_settings() -> dict:
+    """Whether CUDA may round fp32 convolutions / matrix products to TF32 (recorded in results:
+    an "fp32" CUDA timing with cuDNN's default TF32 convolutions is not strict fp32)."""
+    return {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32),
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}

@@ -55,8 +55,6 @@ def test_gpu_check_runs_without_the_imaging_packages(tmp_path):
     assert [r["channels_last"] for r in results.values()] == [False, True, True]
     for r in results.values():
         assert r["inference"]["slices"] == 5 and r["inference"]["s_per_slice"] > 0
-        assert r["inference"]["s_per_prediction"] * 2 == pytest.approx(
-            r["inference"]["s_per_slice"])
         assert r["full_step"]["median_s"] > 0
     # same seed and episode: channels_last changes the loss only by rounding
     assert abs(results["fp32"]["first_step_loss"]
@@ -64,3 +62,16 @@ def test_gpu_check_runs_without_the_imaging_packages(tmp_path):
     conv = json.loads((out / "conv3x3.json").read_text(encoding="utf-8"))
     assert conv["map"] == [8, 8] and conv["trunk_total_ms"]["direct"] > 0
     assert all(max(row["winograd4_max_rel_error"]) < 1e-3 for row in conv["shapes"])
+
+
+def test_precision_sensitivity_reports_every_perturbation(capsys):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_precision import main
+    result = main(["--encoder", "tiny", "--size", "32", "--draws", "2"])
+    changes = result["feature_change"]
+    assert set(changes) == {"bf16_train", "bf16_eval", "fp32_input_noise_2^-12_train",
+                            "fp32_input_noise_2^-9_train"}
+    # a larger input perturbation moves the features more, and none is zero
+    assert 0 < changes["fp32_input_noise_2^-12_train"] < changes["fp32_input_noise_2^-9_train"]
+    assert [len(v) for v in result["loss_with_input_noise"].values()] == [2, 2]
+    assert json.loads(capsys.readouterr().out) == result

@@ -6,10 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import socket
 import torch
+import torch.multiprocessing as mp
 
 from conftest import make_phantom_dataset
 from dataloaders.episodes import StepSampler
+from util import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +49,34 @@ def test_torchrun_two_processes_gloo(tmp_path):
     runs = sorted((tmp_path / "exps" / "train").glob("*/[0-9]*"))
     assert len(runs) == 2
     assert json.loads((runs[1] / "metrics.json").read_text(encoding="utf-8"))["train/loss"]["steps"] == [7, 8]
+
+
+def _nonfinite_worker(rank: int, port: int, tmp: str) -> None:
+    import training  # in the spawned process
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    info, _ = distributed.init(torch.device("cpu"))
+    run_dir = Path(distributed.from_main(str(Path(tmp) / f"run_of_rank{rank}"), info))
+    loss = torch.tensor(float("nan") if rank == 1 else 0.5)  # only rank 1 fails
+    episode = {"scan_id": ["2"], "z": torch.tensor([4]), "superpixel_id": torch.tensor([9])}
+    message = "no error"
+    try:
+        if not distributed.all_finite(loss, info):
+            training.stop_on_nonfinite(run_dir, 3, episode, loss, info)
+    except FloatingPointError as err:
+        message = str(err)
+    finally:
+        distributed.shutdown(info)
+    (Path(tmp) / f"message{rank}.txt").write_text(message, encoding="utf-8")
+
+
+def test_nonfinite_loss_on_one_rank_stops_both_and_saves_in_rank0s_folder(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_nonfinite_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    messages = [(tmp_path / f"message{r}.txt").read_text(encoding="utf-8") for r in (0, 1)]
+    assert messages[0].startswith("non-finite loss on another rank at step 3")
+    assert messages[1].startswith("non-finite loss nan at step 3: scan 2, slice 4, superpixel 9")
+    saved = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.pt"))
+    assert saved == ["run_of_rank0/nonfinite_episode_step3_rank1.pt"]

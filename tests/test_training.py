@@ -143,21 +143,6 @@ def test_nonfinite_loss_stops_and_saves_the_episode(phantom_dir, tmp_path, monke
     assert torch.load(saved[0], weights_only=False)["episode"]["support_images"].shape[-1] == 64
 
 
-def test_nonfinite_on_one_rank_saves_only_that_ranks_episode(tmp_path):
-    from util.distributed import DistInfo
-    episode = {"scan_id": ["3"], "z": torch.tensor([7]), "superpixel_id": torch.tensor([5]),
-               "support_images": torch.zeros(1, 1, 3, 8, 8)}
-    with pytest.raises(FloatingPointError, match="non-finite loss on another rank at step 4"):
-        training.stop_on_nonfinite(tmp_path, 4, episode, torch.tensor(0.5), DistInfo(0, 2, 0))
-    assert not list(tmp_path.iterdir())
-    with pytest.raises(FloatingPointError, match=r"non-finite loss inf at step 4: scan 3, "
-                                                 r"slice 7, superpixel 5"):
-        training.stop_on_nonfinite(tmp_path, 4, episode, torch.tensor(float("inf")),
-                                   DistInfo(1, 2, 1))
-    saved = torch.load(tmp_path / "nonfinite_episode_step4_rank1.pt", weights_only=False)
-    assert saved["rank"] == 1 and saved["step"] == 4
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(phantom_dir, tmp_path):
     args = ["with", "phantom", "setting1", f"data_dir={phantom_dir}", "encoder=tiny",
