@@ -34,15 +34,16 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
-from data_preprocessing.contract import register
+from data_preprocessing.contract import discover_cases, register
 from data_preprocessing.registry import CHAOST2
-from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, add_resample_options,
-                                         convert_pair, normalize_resample_crop,
-                                         parse_resample_options)
-from util.io import pid_from_path, sort_pids, write_image
+from data_preprocessing.resample import (add_resample_options, normalize_mr_pair,
+                                         parse_resample_options, resample_record)
+from util.io import array_to_image, sort_pids, write_image
 
 # Grey value of each class in the CHAOS ground-truth PNGs (SPEC §1.2 step 2).
 GREY_TO_CLASS = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
+_GREY_LUT = np.zeros(256, dtype=np.uint8)
+_GREY_LUT[list(GREY_TO_CLASS)] = list(GREY_TO_CLASS.values())
 SEQUENCE = "T2SPIR"
 _PNG_INDEX = re.compile(r"-(\d+)$")
 
@@ -181,10 +182,7 @@ def grey_to_classes(grey: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     if unknown:
         raise ValueError(f"{path}: expected grey values {sorted(GREY_TO_CLASS)}, found "
                          f"{[int(v) for v in found]} (unknown: {unknown})")
-    lut = np.zeros(256, dtype=np.uint8)
-    for value, cls in GREY_TO_CLASS.items():
-        lut[value] = cls
-    return lut[grey.astype(np.intp)]
+    return _GREY_LUT[grey.astype(np.intp)]
 
 
 def read_ground_truth(scan: RawScan, reference: sitk.Image) -> sitk.Image:
@@ -202,9 +200,7 @@ def read_ground_truth(scan: RawScan, reference: sitk.Image) -> sitk.Image:
                              f"{grey.shape[1]}")
         slices.append(grey_to_classes(grey, path))
     stack = np.stack(slices, axis=0)[:, ::-1, :]
-    label = sitk.GetImageFromArray(np.ascontiguousarray(stack))
-    label.CopyInformation(reference)
-    return label
+    return array_to_image(np.ascontiguousarray(stack), reference)
 
 
 def convert_raw_scan(scan: RawScan, niis: str | os.PathLike) -> tuple[Path, Path]:
@@ -219,14 +215,6 @@ def convert_raw_scan(scan: RawScan, niis: str | os.PathLike) -> tuple[Path, Path
     write_image(image, img_path)
     write_image(label, lbl_path)
     return img_path, lbl_path
-
-
-def normalize_scan(niis: str | os.PathLike, dst: str | os.PathLike, pid: str,
-                   spacing=CHAOST2.target_spacing, size: int = CROP_SIZE,
-                   percentile: float = CLIP_PERCENTILE) -> str:
-    """Stage 3 for one scan, ``niis`` -> ``dst``; returns a one-line summary."""
-    return convert_pair(niis, dst, pid, CHAOST2.name, lambda image, label, name:
-                        normalize_resample_crop(image, label, spacing, size, percentile, name))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         if not niis.is_dir():
             raise FileNotFoundError(f"{niis}: expected the intermediate NIfTI folder "
                                     f"(--from-niis), found nothing there")
-        pids = args.pids or sort_pids(pid_from_path(p) for p in niis.glob("image_*.nii.gz"))
+        pids = args.pids or discover_cases(niis)
         if not pids:
             raise FileNotFoundError(f"{niis}: expected image_<pid>.nii.gz files, found none")
     else:
@@ -261,17 +249,12 @@ def main(argv: list[str] | None = None) -> None:
         pids = [scan.pid for scan in scans]
 
     for pid in pids:
-        print(normalize_scan(niis, dst, pid, args.spacing, args.size, args.percentile))
+        print(normalize_mr_pair(niis, dst, pid, CHAOST2.name, args))
     register(dst, CHAOST2.name, preprocessing={
         "tool": "data_preprocessing.chaos",
         "source": "CHAOS MR T2SPIR DICOM (SimpleITK ImageSeriesReader, rows flipped) + PNG",
         "grey_to_class": {str(k): v for k, v in GREY_TO_CLASS.items()},
-        "clip_percentile": args.percentile,
-        "target_spacing": list(args.spacing),
-        "size_rule": f"int(n * sp_in / sp_out + 1 + {SIZE_EPS})",
-        "interpolation": "linear image (input pixel type), per-label linear + rint labels",
-        "crop_size": args.size,
-        "dtype": "float64",
+        **resample_record(args),
     })
 
 

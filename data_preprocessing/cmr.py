@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from data_preprocessing.contract import register
+from data_preprocessing.contract import discover_cases, register
 from data_preprocessing.registry import CMR
-from data_preprocessing.resample import (CLIP_PERCENTILE, CROP_SIZE, SIZE_EPS, add_resample_options,
-                                         convert_pair, normalize_resample_crop,
-                                         parse_resample_options)
-from util.io import pid_from_path, sort_pids
+from data_preprocessing.resample import (add_resample_options, normalize_mr_pair,
+                                         parse_resample_options, resample_record)
 
 RAW_LABEL_VALUES = (0, *sorted(CMR.raw_label_values))  # 0, 200, 500, 600
 
@@ -37,7 +35,7 @@ def find_cases(src: str | os.PathLike, pids: list[str] | None = None) -> list[st
         raise FileNotFoundError(f"{src}: expected the bSSFP folder with image_<n>.nii.gz and "
                                 f"label_<n>.nii.gz, found nothing there")
     if pids is None:
-        pids = sort_pids(pid_from_path(p) for p in src.glob("image_*.nii.gz"))
+        pids = discover_cases(src)
         if not pids:
             raise FileNotFoundError(f"{src}: expected image_<n>.nii.gz files, found none")
     for pid in pids:
@@ -59,15 +57,6 @@ def check_label_values(label: sitk.Image, path: str | os.PathLike) -> list[int]:
     return [int(v) for v in found]
 
 
-def normalize_scan(src: str | os.PathLike, dst: str | os.PathLike, pid: str,
-                   spacing=CMR.target_spacing, size: int = CROP_SIZE,
-                   percentile: float = CLIP_PERCENTILE) -> str:
-    """One scan ``src`` -> ``dst``; returns a one-line summary."""
-    return convert_pair(src, dst, pid, CMR.name, lambda image, label, name:
-                        normalize_resample_crop(image, label, spacing, size, percentile, name),
-                        check_label_values)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, help="folder with image_<n> / label_<n>.nii.gz")
@@ -77,17 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_resample_options(parser, argv)
     pids = find_cases(args.src, args.pids)  # checks every pair before anything is written
     for pid in pids:
-        print(normalize_scan(args.src, args.dst, pid, args.spacing, args.size, args.percentile))
+        print(normalize_mr_pair(args.src, args.dst, pid, CMR.name, args, check_label_values))
     register(args.dst, CMR.name, preprocessing={
         "tool": "data_preprocessing.cmr",
         "source": "MS-CMRSeg 2019 bSSFP image_<n>/label_<n>.nii.gz",
-        "clip_percentile": args.percentile,
-        "target_spacing": list(args.spacing),
-        "size_rule": f"int(n * sp_in / sp_out + 1 + {SIZE_EPS})",
-        "interpolation": "linear image (input pixel type), per-label linear + rint labels",
-        "crop_size": args.size,
+        **resample_record(args),
         "label_values_on_disk": list(RAW_LABEL_VALUES),
-        "dtype": "float64",
     })
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from util.io import read_image, write_image
+from util.io import array_to_image, array_with_geometry, read_image, write_image
 
 
 # Added to ``n * sp_in / sp_out + 1`` before truncation. An exact ratio computed in floating point
@@ -88,9 +88,8 @@ def resample_label(label: sitk.Image, spacing: Sequence[float],
     out: np.ndarray | None = None
     grid: sitk.Image | None = None
     for value in np.unique(arr):
-        binary = sitk.GetImageFromArray((arr == value).astype(np.float32))
-        binary.CopyInformation(label)
-        grid = resample_to_spacing(binary, spacing)
+        grid = resample_to_spacing(array_to_image((arr == value).astype(np.float32), label),
+                                   spacing)
         hit = np.rint(sitk.GetArrayFromImage(grid)) * value
         if out is None:  # the first (smallest) value starts the output, all zero when it is 0
             out = hit.astype(np.float64)
@@ -98,8 +97,7 @@ def resample_label(label: sitk.Image, spacing: Sequence[float],
             out[hit == value] = value
     if grid is None:
         raise ValueError("resample_label: expected a non-empty label image, found no voxels")
-    result = sitk.GetImageFromArray(out.astype(np.float64))
-    result.CopyInformation(grid)
+    result = array_to_image(out, grid)  # float64 already
     if reference is not None:
         if reference.GetSize() != result.GetSize():
             raise ValueError(f"resample_label: resampled label size {result.GetSize()} differs "
@@ -150,14 +148,6 @@ def clip_percentile(arr: np.ndarray, percentile: float = CLIP_PERCENTILE
     return out, float(value)
 
 
-def _with_geometry(arr_zyx: np.ndarray, geometry: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(arr_zyx)
-    image.SetSpacing(geometry.GetSpacing())
-    image.SetOrigin(geometry.GetOrigin())
-    image.SetDirection(geometry.GetDirection())
-    return image
-
-
 def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Sequence[float],
                             size: int = CROP_SIZE, percentile: float = CLIP_PERCENTILE,
                             name: str = "scan") -> tuple[sitk.Image, sitk.Image, dict]:
@@ -180,9 +170,7 @@ def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Seque
                          f"{image.GetSize()}, found {label.GetSize()}")
     target = full_spacing(image, spacing)
     clipped, clip_value = clip_percentile(sitk.GetArrayFromImage(image), percentile)
-    clipped_img = sitk.GetImageFromArray(clipped)
-    clipped_img.CopyInformation(image)
-    resampled = resample_to_spacing(clipped_img, target)
+    resampled = resample_to_spacing(array_to_image(clipped, image), target)
     res_label = resample_label(label, target)
     if res_label.GetSize() != resampled.GetSize():
         raise ValueError(f"{name}: resampled label size {res_label.GetSize()} differs from the "
@@ -191,9 +179,9 @@ def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Seque
                          f"{image.GetSpacing()}")
     res_arr = sitk.GetArrayFromImage(resampled)
     pad = float(res_arr.min())
-    img_out = _with_geometry(crop_or_pad_volume(res_arr, size, pad), resampled)
-    lbl_out = _with_geometry(crop_or_pad_volume(sitk.GetArrayFromImage(res_label), size, 0.0),
-                             resampled)
+    img_out = array_with_geometry(crop_or_pad_volume(res_arr, size, pad), resampled)
+    lbl_out = array_with_geometry(crop_or_pad_volume(sitk.GetArrayFromImage(res_label), size,
+                                                     0.0), resampled)
     info = {"clip_value": clip_value, "resampled_size": resampled.GetSize(), "pad_value": pad}
     return img_out, lbl_out, info
 
@@ -238,3 +226,19 @@ def parse_resample_options(parser, argv):
     if len(args.spacing) not in (2, 3):
         parser.error(f"--spacing: expected 2 or 3 values, got {len(args.spacing)}")
     return args
+
+
+def normalize_mr_pair(src: str | os.PathLike, dst: str | os.PathLike, pid: str, dataset: str,
+                      args, check_label=None) -> str:
+    """The MRI step 3 for one scan ``src`` → ``dst`` with the parsed resample options ``args``;
+    returns :func:`convert_pair`'s one-line summary."""
+    return convert_pair(src, dst, pid, dataset, lambda image, label, name: normalize_resample_crop(
+        image, label, args.spacing, args.size, args.percentile, name), check_label)
+
+
+def resample_record(args) -> dict:
+    """The ``preprocessing`` entries of ``dataset.json`` that the resample options decide."""
+    return {"clip_percentile": args.percentile, "target_spacing": list(args.spacing),
+            "size_rule": f"int(n * sp_in / sp_out + 1 + {SIZE_EPS})",
+            "interpolation": "linear image (input pixel type), per-label linear + rint labels",
+            "crop_size": args.size, "dtype": "float64"}

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from data_preprocessing.contract import register
+from data_preprocessing.contract import discover_cases, register
 from data_preprocessing.registry import SABS
 from data_preprocessing.resample import (CROP_SIZE, SIZE_EPS, convert_pair, resample_label,
                                          resample_to_spacing)
-from util.io import pid_from_path, read_image, sort_pids, write_image
+from util.io import array_to_image, array_with_geometry, pid_from_path, read_image, write_image
 
 HU_WINDOW = (-125.0, 275.0)
 BORDER = 32
@@ -80,8 +80,7 @@ def window_scan(img_path: Path, lbl_path: Path, tmp: str | os.PathLike, new_id: 
     if image.GetDimension() != 3 or image.GetSize() != label.GetSize():
         raise ValueError(f"{lbl_path}: expected a 3-D label the size of {img_path.name} "
                          f"{image.GetSize()}, found {label.GetSize()}")
-    out = sitk.GetImageFromArray(window_ct(sitk.GetArrayFromImage(image), window, str(img_path)))
-    out.CopyInformation(image)
+    out = array_to_image(window_ct(sitk.GetArrayFromImage(image), window, str(img_path)), image)
     tmp = Path(tmp)
     out_img, out_lbl = tmp / f"image_{new_id}.nii.gz", tmp / f"label_{new_id}.nii.gz"
     write_image(out, out_img)
@@ -95,11 +94,7 @@ def _crop_border(image: sitk.Image, border: int, name: str) -> sitk.Image:
     if min(arr.shape[1:]) <= 2 * border:
         raise ValueError(f"{name}: expected in-plane size above {2 * border} to crop a "
                          f"{border}-pixel border, found {arr.shape[2]} x {arr.shape[1]}")
-    out = sitk.GetImageFromArray(arr[:, border:-border, border:-border] if border else arr)
-    out.SetSpacing(image.GetSpacing())
-    out.SetOrigin(image.GetOrigin())
-    out.SetDirection(image.GetDirection())
-    return out
+    return array_with_geometry(arr[:, border:-border, border:-border] if border else arr, image)
 
 
 def crop_and_resample(image: sitk.Image, label: sitk.Image, border: int = BORDER,
@@ -147,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         if not tmp.is_dir():
             raise FileNotFoundError(f"{tmp}: expected the step-1 folder (--from-tmp), found "
                                     f"nothing there")
-        pids = sort_pids(pid_from_path(p) for p in tmp.glob("image_*.nii.gz"))
+        pids = discover_cases(tmp)
         if not pids:
             raise FileNotFoundError(f"{tmp}: expected image_<id>.nii.gz files, found none")
     else:

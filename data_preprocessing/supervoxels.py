@@ -26,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from data_preprocessing.contract import load_dataset, update_metadata
-from data_preprocessing.superpixels import body_mask, run_jobs
+from data_preprocessing.superpixels import body_mask, relabel, run_jobs
 from util.io import array_to_image, read_image, write_image
 
 BODY_THRESHOLD = 10.0  # on the [0, 255]-scaled volume (SPEC §9.2)
@@ -60,7 +60,7 @@ def grid_edges(volume: np.ndarray, anisotropy: float) -> tuple[np.ndarray, np.nd
         us.append(index[src].ravel())
         vs.append(index[dst].ravel())
         diff = np.abs(volume[src] - volume[dst]).ravel()
-        costs.append((diff * _edge_weight((dz, dy, dx), anisotropy)).astype(np.float64))
+        costs.append((diff * _edge_weight((dz, dy, dx), anisotropy)).astype(np.float64, copy=False))
     return np.concatenate(us), np.concatenate(vs), np.concatenate(costs)
 
 
@@ -78,7 +78,7 @@ def felzenszwalb_3d(volume: np.ndarray, spacing_xyz: tuple[float, float, float],
     """Felzenszwalb segmentation of a [Z, H, W] volume in [0, 255]; labels 0..K-1 [Z, H, W]."""
     anisotropy = float(spacing_xyz[2]) / float(spacing_xyz[0])
     k = scale / 255.0
-    u, v, cost = grid_edges(volume.astype(np.float64), anisotropy)
+    u, v, cost = grid_edges(volume.astype(np.float64, copy=False), anisotropy)
     n = volume.size
     zero = cost == 0
     # zero-cost edges always merge first (0 < Int(C) + k/|C|): connected components
@@ -90,8 +90,9 @@ def felzenszwalb_3d(volume: np.ndarray, spacing_xyz: tuple[float, float, float],
     keep = cu != cv
     cu, cv, cost = np.minimum(cu, cv)[keep], np.maximum(cu, cv)[keep], cost[keep]
     # one edge per component pair, the cheapest (a sparse matrix would sum duplicates)
-    order = np.lexsort((cost, cu * m + cv))
-    key = (cu * m + cv)[order]
+    pair = cu * m + cv
+    order = np.lexsort((cost, pair))
+    key = pair[order]
     first = np.ones(key.size, bool)
     first[1:] = key[1:] != key[:-1]
     pick = order[first]
@@ -131,20 +132,17 @@ def felzenszwalb_3d(volume: np.ndarray, spacing_xyz: tuple[float, float, float],
 def supervoxels_volume(volume: np.ndarray, spacing_xyz: tuple[float, float, float],
                        min_size: int = 5000, scale: float = 1.0) -> np.ndarray:
     """Supervoxel ids of a raw [Z, H, W] volume: 1..N inside the per-slice body mask, 0 outside."""
+    volume = volume.astype(np.float64, copy=False)
     lo, hi = float(volume.min()), float(volume.max())
     scaled = (volume - lo) / max(hi - lo, 1e-12) * 255.0
     labels = felzenszwalb_3d(scaled, spacing_xyz, scale, min_size)
     mask = np.stack([body_mask(s, BODY_THRESHOLD) for s in scaled])
-    inside = labels[mask]
-    ids = np.zeros(volume.shape, np.int32)
-    ids[mask] = np.unique(inside, return_inverse=True)[1] + 1
-    return ids
+    return relabel(labels, mask, "compact")
 
 
 def _process_case(image_path: Path, out_path: Path, min_size: int) -> int:
     image = read_image(image_path)
-    ids = supervoxels_volume(sitk.GetArrayFromImage(image).astype(np.float64),
-                             image.GetSpacing(), min_size)
+    ids = supervoxels_volume(sitk.GetArrayFromImage(image), image.GetSpacing(), min_size)
     write_image(array_to_image(ids, image), out_path)
     return int(ids.max())
 

@@ -119,10 +119,21 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
 
 
 def array_to_image(arr: np.ndarray, reference: sitk.Image | None = None) -> sitk.Image:
-    """SITK array (Z, Y, X) to an image carrying ``reference``'s spacing, origin, direction."""
+    """SITK array (Z, Y, X) to an image carrying ``reference``'s spacing, origin, direction
+    (the sizes must match)."""
     img = sitk.GetImageFromArray(arr)
     if reference is not None:
         img.CopyInformation(reference)
+    return img
+
+
+def array_with_geometry(arr: np.ndarray, geometry: sitk.Image) -> sitk.Image:
+    """Like :func:`array_to_image`, for an array whose size differs from ``geometry``'s (a crop,
+    a pad): spacing, origin and direction are set one by one."""
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(geometry.GetSpacing())
+    img.SetOrigin(geometry.GetOrigin())
+    img.SetDirection(geometry.GetDirection())
     return img
 
 

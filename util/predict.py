@@ -44,7 +44,7 @@ from dataloaders.volumes import Volume, body_extent, normalize
 from models.alpnet import ALPNet, load_original_checkpoint
 from models.factory import build_model
 from util.checkpoint import checkpoint_config
-from util.io import read_image
+from util.io import array_to_image, read_image
 
 MODALITIES = ("MR", "CT")
 GEOMETRY_TOL = 1e-4
@@ -198,9 +198,7 @@ def intensity_step(image: sitk.Image, modality: str, name: str) -> sitk.Image:
         out = window_ct(arr, name=name)
     else:
         raise ValueError(f"modality: expected one of {MODALITIES}, got {modality!r}")
-    result = sitk.GetImageFromArray(out)
-    result.CopyInformation(image)
-    return result
+    return array_to_image(out, image)
 
 
 def prepare_scan(image: sitk.Image, spacing: tuple[float, float, float], modality: str,
@@ -217,8 +215,7 @@ def prepare_scan(image: sitk.Image, spacing: tuple[float, float, float], modalit
 def prepare_mask(mask01: np.ndarray, image: sitk.Image, prepared: PreparedScan,
                  name: str = "mask") -> np.ndarray:
     """A binary SITK-array mask on ``image``'s grid → [Z, 256, 256] uint8 on the network grid."""
-    mask = sitk.GetImageFromArray(mask01.astype(np.uint8))
-    mask.CopyInformation(image)
+    mask = array_to_image(mask01.astype(np.uint8), image)
     resampled = sitk.GetArrayFromImage(resample_label(mask, prepared.grid.spacing))
     assert resampled.shape == prepared.grid.shape, (resampled.shape, prepared.grid.shape)
     if not resampled.any():
