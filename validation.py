@@ -26,10 +26,10 @@ from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import make_folds
 from dataloaders.evaluation import build_evaluation
 from models.factory import build_model
-from util.checkpoint import SNAPSHOT_DIR, checkpoint_config, find_resume_checkpoint
+from util.checkpoint import SNAPSHOT_DIR, checkpoint_weights, find_resume_checkpoint
 from util.device import resolve_device
 from util.inference import encode_parts, encode_scan, segment_features
-from util.io import array_to_image, atomic_path, read_image, write_image, write_json
+from util.io import array_with_geometry, atomic_path, read_image_info, write_image, write_json
 from util.logger import RunLogger, overlay
 from util.metrics import METRICS, format_table, score_organ, summarize
 from util.seeding import seed_everything
@@ -44,10 +44,10 @@ def fold_scans(ds, cfg: dict) -> dict:
                       cfg["support_idx"][0])[cfg["eval_fold"]]
 
 
-def resolve_weights(cfg: dict) -> tuple[str | None, dict]:
-    """``reload_model_path`` as (checkpoint file, its training config; {} for a bare state dict):
-    "latest" → the newest training run of this experiment under ``log_dir/train``; a run folder
-    → its newest loadable checkpoint."""
+def resolve_weights(cfg: dict) -> tuple[str | None, dict, dict | None]:
+    """``reload_model_path`` as (checkpoint file, its training config, its model state dict;
+    {} and None for a bare state dict), the file read once: "latest" → the newest training run
+    of this experiment under ``log_dir/train``; a run folder → its newest loadable checkpoint."""
     target = cfg["reload_model_path"]
     if target == "latest":
         runs = Path(cfg["log_dir"]) / "train" / cfg["exp_name"]
@@ -60,16 +60,18 @@ def resolve_weights(cfg: dict) -> tuple[str | None, dict]:
         target = found[0]
     if target and Path(target).is_dir():
         path, state = find_resume_checkpoint(target)
-        return str(path), dict(state.get("config", {}))
-    return target, checkpoint_config(target)
+        return str(path), dict(state.get("config", {})), state["model"]
+    return (target, *checkpoint_weights(target))
 
 
-def write_prediction(pred: np.ndarray, class_id: int, reference: sitk.Image, path: Path) -> None:
-    """A [Z, h, w] binary prediction as 0/class_id on the reference image's full grid."""
-    full = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
+def write_prediction(pred: np.ndarray, class_id: int,
+                     reference: sitk.Image | sitk.ImageFileReader, path: Path) -> None:
+    """A [Z, h, w] binary prediction as 0/class_id on the reference image's full grid (an image,
+    or the header of its file)."""
+    full = np.zeros(tuple(reversed(reference.GetSize())), np.uint8)
     z, h, w = pred.shape
     full[:z, :h, :w] = pred * class_id
-    write_image(array_to_image(full, reference), path)
+    write_image(array_with_geometry(full, reference), path)
 
 
 def write_overlays(folder: Path, pid: str, organ: str, grey: torch.Tensor, gt: np.ndarray,
@@ -106,16 +108,16 @@ def validate(_run, _config, _log):
               [ds.labels[c] for c in evalset.classes])
 
     # model
-    cfg["reload_model_path"], trained = resolve_weights(cfg)
+    cfg["reload_model_path"], trained, weights = resolve_weights(cfg)
     if not cfg["reload_model_path"]:
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
-    model = build_model(cfg, device).eval()
+    model = build_model(cfg, device, weights).eval()
 
     # predict and score: prototypes once per class and part, each query volume encoded once
     scores, absent = [], []
     prototypes = {c: encode_parts(model, evalset.support[c], device) for c in evalset.classes}
     for i, scan in enumerate(evalset.queries):
-        reference = read_image(ds.path("image", scan.pid))
+        reference = read_image_info(ds.path("image", scan.pid))  # voxels already loaded
         sx, sy, sz = reference.GetSpacing()
         plans = {c: evalset.plans[c][i] for c in evalset.classes}
         needed = sorted({z for plan in plans.values() for z in plan.predict_z})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -59,14 +59,15 @@ class ALPNet(nn.Module):
                  fg_threshold: float = THRESHOLD, bg_threshold: float = THRESHOLD,
                  scale: float = SCALE, train_window: int = TRAIN_WINDOW,
                  eval_window: int = EVAL_WINDOW, mode_check_window: int = MODE_CHECK_WINDOW,
-                 autocast_bf16: bool = False, channels_last: bool = False) -> None:
+                 autocast_bf16: bool = False, channels_last: bool = False,
+                 reloaded: bool = False) -> None:
         super().__init__()
         for name, value in (("train_window", train_window), ("eval_window", eval_window),
                             ("mode_check_window", mode_check_window)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ALPNet: expected {name} to be a positive int, got {value!r}")
         if isinstance(encoder, str):
-            encoder = build_encoder(encoder, pretrained_weights)
+            encoder = build_encoder(encoder, pretrained_weights, reloaded=reloaded)
         elif pretrained_weights is not None:
             raise ValueError("ALPNet: pretrained_weights applies to an encoder built by name; "
                              "got an encoder module too, load its weights before passing it")
@@ -166,14 +167,17 @@ class ALPNet(nn.Module):
                                  fg=self.fg_alp.prototypes(feats, fg, fg_mode, window))
 
 
-def load_original_checkpoint(model: ALPNet, path: str | os.PathLike) -> None:
+def load_original_checkpoint(model: ALPNet, path: str | os.PathLike,
+                             state: Mapping[str, Tensor] | None = None) -> None:
     """Load a snapshot written by the original code (``<run>/snapshots/<iter>.pth``) into ``model``.
 
     Accepts a plain state dict or one under 'model'/'state_dict', saved on any device, with or
     without a DataParallel ``module.`` prefix. Any missing, unexpected or misshapen key is an error
-    naming the file and the keys; build the model with encoder='deeplabv3_resnet101'.
+    naming the file and the keys; build the model with encoder='deeplabv3_resnet101'. ``state``:
+    the file's state dict when the caller has already read it (``path`` then names it in errors).
     """
-    state = read_state_dict(path, "an SSL-ALPNet checkpoint")
+    if state is None:
+        state = read_state_dict(path, "an SSL-ALPNet checkpoint")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     load_checked_state_dict(model, state, str(path))

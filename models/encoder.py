@@ -71,8 +71,10 @@ class Encoder(nn.Module):
 
 
 def build_encoder(name: str = "deeplabv3_resnet101",
-                  pretrained_weights: str | os.PathLike | None = None) -> Encoder:
-    """Encoder by trunk name; ``pretrained_weights`` is a local torchvision DeepLabV3 file."""
+                  pretrained_weights: str | os.PathLike | None = None, *,
+                  reloaded: bool = False) -> Encoder:
+    """Encoder by trunk name; ``pretrained_weights`` is a local torchvision DeepLabV3 file.
+    ``reloaded``: trained weights are loaded right after, so a random trunk is not warned about."""
     if name not in ENCODER_NAMES:
         close = difflib.get_close_matches(str(name), ENCODER_NAMES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -93,11 +95,11 @@ def build_encoder(name: str = "deeplabv3_resnet101",
     deeplab = builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
     aspp_out = nn.Sequential(deeplab.classifier[0], deeplab.classifier[1])
     encoder = Encoder(deeplab.backbone, 2048, aspp_out)
-    if pretrained_weights is None:
+    if pretrained_weights is None and not reloaded:
         logger.warning("encoder %s: no pretrained_weights given, the trunk is randomly "
                        "initialised (the paper starts from COCO DeepLabV3 weights; pass the local "
                        "file deeplabv3_resnet101_coco-586e9e4e.pth to reproduce it)", name)
-    else:
+    elif pretrained_weights is not None:
         load_coco_backbone(encoder, pretrained_weights)
     return encoder
 

@@ -91,11 +91,13 @@ def find_resume_checkpoint(target: str | os.PathLike,
                             f"from, {detail}")
 
 
-def checkpoint_config(path: str | os.PathLike | None) -> dict:
-    """The training config stored in one of our checkpoints; ``{}`` for a bare state dict."""
+def checkpoint_weights(path: str | os.PathLike | None) -> tuple[dict, dict | None]:
+    """(training config, model state dict) of one of our checkpoints, read once; ``({}, None)``
+    for a bare state dict (the original's snapshots: read them with load_original_checkpoint)."""
     if not path:
-        return {}
+        return {}, None
     try:
-        return dict(load_checkpoint(path).get("config", {}))
+        state = load_checkpoint(path)
     except ValueError:
-        return {}
+        return {}, None
+    return dict(state.get("config", {})), state["model"]

@@ -112,6 +112,18 @@ def read_array(path: str | os.PathLike, dtype: Any | None = None) -> np.ndarray:
     return arr.astype(dtype) if dtype is not None else arr
 
 
+def read_image_info(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """The header of an image file (``GetSize``, ``GetSpacing``, ``GetOrigin``, ``GetDirection``)
+    without reading its voxels; for files whose data were already read and checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected an image file, found nothing there")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write a SimpleITK image atomically (NIfTI by the file name's extension)."""
     with atomic_path(path) as tmp:

@@ -27,7 +27,6 @@ the z-score, as the loaders do.
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from data_preprocessing.sabs import BORDER, window_ct
 from dataloaders.volumes import Volume, body_extent, normalize
 from models.alpnet import ALPNet, load_original_checkpoint
 from models.factory import build_model
-from util.checkpoint import checkpoint_config
+from util.checkpoint import checkpoint_weights
 from util.io import array_to_image, read_image
 
 MODALITIES = ("MR", "CT")
@@ -282,28 +281,21 @@ def load_model(path: str | os.PathLike, encoder: str,
     Our checkpoints rebuild the trained architecture from their config; a bare state dict (the
     original code's snapshots) gets ``encoder`` and the original's defaults.
     """
-    cfg = checkpoint_config(path)  # raises FileNotFoundError; {} for a bare state dict
+    cfg, weights = checkpoint_weights(path)  # raises FileNotFoundError; {} for a bare state dict
     missing = [k for k in MODEL_KEYS if k not in cfg]
     if cfg and missing:
         raise ValueError(f"{path}: expected the model keys {missing} in the checkpoint's "
                          f"config, found them missing")
-    # the encoder's "no pretrained weights, randomly initialised" warning does not apply here
-    encoder_log = logging.getLogger("models.encoder")
-    level = encoder_log.level
-    encoder_log.setLevel(logging.ERROR)
-    try:
-        if cfg:
-            model = build_model({**cfg, "pretrained_weights": None, "reload_model_path": None},
-                                device)
-        else:
-            model = ALPNet(encoder).to(device)
-    finally:
-        encoder_log.setLevel(level)
+    if cfg:  # our checkpoint: the trained architecture, its weights already read
+        model = build_model({**cfg, "pretrained_weights": None, "reload_model_path": str(path)},
+                            device, weights)
+        return model.eval(), cfg
+    model = ALPNet(encoder, reloaded=True).to(device)
     try:
         load_original_checkpoint(model, path)
     except ValueError as err:
         hint = (f" (the model was built with --encoder {encoder}; pass the encoder it was "
-                f"trained with)" if not cfg and "do not match" in str(err) else "")
+                f"trained with)" if "do not match" in str(err) else "")
         raise ValueError(f"{err}{hint}") from err
     return model.eval(), cfg
 
