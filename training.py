@@ -18,8 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from config_ssl_upload import ex, run_cli
 from data_preprocessing.contract import load_dataset
-from dataloaders.episodes import (ManualLabelEpisodes, SupervoxelEpisodes, SuperpixelEpisodes,
-                                  episode_loader, training_classes)
+from data_preprocessing.registry import get_dataset_info
+from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, SupervoxelEpisodes,
+                                  SuperpixelEpisodes, episode_loader, training_classes)
 from models.factory import build_model
 from models.losses import weighted_cross_entropy
 from util import distributed
@@ -29,7 +30,6 @@ from util.logger import RunLogger, episode_panel
 from util.schedule import lr_at
 from util.seeding import rng_state, seed_everything, set_rng_state
 
-EPISODE_TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
 # what decides the episodes, the model or the schedule: a resumed run must keep it
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
                      "exclude_labels", "which_aug", "min_superpixel_px", "min_fg_px",
@@ -97,7 +97,7 @@ def train(_run, _config, _log):
 
     # data
     ds = load_dataset(cfg["data_dir"])
-    if ds.name != cfg["dataset"].upper().removesuffix("_SUPERPIX"):
+    if ds.name != get_dataset_info(cfg["dataset"]).name:
         raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
                          f"(config key dataset), found {ds.name!r}")
     fold = ds.fold(cfg["eval_fold"])

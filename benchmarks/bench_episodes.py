@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import time_calls  # noqa: E402
 from data_preprocessing import superpixels  # noqa: E402
 from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
@@ -43,12 +44,8 @@ def summary(times: list[float]) -> dict:
 
 
 def per_call(dataset: SuperpixelEpisodes, n: int) -> list[float]:
-    times = []
-    for i in range(n):
-        start = time.perf_counter()
-        dataset[i]
-        times.append(time.perf_counter() - start)
-    return times
+    indices = iter(range(n))
+    return time_calls(lambda: dataset[next(indices)], n, lambda: None, warmup=0)
 
 
 def loader_rate(dataset: SuperpixelEpisodes, workers: int, n: int) -> float:

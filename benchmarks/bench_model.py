@@ -27,13 +27,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 
 import torch
 
-from benchmarks.timing import synchronizer, tf32_settings, time_calls
+from benchmarks.timing import peak_rss_mb, synchronizer, tf32_settings, time_calls
 from models.alp import l2_normalize
 from models.alpnet import ALPNet
 from models.losses import weighted_cross_entropy
@@ -51,10 +50,6 @@ def make_episode(size: int, n_shots: int, device: torch.device, seed: int = 0) -
                "query_images": torch.randn(1, 3, size, size, generator=gen),
                "query_label": label}
     return {k: v.to(device) for k, v in episode.items()}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def summary(times: list[float]) -> dict:

@@ -15,23 +15,19 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import time_calls  # noqa: E402
 from data_preprocessing import superpixels  # noqa: E402
 from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
 
 
 def timed(folder: Path, workers: int, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        superpixels.generate(folder, "MIDDLE", workers=workers)
-        times.append(time.perf_counter() - start)
-    return times
+    return time_calls(lambda: superpixels.generate(folder, "MIDDLE", workers=workers), repeats,
+                      lambda: None, warmup=0)
 
 
 def stats(times: list[float], n_volumes: int) -> dict:

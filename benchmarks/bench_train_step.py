@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -45,13 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_preprocessing import superpixels  # noqa: E402
 from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
-from dataloaders.episodes import SuperpixelEpisodes  # noqa: E402
+from dataloaders.episodes import EPISODE_TENSORS, SuperpixelEpisodes  # noqa: E402
 from models.alpnet import ALPNet  # noqa: E402
-from benchmarks.timing import synchronizer, tf32_settings  # noqa: E402
+from benchmarks.timing import peak_rss_mb, synchronizer, tf32_settings  # noqa: E402
 from models.losses import weighted_cross_entropy  # noqa: E402
 from util.device import resolve_device  # noqa: E402
 
-TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
 
 
 def stats(values: list[float]) -> dict:
@@ -110,14 +108,14 @@ def main() -> None:
                        autocast_bf16=args.bf16).to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=5e-4)
-        rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_model = peak_rss_mb()
         parts: dict[str, list[float]] = {k: [] for k in ("episode", "forward_loss", "backward",
                                                           "optimizer", "step", "encoder_floor")}
         first_loss = None
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
             ep = episodes[i]
-            batch = {k: ep[k].to(device) for k in TENSORS}
+            batch = {k: ep[k].to(device) for k in EPISODE_TENSORS}
             sync()
             t1 = time.perf_counter()
             out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
@@ -146,7 +144,7 @@ def main() -> None:
                                    ("backward", t3 - t2), ("optimizer", t4 - t3),
                                    ("step", t4 - t1), ("encoder_floor", t6 - t5)):
                     parts[key].append(value)
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+        peak_rss = peak_rss_mb() / 1024
         gpu = ({"gpu": torch.cuda.get_device_name(device),
                 "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 1024 ** 3,
                                              3)} if device.type == "cuda" else {})

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import peak_rss_mb  # noqa: E402
 from config_ssl_upload import ex  # noqa: E402
 from data_preprocessing import classmap  # noqa: E402
 from data_preprocessing.contract import load_dataset, register  # noqa: E402
@@ -69,8 +69,7 @@ def main() -> None:
                       "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                       "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
                       **results,
-                      "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                            / 1024 ** 2, 3)}, indent=2))
+                      "peak_rss_gib": round(peak_rss_mb() / 1024, 3)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Wall-clock timing shared by the benchmarks: device synchronisation and repeated calls."""
+"""Shared by the benchmarks: device synchronisation, repeated timed calls, peak memory."""
 from __future__ import annotations
 
+import resource
 import time
 from typing import Callable
 
@@ -34,3 +35,8 @@ def tf32_settings() -> dict:
     an "fp32" CUDA timing with cuDNN's default TF32 convolutions is not strict fp32)."""
     return {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32),
             "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

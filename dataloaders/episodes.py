@@ -47,14 +47,14 @@ from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volume
     normalization_stats
 from util.io import read_json
 
-__all__ = ["EPISODE_KEYS", "episode_rng", "StepSampler", "episode_loader",
+__all__ = ["EPISODE_KEYS", "EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
            "setting_exclusions", "training_classes", "excluded_slices_from_classmap",
            "make_episode", "supervoxel_pairs", "EpisodeDataset", "SuperpixelEpisodes",
            "SupervoxelEpisodes", "ManualLabelEpisodes"]
 
-EPISODE_KEYS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels",
-                "support_z", "scan_id", "z", "query_scan_id", "query_z", "superpixel_id",
-                "class_id", "step")
+EPISODE_TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
+EPISODE_KEYS = (*EPISODE_TENSORS, "support_z", "scan_id", "z", "query_scan_id", "query_z",
+                "superpixel_id", "class_id", "step")
 SUPERPIXEL_DRAWS = ("uniform", "original")
 EXCLUDE_MODES = ("any", "all")
 
