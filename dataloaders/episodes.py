@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Sampler
 from data_preprocessing.contract import Dataset
 from dataloaders.augment import AugParams, augment_pair, geometric, get_aug_params, random_gamma
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
-    normalization_stats
+    normalization_stats, tile_slices
 from util.io import read_json
 
 __all__ = ["EPISODE_KEYS", "EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
@@ -161,13 +161,6 @@ def excluded_slices_from_classmap(dataset: Dataset | str | os.PathLike, pids: Se
     return out
 
 
-def _tile(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """[n] × [H, W] float → [n, 3, H, W] float32 tensor (three identical channels)."""
-    grey = np.stack(images).astype(np.float32, copy=False)
-    return torch.from_numpy(np.ascontiguousarray(
-        np.broadcast_to(grey[:, None], (grey.shape[0], 3) + grey.shape[1:])))
-
-
 def make_episode(support_images: Sequence[np.ndarray], support_labels: Sequence[np.ndarray],
                  query_image: np.ndarray, query_label: np.ndarray, *, step: int,
                  support_scans: Sequence[str], support_z: Sequence[int], query_scan: str,
@@ -179,10 +172,10 @@ def make_episode(support_images: Sequence[np.ndarray], support_labels: Sequence[
     """
     fg = (np.stack(support_labels) == 1).astype(np.float32)
     return {
-        "support_images": _tile(support_images),
+        "support_images": tile_slices(support_images),
         "support_fg": torch.from_numpy(fg),
         "support_bg": torch.from_numpy(1.0 - fg),
-        "query_images": _tile([query_image]),
+        "query_images": tile_slices([query_image]),
         "query_labels": torch.from_numpy(np.asarray(query_label, dtype=np.int64)[None].copy()),
         "support_z": torch.from_numpy(np.array([int(z) for z in support_z], dtype=np.int64)),
         "scan_id": ",".join(str(s) for s in support_scans),
@@ -260,6 +253,14 @@ class EpisodeDataset(torch.utils.data.Dataset):
     def episode(self, rng: np.random.Generator, step: int) -> dict:
         raise NotImplementedError
 
+    def _load_scans(self, ds: Dataset, pids: Sequence[str], stats: NormStats | None,
+                    **load) -> list[Volume]:
+        """The training scans, normalised; CT statistics from them unless ``stats`` is given."""
+        if not pids:
+            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
+        self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
+        return load_volumes(ds, list(pids), stats=self.stats, **load)
+
 
 class SuperpixelEpisodes(EpisodeDataset):
     """Self-supervised 2-D superpixel episodes (SPEC §3.2–§3.7, with the §0 fixes).
@@ -289,13 +290,10 @@ class SuperpixelEpisodes(EpisodeDataset):
         if draw == "original" and min_superpixel_px != 1:
             raise ValueError(f"min_superpixel_px: the original draw has no size check, expected 1 "
                              f"with draw='original', got {min_superpixel_px}")
-        if not pids:
-            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
         self.dataset_root, self.draw, self.min_superpixel_px = ds.root, draw, min_superpixel_px
         self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
-        self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
-        self.volumes: list[Volume] = load_volumes(ds, list(pids), stats=self.stats, label=False,
-                                                  superpix_scale=superpix_scale, crop=crop)
+        self.volumes = self._load_scans(ds, pids, stats, label=False,
+                                        superpix_scale=superpix_scale, crop=crop)
         excluded = excluded_slices_from_classmap(ds, pids, self.exclude_labels)
         self.slices: list[tuple[int, int]] = []   # eligible (volume index, z)
         self._choices: list[np.ndarray] = []      # per eligible slice: ids (uniform) or [max]
@@ -380,13 +378,10 @@ class SupervoxelEpisodes(EpisodeDataset):
                              f"3-D ids consistent across slices")
         if min_size < 1:
             raise ValueError(f"min_size: expected >= 1 px, got {min_size}")
-        if not pids:
-            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
         self.min_size = int(min_size)
         self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
-        self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
-        self.volumes = load_volumes(ds, list(pids), stats=self.stats, label=False,
-                                    superpix_scale=superpix_scale, crop=crop)
+        self.volumes = self._load_scans(ds, pids, stats, label=False,
+                                        superpix_scale=superpix_scale, crop=crop)
         excluded = excluded_slices_from_classmap(ds, pids, self.exclude_labels, exclude_mode)
         self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # ids, starts, cum p
         self.volume_index: list[int] = []
@@ -455,20 +450,16 @@ class ManualLabelEpisodes(EpisodeDataset):
         if n_shots < 1 or min_fg_px < 1:
             raise ValueError(f"expected n_shots >= 1 and min_fg_px >= 1, got {n_shots}, "
                              f"{min_fg_px}")
-        if not pids:
-            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
         self.n_shots, self.min_fg_px = int(n_shots), int(min_fg_px)
-        self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
-        self.volumes = load_volumes(ds, list(pids), stats=self.stats, label=True, crop=crop)
+        self.volumes = self._load_scans(ds, pids, stats, label=True, crop=crop)
+        flats = [vol.label.reshape(vol.n_slices, -1) for vol in self.volumes]
+        allowed = [~np.isin(flat, self.exclude_labels).any(axis=1) for flat in flats]
         self.eligible: dict[int, np.ndarray] = {}   # class → [n, 2] (volume index, z)
         for c in self.classes:
             rows = []
-            for vi, vol in enumerate(self.volumes):
-                flat = vol.label.reshape(vol.n_slices, -1)
+            for vi, (flat, ok) in enumerate(zip(flats, allowed)):
                 fg = (flat == c).sum(axis=1)
-                bad = np.isin(flat, self.exclude_labels).any(axis=1) if self.exclude_labels \
-                    else np.zeros(vol.n_slices, bool)
-                rows += [(vi, z) for z in np.flatnonzero((fg >= self.min_fg_px) & ~bad)]
+                rows += [(vi, z) for z in np.flatnonzero((fg >= self.min_fg_px) & ok)]
             if len(rows) < self.n_shots + 1:
                 raise ValueError(f"{ds.root}: class {c} ({ds.labels[c]}) has {len(rows)} "
                                  f"eligible slices (>= {min_fg_px} px, not excluded) in scans "

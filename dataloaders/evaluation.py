@@ -46,7 +46,7 @@ import torch
 
 from data_preprocessing.contract import Dataset
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
-    normalization_stats
+    normalization_stats, tile_slices
 
 __all__ = ["PROTOCOLS", "part_percentiles", "support_slice", "chunk_index", "count_chunks",
            "SupportPart", "SupportSet", "QueryScan", "QueryPlan", "EvaluationSet",
@@ -228,11 +228,9 @@ def build_support(volumes: Sequence[Volume], class_id: int, class_name: str,
     parts = []
     for pct in pcts:
         zs = [support_slice(zl, pct) for zl in zlists]
-        grey = np.stack([v.image[z] for v, z in zip(volumes, zs)])
         fg = np.stack([v.label[z] == class_id for v, z in zip(volumes, zs)]).astype(np.float32)
-        images = np.ascontiguousarray(np.broadcast_to(grey[:, None], (grey.shape[0], 3)
-                                                      + grey.shape[1:]))
-        parts.append(SupportPart(images=torch.from_numpy(images), fg=torch.from_numpy(fg),
+        parts.append(SupportPart(images=tile_slices([v.image[z] for v, z in zip(volumes, zs)]),
+                                 fg=torch.from_numpy(fg),
                                  bg=torch.from_numpy(1.0 - fg), scan_ids=[v.pid for v in volumes],
                                  z=zs))
     return SupportSet(class_id=class_id, class_name=class_name,

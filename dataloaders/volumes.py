@@ -18,17 +18,20 @@ class ids with :func:`data_preprocessing.classmap.map_label_values` (CMR 200/500
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from data_preprocessing.classmap import map_label_values
 from data_preprocessing.contract import Dataset, load_dataset
 from util.io import read_array
 
 __all__ = ["NormStats", "Volume", "as_dataset", "train_fold_stats", "normalization_stats",
-           "normalize", "body_extent", "load_volume", "load_volumes", "NORMALIZATIONS"]
+           "normalize", "body_extent", "load_volume", "load_volumes", "NORMALIZATIONS",
+           "tile_slices"]
 
 NORMALIZATIONS = ("zscore_volume", "zscore_train_fold")
 CROP = 256
@@ -192,3 +195,11 @@ def load_volumes(dataset: Dataset | str | os.PathLike, pids: list[str], *,
         raise ValueError(f"{ds.root}: expected scan ids among {ds.cases}, got unknown {unknown}")
     return [load_volume(ds, p, stats=stats, label=label, superpix_scale=superpix_scale, crop=crop)
             for p in pids]
+
+
+def tile_slices(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """[n] × [H, W] float → [n, 3, H, W] float32 tensor (three identical channels: the network's
+    input)."""
+    grey = np.stack(images).astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(
+        np.broadcast_to(grey[:, None], (grey.shape[0], 3) + grey.shape[1:])))

@@ -47,7 +47,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def overlap_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
-    pred, gt = pred.astype(bool), gt.astype(bool)
+    pred, gt = pred.astype(bool, copy=False), gt.astype(bool, copy=False)
     tp = int(np.count_nonzero(pred & gt))
     return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(gt)) - tp
 
@@ -60,7 +60,7 @@ def score_organ(pred: np.ndarray, gt: np.ndarray, spacing_zyx: tuple[float, floa
                          f"shape, got {pred.shape} and {gt.shape}")
     pred, gt = pred.astype(bool), gt.astype(bool)
     tp, fp, fn = overlap_counts(pred, gt)
-    empty_gt, empty_pred = not gt.any(), not pred.any()
+    empty_gt, empty_pred = tp + fn == 0, tp + fp == 0
     if empty_gt and empty_pred:
         dice = 1.0
     else:
@@ -69,9 +69,8 @@ def score_organ(pred: np.ndarray, gt: np.ndarray, spacing_zyx: tuple[float, floa
     if not empty_gt and not empty_pred:
         hd95 = float(medpy_binary.hd95(pred, gt, voxelspacing=spacing_zyx))
         assd = float(medpy_binary.assd(pred, gt, voxelspacing=spacing_zyx))
-    return OrganScore(scan, organ, float(dice), _ratio(tp, tp + fp) if not empty_pred else
-                      math.nan, _ratio(tp, tp + fn), hd95, assd, tp, fp, fn, empty_gt,
-                      empty_pred, int(pred.shape[0]))
+    return OrganScore(scan, organ, float(dice), _ratio(tp, tp + fp), _ratio(tp, tp + fn), hd95,
+                      assd, tp, fp, fn, empty_gt, empty_pred, int(pred.shape[0]))
 
 
 METRICS = ("dice", "precision", "recall", "hd95_mm", "assd_mm")
