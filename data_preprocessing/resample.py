@@ -115,14 +115,22 @@ def crop_or_pad(arr_hwz: np.ndarray, size: int = CROP_SIZE, pad_value: float = 0
     if arr_hwz.ndim < 2:
         raise ValueError(f"crop_or_pad: expected an (H, W, ...) array, got shape {arr_hwz.shape}")
     out = np.full((size, size) + arr_hwz.shape[2:], pad_value, dtype=np.float64)
+    src, dst = crop_windows(arr_hwz.shape[:2], size)
+    out[dst[0], dst[1]] = arr_hwz[src[0], src[1]]
+    return out
+
+
+def crop_windows(shape: Sequence[int], size: int = CROP_SIZE
+                 ) -> tuple[list[slice], list[slice]]:
+    """R3's correspondence per axis of ``shape``: (source slices, output slices) such that
+    ``output[out] = source[src]``; output index 0 is source index ``n // 2 - size // 2``."""
     src, dst = [], []
-    for n in arr_hwz.shape[:2]:
-        start = n // 2 - size // 2  # source index of output index 0
+    for n in shape:
+        start = n // 2 - size // 2
         lo, hi = max(start, 0), min(start + size, n)
         src.append(slice(lo, max(hi, lo)))
         dst.append(slice(lo - start, max(hi, lo) - start))
-    out[dst[0], dst[1]] = arr_hwz[src[0], src[1]]
-    return out
+    return src, dst
 
 
 def crop_or_pad_volume(arr_zyx: np.ndarray, size: int = CROP_SIZE,

@@ -37,8 +37,10 @@ import torch
 
 from data_preprocessing.registry import CHAOST2, SABS, DatasetInfo, get_dataset_info
 from data_preprocessing.resample import (CROP_SIZE, clip_percentile, crop_or_pad_volume,
-                                         full_spacing, resample_label, resample_to_spacing)
+                                         crop_windows, full_spacing, resample_label,
+                                         resample_to_spacing)
 from data_preprocessing.sabs import BORDER, window_ct
+from data_preprocessing.verify import GEOMETRY_TOL
 from dataloaders.volumes import Volume, body_extent, normalize
 from models.alpnet import ALPNet, load_original_checkpoint
 from models.factory import build_model
@@ -46,7 +48,6 @@ from util.checkpoint import checkpoint_weights
 from util.io import array_to_image, read_image
 
 MODALITIES = ("MR", "CT")
-GEOMETRY_TOL = 1e-4
 MODEL_KEYS = ("encoder", "feature_hw", "proto_grid_size", "val_wsize", "fg_thresh", "bg_thresh",
               "usealign", "bf16", "channels_last")
 # SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
@@ -243,15 +244,9 @@ def uncrop_volume(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """
     if arr.ndim != 3 or arr.shape[0] != shape[0]:
         raise ValueError(f"uncrop_volume: expected (Z={shape[0]}, H, W), got {arr.shape}")
-    size = arr.shape[1]
     out = np.zeros(shape, arr.dtype)
-    src, dst = [], []
-    for n in shape[1:]:
-        start = n // 2 - size // 2
-        lo, hi = max(start, 0), min(start + size, n)
-        dst.append(slice(lo, max(hi, lo)))
-        src.append(slice(lo - start, max(hi, lo) - start))
-    out[:, dst[0], dst[1]] = arr[:, src[0], src[1]]
+    grid, net = crop_windows(shape[1:], arr.shape[1])  # the crop's source and output windows
+    out[:, grid[0], grid[1]] = arr[:, net[0], net[1]]
     return out
 
 
