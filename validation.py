@@ -60,7 +60,8 @@ def resolve_weights(cfg: dict) -> tuple[str | None, dict, dict | None]:
         target = found[0]
     if target and Path(target).is_dir():
         path, state = find_resume_checkpoint(target)
-        return str(path), dict(state.get("config", {})), state["model"]
+        return (str(path), {**state.get("config", {}), "checkpoint_step": int(state["step"])},
+                state["model"])
     return (target, *checkpoint_weights(target))
 
 
@@ -147,7 +148,7 @@ def validate(_run, _config, _log):
     summary.update({"dataset": ds.name, "fold": cfg["eval_fold"], "protocol": cfg["protocol"],
                     "setting": trained.get("setting", cfg["setting"]),
                     "pseudolabel": trained.get("pseudolabel", cfg["pseudolabel"]),
-                    "steps": trained.get("n_steps"), "encoder": cfg["encoder"],
+                    "steps": trained.get("checkpoint_step", trained.get("n_steps")), "encoder": cfg["encoder"],
                     "label_group": cfg["label_sets"], "n_shots": cfg["n_shots"],
                     "support": split["support"], "queries": split["query"], "absent": absent,
                     "checkpoint": cfg["reload_model_path"]})

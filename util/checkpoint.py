@@ -100,4 +100,4 @@ def checkpoint_weights(path: str | os.PathLike | None) -> tuple[dict, dict | Non
         state = load_checkpoint(path)
     except ValueError:
         return {}, None
-    return dict(state.get("config", {})), state["model"]
+    return {**state.get("config", {}), "checkpoint_step": int(state["step"])}, state["model"]
