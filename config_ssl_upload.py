@@ -40,7 +40,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "fg_thresh": (float,), "bg_thresh": (float,), "n_steps": (int,), "lr": (float,),
     "momentum": (float,), "weight_decay": (float,), "lr_step_gamma": (float,),
     "lr_step_size": (int,), "print_interval": (int,), "image_every": (int,),
-    "save_snapshot_every": (int,), "checkpoint_every": (int,), "resume": (str, type(None)),
+    "save_snapshot_every": (int,), "checkpoint_every": (int,), "val_every": (int,), "resume": (str, type(None)),
     "bf16": (bool,), "channels_last": (bool,), "compile": (bool,), "log_dir": (str,),
     "exp_prefix": (str,), "exp_name": (str,), "protocol": (str,), "n_shots": (int,),
     "support_idx": (list,), "n_sup_part": (int,), "z_margin": (int,), "save_predictions": (bool,),
@@ -100,6 +100,8 @@ def config():
     image_every = 1000
     save_snapshot_every = 25000
     checkpoint_every = 500
+    val_every = 0              # validate on the fold's support/query scans every N steps and at
+    #                            the end (0: off): val/dice/*, val_curve.csv/.png, snapshots/best.pth
     resume = None              # run folder or checkpoint file to continue from
     bf16 = False               # bfloat16 autocast of the encoder (CUDA; CPUs with bf16 support)
     channels_last = True       # memory layout only: same numbers, faster convolutions

@@ -7,7 +7,7 @@ Setup → read, check and preprocess every input (nothing is written before all 
 support parts and their prototypes → per query: realistic chunk plan, segment, map back onto the
 query's own grid, write ``<out>/<query name>_pred.nii.gz`` (uint8 0/1, the query's size, spacing,
 origin and direction). Scans are resampled and normalised as the training data were
-(:mod:`util.predict`); query slices take their support part from the body extent
+(:mod:`inference.predict`); query slices take their support part from the body extent
 (SPEC §9.5, no query label is used).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ from data_preprocessing.resample import fmt_spacing
 from dataloaders.evaluation import QueryScan, build_support, plan_query
 from models.encoder import ENCODER_NAMES
 from util.device import resolve_device
-from util.inference import encode_parts, segment
+from inference.batched import encode_parts, segment
 from util.io import write_image
-from util.predict import (MODALITIES, binary_mask, check_same_grid, checkpoint_modality,
+from inference.predict import (MODALITIES, binary_mask, check_same_grid, checkpoint_modality,
                           dataset_info, load_model, orientation, output_path, prepare_mask,
                           prepare_scan, read_scan, support_volume, target_spacing, to_original)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,14 +20,17 @@ from torch.nn.parallel import DistributedDataParallel
 from config_ssl_upload import ex, run_cli
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import get_dataset_info
+from dataloaders.evaluation import build_evaluation
 from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, SupervoxelEpisodes,
                                   SuperpixelEpisodes, episode_loader, training_classes)
+from inference.evaluate import Evaluation, evaluate
 from models.factory import build_model
 from models.losses import weighted_cross_entropy
 from util import distributed
-from util.checkpoint import LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
+from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
 from util.device import resolve_device
-from util.logger import RunLogger, episode_panel
+from util.logger import LearningCurve, RunLogger, episode_panel
+from util.metrics import summarize
 from util.schedule import lr_at
 from util.seeding import rng_state, seed_everything, set_rng_state
 
@@ -49,6 +53,29 @@ def build_episodes(cfg: dict, ds, train_pids: list[str]):
         return SupervoxelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"], **common)
     return ManualLabelEpisodes(ds, train_pids, training_classes(ds, cfg["label_sets"]),
                                min_fg_px=cfg["min_fg_px"], **common)
+
+
+def validation_sets(cfg: dict, ds) -> list:
+    """The evaluation sets validated during training: every label group in Setting 1, the run's
+    own group in Setting 2 (configured protocol, support and query scans of ``splits.json``)."""
+    groups = range(len(ds.meta["label_groups"])) if cfg["setting"] == 1 else [cfg["label_sets"]]
+    return [build_evaluation(ds, cfg["eval_fold"], label_group=g, protocol=cfg["protocol"],
+                             npart=cfg["n_sup_part"], z_margin=cfg["z_margin"]) for g in groups]
+
+
+def validate_now(model, ds, sets: list, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Mean Dice per organ and overall (``mean``) of the current weights; the model is put back
+    in train mode. Evaluation draws no random numbers, so the training stream is unchanged."""
+    result = Evaluation()
+    model.eval()
+    try:
+        for evalset in sets:
+            result.extend(evaluate(model, ds, evalset, device, batch_size))
+    finally:
+        model.train()
+    summary = summarize(result.scores)
+    dice = {organ: stats["dice"]["mean"] for organ, stats in summary["per_organ"].items()}
+    return {**dice, "mean": summary["overall"]["dice"]["mean"]}
 
 
 def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
@@ -104,6 +131,8 @@ def train(_run, _config, _log):
     episodes = build_episodes(cfg, ds, fold["train"])
     _log.info("%s fold %d: %d training scans, excluded classes %s", ds.name, cfg["eval_fold"],
               len(fold["train"]), cfg["exclude_labels"])
+    # rank 0 validates during training while the other ranks wait
+    val_sets = validation_sets(cfg, ds) if cfg["val_every"] > 0 and rank.is_main else []
 
     # model and optimizer
     model = build_model(cfg, device)
@@ -115,6 +144,7 @@ def train(_run, _config, _log):
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
     step = 0
+    best = {"step": None, "mean": float("-inf")}  # best validation mean Dice so far
     if cfg["resume"]:
         path, state = find_resume_checkpoint(cfg["resume"], map_location=device)
         check_resume_config(path, state.get("config", {}), cfg)
@@ -122,6 +152,7 @@ def train(_run, _config, _log):
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = int(state["step"])
+        best = state.get("best_val", best)
         _run.info["resumed_from"] = str(path)
         _log.info("resumed from %s at step %d", path, step)
 
@@ -130,10 +161,24 @@ def train(_run, _config, _log):
             return
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "step": step, "rng": rng_state(), "config": cfg,
-                               "dataset": ds.name, "fold": fold})
+                               "dataset": ds.name, "fold": fold, "best_val": best})
+
+    def validation() -> None:
+        """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
+        if val_sets:
+            dice = validate_now(model, ds, val_sets, device, cfg["eval_batch_size"])
+            logger.summary(step, {f"val/dice/{organ}": d for organ, d in dice.items()})
+            curve.add(step, dice)
+            _log.info("step %d validation: mean Dice %.2f%% (%s)", step, 100 * dice["mean"],
+                      ", ".join(f"{o} {100 * d:.2f}" for o, d in dice.items() if o != "mean"))
+            if dice["mean"] > best["mean"]:
+                best.update(step=step, mean=dice["mean"])
+                checkpoint(snapshots / BEST)
+        distributed.barrier(rank)
 
     # the step loop: the sampler yields the global steps step .. n_steps - 1
     logger = RunLogger(run_dir, _run, cfg["print_interval"]) if rank.is_main else None
+    curve = LearningCurve(run_dir) if val_sets else None
     loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=step,
                             n_steps=max(cfg["n_steps"] - step, 0),
                             pin_memory=device.type == "cuda", rank=rank.rank,
@@ -142,6 +187,7 @@ def train(_run, _config, _log):
     snapshots = run_dir / SNAPSHOT_DIR
     model.train()
     loss = None
+    window_start = time.perf_counter()  # the s/step of each print_interval window
     for episode in loader:
         lr = lr_at(step, cfg["lr"], cfg["lr_step_gamma"], cfg["lr_step_size"])
         for group in optimizer.param_groups:
@@ -157,6 +203,10 @@ def train(_run, _config, _log):
         loss.backward()
         optimizer.step()
         step += 1
+        if cfg["val_every"] and step % cfg["val_every"] == 0:
+            began = time.perf_counter()
+            validation()
+            window_start += time.perf_counter() - began  # s/step counts training alone
         if logger is None:
             continue
 
@@ -165,9 +215,12 @@ def train(_run, _config, _log):
                                       "train/lr": lr,
                                       "train/empty_prototype_sets": float(out.n_fallback)})
         if means is not None:
-            _log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f", step,
-                      cfg["n_steps"], means["train/loss"], means["train/align_loss"], lr,
-                      means["train/empty_prototype_sets"])
+            now = time.perf_counter()
+            rate = (now - window_start) / cfg["print_interval"]
+            window_start = now
+            _log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  %.3f s/step",
+                      step, cfg["n_steps"], means["train/loss"], means["train/align_loss"], lr,
+                      means["train/empty_prototype_sets"], rate)
         if step % cfg["image_every"] == 0:
             pred = out.logits[0].argmax(0)
             logger.image("train/episode", step, episode_panel(
@@ -178,6 +231,8 @@ def train(_run, _config, _log):
         if step % cfg["checkpoint_every"] == 0:
             checkpoint(snapshots / LATEST)
 
+    if cfg["val_every"] and step % cfg["val_every"]:
+        validation()  # at the end
     if step % cfg["checkpoint_every"] or not (snapshots / LATEST).is_file():
         checkpoint(snapshots / LATEST)
     distributed.barrier(rank)
@@ -187,7 +242,7 @@ def train(_run, _config, _log):
     logger.close()
     _log.info("finished at step %d; checkpoint %s", step, snapshots / LATEST)
     return {"step": step, "final_loss": None if loss is None else loss.item(),
-            "checkpoint": str(snapshots / LATEST)}
+            "checkpoint": str(snapshots / LATEST), "best_val": best}
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
 import torch
 
 from config_ssl_upload import ex, run_cli
@@ -26,13 +24,17 @@ from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import make_folds
 from dataloaders.evaluation import build_evaluation
 from models.factory import build_model
-from util.checkpoint import SNAPSHOT_DIR, checkpoint_weights, find_resume_checkpoint
+from util.checkpoint import (BEST, LATEST, SNAPSHOT_DIR, checkpoint_weights,
+                             find_resume_checkpoint)
 from util.device import resolve_device
-from util.inference import encode_parts, encode_scan, segment_features
-from util.io import array_with_geometry, atomic_path, read_image_info, write_image, write_json
-from util.logger import RunLogger, overlay
+from inference.evaluate import Outputs, evaluate
+from util.io import atomic_path, write_json
+from util.logger import RunLogger
 from util.metrics import METRICS, format_table, score_organ, summarize
 from util.seeding import seed_everything
+
+
+KEYWORDS = {"latest": LATEST, "best": BEST}  # reload_model_path keywords
 
 
 def fold_scans(ds, cfg: dict) -> dict:
@@ -46,48 +48,28 @@ def fold_scans(ds, cfg: dict) -> dict:
 
 def resolve_weights(cfg: dict) -> tuple[str | None, dict, dict | None]:
     """``reload_model_path`` as (checkpoint file, its training config, its model state dict;
-    {} and None for a bare state dict), the file read once: "latest" → the newest training run
-    of this experiment under ``log_dir/train``; a run folder → its newest loadable checkpoint."""
+    {} and None for a bare state dict), the file read once: "latest" / "best" → that checkpoint
+    of the newest training run of this experiment under ``log_dir/train`` (``best.pth`` exists
+    in runs trained with ``val_every``); a run folder → its newest loadable checkpoint."""
     target = cfg["reload_model_path"]
-    if target == "latest":
+    if target in KEYWORDS:
         runs = Path(cfg["log_dir"]) / "train" / cfg["exp_name"]
         ids = sorted((int(p.name) for p in runs.glob("*") if p.name.isdigit()), reverse=True)
         found = [runs / str(i) for i in ids if (runs / str(i) / SNAPSHOT_DIR).is_dir()]
         if not found:
             raise FileNotFoundError(f"{runs}: expected a training run with checkpoints for "
-                                    f"reload_model_path=latest, found none; train first or name "
-                                    f"the checkpoint")
-        target = found[0]
+                                    f"reload_model_path={target}, found none; train first or "
+                                    f"name the checkpoint")
+        target = str(found[0] if target == "latest" else found[0] / SNAPSHOT_DIR / KEYWORDS[target])
+        if not Path(target).exists():
+            raise FileNotFoundError(f"{target}: expected the best checkpoint of the newest run "
+                                    f"(written when training with val_every > 0), found "
+                                    f"nothing there")
     if target and Path(target).is_dir():
         path, state = find_resume_checkpoint(target)
         return (str(path), {**state.get("config", {}), "checkpoint_step": int(state["step"])},
                 state["model"])
     return (target, *checkpoint_weights(target))
-
-
-def write_prediction(pred: np.ndarray, class_id: int,
-                     reference: sitk.Image | sitk.ImageFileReader, path: Path) -> None:
-    """A [Z, h, w] binary prediction as 0/class_id on the reference image's full grid (an image,
-    or the header of its file)."""
-    full = np.zeros(tuple(reversed(reference.GetSize())), np.uint8)
-    z, h, w = pred.shape
-    full[:z, :h, :w] = pred * class_id
-    write_image(array_with_geometry(full, reference), path)
-
-
-def write_overlays(folder: Path, pid: str, organ: str, grey: torch.Tensor, gt: np.ndarray,
-                   pred: np.ndarray, zs: list[int], n: int) -> None:
-    """PNG panels (ground truth | prediction) for ``n`` slices spread over ``zs``."""
-    import cv2
-
-    picks = sorted({zs[int(i)] for i in np.linspace(0, len(zs) - 1, n)}) if zs and n else []
-    for z in picks:
-        image = grey[z].unsqueeze(0).expand(3, -1, -1)
-        panel = np.concatenate([overlay(image, torch.from_numpy(gt[z]), (0.2, 1.0, 0.2)),
-                                overlay(image, torch.from_numpy(pred[z]), (1.0, 0.2, 0.2))],
-                               axis=1)
-        with atomic_path(folder / f"{pid}_{organ}_z{z:03d}.png") as tmp:
-            cv2.imwrite(str(tmp), (panel[..., ::-1] * 255).astype(np.uint8))
 
 
 @ex.command
@@ -115,33 +97,10 @@ def validate(_run, _config, _log):
     model = build_model(cfg, device, weights).eval()
 
     # predict and score: prototypes once per class and part, each query volume encoded once
-    scores, absent = [], []
-    prototypes = {c: encode_parts(model, evalset.support[c], device) for c in evalset.classes}
-    for i, scan in enumerate(evalset.queries):
-        reference = read_image_info(ds.path("image", scan.pid))  # voxels already loaded
-        sx, sy, sz = reference.GetSpacing()
-        plans = {c: evalset.plans[c][i] for c in evalset.classes}
-        needed = sorted({z for plan in plans.values() for z in plan.predict_z})
-        feats = encode_scan(model, scan, needed, device, cfg["eval_batch_size"])
-        for c, plan in plans.items():
-            organ = ds.labels[c]
-            if plan.absent:
-                absent.append({"scan": scan.pid, "organ": organ, "protocol": plan.protocol})
-                _log.warning("scan %s: %s is absent from the ground truth%s", scan.pid, organ,
-                             "" if plan.score_z else "; nothing to score")
-                if not plan.score_z:
-                    continue
-            pred = segment_features(model, prototypes[c], feats, plan, tuple(scan.grey.shape),
-                                    cfg["eval_batch_size"])
-            gt = scan.binary_label(c).numpy().astype(np.uint8)
-            zs = plan.score_z
-            scores.append(score_organ(pred[zs], gt[zs], (sz, sy, sx), scan.pid, organ))
-            if cfg["save_predictions"]:
-                write_prediction(pred, c, reference,
-                                 run_dir / "predictions" / f"pred_{scan.pid}_{organ}.nii.gz")
-                shown = list(range(plan.gt_z[0], plan.gt_z[1] + 1)) if plan.gt_z else zs
-                write_overlays(run_dir / "overlays", scan.pid, organ, scan.grey, gt, pred,
-                               shown, cfg["n_overlay_slices"])
+    result = evaluate(model, ds, evalset, device, cfg["eval_batch_size"], Outputs(
+        run_dir, predictions=cfg["save_predictions"],
+        overlay_slices=cfg["n_overlay_slices"] if cfg["save_predictions"] else 0))
+    scores, absent = result.scores, result.absent
 
     # report
     summary = summarize(scores)

@@ -13,7 +13,7 @@ part on fixed features), and the process's peak RSS (resource.getrusage) before 
 Runs alternate between the two measurements after the warm-ups so drift affects both alike.
 
 With ``--infer-slices N`` it also times the validation's computation in eval mode, as
-``util.inference`` does it: prototypes of 2 classes × 3 support parts, then N query slices
+``inference.batched`` does it: prototypes of 2 classes × 3 support parts, then N query slices
 encoded once in batches of 16 and each scored against both classes (N = 140 is CHAOS-T2 fold 0:
 4 query scans, 280 predicted slices for the two kidneys). Reading scans and writing predictions
 are not included: it is the part of ``bench_validation.py`` that a GPU speeds up.

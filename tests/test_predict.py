@@ -12,7 +12,7 @@ import predict
 from data_preprocessing.resample import crop_or_pad_volume
 from models.alpnet import ALPNet
 from util.checkpoint import save_checkpoint
-from util.predict import prepare_mask, prepare_scan, to_original, uncrop_volume
+from inference.predict import prepare_mask, prepare_scan, to_original, uncrop_volume
 from util.seeding import rng_state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -180,3 +180,47 @@ def test_sigkill_then_resume_matches_uninterrupted(phantom_dir, tmp_path):
     tail, reference = losses(resumed_run), losses(full_run)
     assert min(tail) == step + 1 and max(tail) == 40
     assert all(tail[s] == pytest.approx(reference[s], rel=1e-5) for s in tail)
+
+
+def test_validation_during_training_keeps_the_losses_and_writes_the_curve(phantom_dir, tmp_path):
+    import csv
+
+    import validation  # noqa: F401  (registers the validate command)
+
+    plain = run_train(small(phantom_dir, tmp_path / "plain"))
+    run = run_train(small(phantom_dir, tmp_path / "val", val_every=4))  # at 4 and at the end (6)
+    run_dir = Path(run.observers[0].dir)
+    assert losses(run_dir) == losses(plain.observers[0].dir)  # the training stream is unchanged
+    with open(run_dir / "val_curve.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted({int(r["step"]) for r in rows}) == [4, 6]
+    organs = {r["organ"] for r in rows}
+    assert organs == {"LIVER", "RK", "LK", "SPLEEN", "mean"}  # Setting 1: every label group
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    assert (run_dir / "val_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["val/dice/mean"]["steps"] == [4, 6]
+    means = {int(r["step"]): float(r["dice"]) for r in rows if r["organ"] == "mean"}
+    assert metrics["val/dice/mean"]["values"] == pytest.approx([means[4], means[6]])
+    best = torch.load(run_dir / "snapshots" / "best.pth", weights_only=False)
+    assert best["step"] == max(means, key=means.get)
+    assert best["best_val"]["mean"] == pytest.approx(max(means.values()))
+    # reload_model_path=best evaluates that checkpoint and gives the same scores
+    group = ex.run("validate", named_configs=["phantom", "setting1"], config_updates={
+        **{k: v for k, v in small(phantom_dir, tmp_path / "val").items()
+           if k not in ("n_steps", "print_interval", "image_every", "checkpoint_every",
+                        "save_snapshot_every")},
+        "reload_model_path": "best", "label_sets": 0, "save_predictions": False})
+    assert group.result["run_dir"]
+    for organ, dice in group.result["dice"].items():
+        at_best = [float(r["dice"]) for r in rows
+                   if r["organ"] == organ and int(r["step"]) == best["step"]]
+        assert dice == pytest.approx(at_best[0], abs=1e-9)
+
+
+def test_setting2_validates_its_own_group(phantom_dir, tmp_path):
+    run = run_train(small(phantom_dir, tmp_path, n_steps=2, val_every=2),
+                    named=("phantom", "setting2"))
+    with open(Path(run.observers[0].dir) / "val_curve.csv", encoding="utf-8") as fh:
+        organs = {line.split(",")[1] for line in fh.read().splitlines()[1:]}
+    assert organs == {"RK", "LK", "mean"}

@@ -19,6 +19,7 @@ from util.io import atomic_path
 
 FORMAT_VERSION = 1
 LATEST = "latest.pth"
+BEST = "best.pth"  # highest validation mean Dice of a run with val_every
 SNAPSHOT_DIR = "snapshots"
 _STEP = re.compile(r"^(\d+)\.pth$")
 

@@ -7,12 +7,15 @@ heartbeat).
 """
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tensorboardX import SummaryWriter
+
+from util.io import atomic_path
 
 
 class RunLogger:
@@ -73,3 +76,47 @@ def episode_panel(support_image: torch.Tensor, support_fg: torch.Tensor,
     return np.concatenate([overlay(support_image, support_fg, (1.0, 0.2, 0.2)),
                            overlay(query_image, query_label, (0.2, 1.0, 0.2)),
                            overlay(query_image, prediction, (0.2, 0.4, 1.0))], axis=1)
+
+
+class LearningCurve:
+    """Dice against step during training: ``val_curve.csv`` (step, organ, dice) in the run folder
+    and ``val_curve.png`` (one line per organ, and the mean), both rewritten at each evaluation.
+    Rows already in the CSV (a resumed run) are kept."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.csv = Path(run_dir) / "val_curve.csv"
+        self.png = Path(run_dir) / "val_curve.png"
+        self.rows: list[tuple[int, str, float]] = []
+        if self.csv.is_file():
+            with open(self.csv, encoding="utf-8", newline="") as fh:
+                self.rows = [(int(r["step"]), r["organ"], float(r["dice"]))
+                             for r in csv.DictReader(fh)]
+
+    def add(self, step: int, dice: dict[str, float]) -> None:
+        self.rows = [r for r in self.rows if r[0] != step]
+        self.rows += [(step, organ, float(value)) for organ, value in dice.items()]
+        with atomic_path(self.csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(("step", "organ", "dice"))
+            writer.writerows(self.rows)
+        self._plot()
+
+    def _plot(self) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for organ in dict.fromkeys(r[1] for r in self.rows):
+            points = sorted((s, d * 100) for s, o, d in self.rows if o == organ)
+            ax.plot(*zip(*points), marker="o", label=organ,
+                    linewidth=2.5 if organ == "mean" else 1.2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("Dice (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        with atomic_path(self.png) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
