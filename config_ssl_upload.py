@@ -41,7 +41,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "momentum": (float,), "weight_decay": (float,), "lr_step_gamma": (float,),
     "lr_step_size": (int,), "print_interval": (int,), "image_every": (int,),
     "save_snapshot_every": (int,), "checkpoint_every": (int,), "val_every": (int,), "resume": (str, type(None)),
-    "bf16": (bool,), "channels_last": (bool,), "compile": (bool,), "log_dir": (str,),
+    "bf16": (bool, str), "channels_last": (bool, str), "compile": (bool,), "log_dir": (str,),
     "exp_prefix": (str,), "exp_name": (str,), "protocol": (str,), "n_shots": (int,),
     "support_idx": (list,), "n_sup_part": (int,), "z_margin": (int,), "save_predictions": (bool,),
     "eval_batch_size": (int,), "n_overlay_slices": (int,),
@@ -51,6 +51,8 @@ CHOICES = {
     "which_aug": ("sabs_aug", "aug_v3"),
     "protocol": ("paper", "realistic"),
     "setting": (1, 2),
+    "bf16": (True, False, "auto"),
+    "channels_last": (True, False, "auto"),
 }
 
 
@@ -103,8 +105,9 @@ def config():
     val_every = 0              # validate on the fold's support/query scans every N steps and at
     #                            the end (0: off): val/dice/*, val_curve.csv/.png, snapshots/best.pth
     resume = None              # run folder or checkpoint file to continue from
-    bf16 = False               # bfloat16 autocast of the encoder (CUDA; CPUs with bf16 support)
-    channels_last = True       # memory layout only: same numbers, faster convolutions
+    bf16 = "auto"              # bfloat16 autocast of the encoder: True | False | auto (where the
+    #                            hardware has it: CUDA with bf16, CPUs with AVX512-BF16 or AMX)
+    channels_last = "auto"     # memory layout only: True | False | auto (CUDA, AVX-512 CPUs)
     compile = False
     log_dir = "./exps"
     exp_prefix = ""
@@ -202,6 +205,8 @@ def quickstart():
     save_snapshot_every = 500
     checkpoint_every = 250
     eval_batch_size = 32
+    bf16 = False               # fixed, so the quickstart's Dice table is one reference everywhere
+    channels_last = True
 
 
 def check_config(config: dict) -> None:

@@ -28,7 +28,7 @@ from models.factory import build_model
 from models.losses import weighted_cross_entropy
 from util import distributed
 from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
-from util.device import resolve_device
+from util.device import SWITCHES, resolve_device, resolve_switch
 from util.logger import LearningCurve, RunLogger, episode_panel
 from util.metrics import summarize
 from util.schedule import lr_at
@@ -118,9 +118,13 @@ def train(_run, _config, _log):
     run_dir = Path(distributed.from_main(
         _run.observers[0].dir if _run.observers else cfg["log_dir"], rank))
     cfg["world_size"] = rank.world_size  # recorded in checkpoints: it decides the episodes
+    for key in SWITCHES:  # "auto" chosen for this device, recorded in checkpoints as chosen
+        cfg[key] = resolve_switch(key, cfg[key], device)
     seed_everything(cfg["seed"], cfg["deterministic"])
-    _log.info("run folder %s, device %s, rank %d of %d (one episode per rank and step)",
-              run_dir, device, rank.rank, rank.world_size)
+    _log.info("run folder %s, device %s, rank %d of %d (one episode per rank and step), "
+              "bf16 %s, channels_last %s (config: %s, %s)", run_dir, device, rank.rank,
+              rank.world_size, cfg["bf16"], cfg["channels_last"], _config["bf16"],
+              _config["channels_last"])
 
     # data
     ds = load_dataset(cfg["data_dir"])

@@ -26,7 +26,7 @@ from dataloaders.evaluation import build_evaluation
 from models.factory import build_model
 from util.checkpoint import (BEST, LATEST, SNAPSHOT_DIR, checkpoint_weights,
                              find_resume_checkpoint)
-from util.device import resolve_device
+from util.device import SWITCHES, resolve_device, resolve_switch
 from inference.evaluate import Outputs, evaluate
 from util.io import atomic_path, write_json
 from util.logger import RunLogger
@@ -77,6 +77,8 @@ def validate(_run, _config, _log):
     cfg = json.loads(json.dumps(_config))
     run_dir = Path(_run.observers[0].dir) if _run.observers else Path(cfg["log_dir"])
     device = resolve_device(cfg["device"])
+    for key in SWITCHES:
+        cfg[key] = resolve_switch(key, cfg[key], device)
     seed_everything(cfg["seed"], cfg["deterministic"])
 
     # data
@@ -86,9 +88,10 @@ def validate(_run, _config, _log):
                                protocol=cfg["protocol"], npart=cfg["n_sup_part"],
                                support_pids=split["support"], query_pids=split["query"],
                                z_margin=cfg["z_margin"])
-    _log.info("%s fold %d, %s protocol: support %s, queries %s, classes %s", ds.name,
-              cfg["eval_fold"], cfg["protocol"], split["support"], split["query"],
-              [ds.labels[c] for c in evalset.classes])
+    _log.info("%s fold %d, %s protocol: support %s, queries %s, classes %s; device %s, bf16 %s, "
+              "channels_last %s", ds.name, cfg["eval_fold"], cfg["protocol"], split["support"],
+              split["query"], [ds.labels[c] for c in evalset.classes], device, cfg["bf16"],
+              cfg["channels_last"])
 
     # model
     cfg["reload_model_path"], trained, weights = resolve_weights(cfg)

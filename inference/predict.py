@@ -282,8 +282,9 @@ def load_model(path: str | os.PathLike, encoder: str,
         raise ValueError(f"{path}: expected the model keys {missing} in the checkpoint's "
                          f"config, found them missing")
     if cfg:  # our checkpoint: the trained architecture, its weights already read
-        model = build_model({**cfg, "pretrained_weights": None, "reload_model_path": str(path)},
-                            device, weights)
+        # precision and layout are this machine's choice, not the training machine's
+        model = build_model({**cfg, "pretrained_weights": None, "reload_model_path": str(path),
+                             "bf16": "auto", "channels_last": "auto"}, device, weights)
         return model.eval(), cfg
     model = ALPNet(encoder, reloaded=True).to(device)
     try:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from models.alpnet import ALPNet, load_original_checkpoint
+from util.device import resolve_switch
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +24,15 @@ def build_model(cfg: dict, device: torch.device,
     slightly (see the README's benchmarks).
     """
     window = cfg["feature_hw"][0] // cfg["proto_grid_size"]
-    if cfg["bf16"] and device.type == "mps":
+    bf16 = resolve_switch("bf16", cfg["bf16"], device)
+    channels_last = resolve_switch("channels_last", cfg["channels_last"], device)
+    if bf16 and device.type == "mps":
         raise ValueError("config bf16=True: bfloat16 autocast is not supported on mps; use "
                          "bf16=False")
     model = ALPNet(cfg["encoder"], cfg["pretrained_weights"], align=cfg["usealign"],
                    fg_threshold=cfg["fg_thresh"], bg_threshold=cfg["bg_thresh"],
                    train_window=window, eval_window=cfg["val_wsize"],
-                   autocast_bf16=cfg["bf16"], channels_last=cfg["channels_last"],
+                   autocast_bf16=bf16, channels_last=channels_last,
                    reloaded=bool(cfg["reload_model_path"]))
     if cfg["reload_model_path"]:
         load_original_checkpoint(model, cfg["reload_model_path"], weights)

@@ -224,3 +224,16 @@ def test_setting2_validates_its_own_group(phantom_dir, tmp_path):
     with open(Path(run.observers[0].dir) / "val_curve.csv", encoding="utf-8") as fh:
         organs = {line.split(",")[1] for line in fh.read().splitlines()[1:]}
     assert organs == {"RK", "LK", "mean"}
+
+
+def test_auto_precision_and_layout_are_recorded_as_chosen(phantom_dir, tmp_path):
+    from util.device import channels_last_pays, native_bf16
+
+    run = run_train(small(phantom_dir, tmp_path, n_steps=2, bf16="auto", channels_last="auto"))
+    saved = torch.load(Path(run.observers[0].dir) / "snapshots" / "latest.pth",
+                       weights_only=False)["config"]
+    cpu = torch.device("cpu")
+    assert saved["bf16"] is native_bf16(cpu)
+    assert saved["channels_last"] is channels_last_pays(cpu)
+    with pytest.raises(ValueError, match=r"bf16 expects one of \[True, False, 'auto'\], got 'on'"):
+        run_train(small(phantom_dir, tmp_path, n_steps=2, bf16="on"))

@@ -95,3 +95,24 @@ def test_episode_rng_depends_on_seed_and_index_only():
     assert np.array_equal(a, episode_rng(1234, 7).random(3))
     assert not np.array_equal(a, episode_rng(1234, 8).random(3))
     assert not np.array_equal(a, episode_rng(1235, 7).random(3))
+
+
+def test_auto_switches_follow_the_hardware(monkeypatch):
+    from util import device as dev
+
+    cpu = torch.device("cpu")
+    assert dev.resolve_switch("bf16", True, cpu) is True
+    assert dev.resolve_switch("channels_last", False, cpu) is False
+    with pytest.raises(ValueError, match="bf16 expects True, False or 'auto', got 'yes'"):
+        dev.resolve_switch("bf16", "yes", cpu)
+    monkeypatch.setattr(dev, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # AVX2-only host
+    assert not dev.resolve_switch("bf16", "auto", cpu)  # emulated bf16: never chosen
+    assert not dev.resolve_switch("channels_last", "auto", cpu)
+    monkeypatch.setattr(dev, "cpu_flags",
+                        lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert dev.resolve_switch("channels_last", "auto", cpu)
+    assert dev.resolve_switch("bf16", "auto", cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN held to AVX2 kernels
+    assert not dev.resolve_switch("bf16", "auto", cpu)
+    assert not dev.resolve_switch("channels_last", "auto", cpu)
+    assert not dev.resolve_switch("bf16", "auto", torch.device("mps"))
