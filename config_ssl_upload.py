@@ -7,20 +7,27 @@ a pseudolabel source, and the phantom quickstart::
     python training.py with quickstart
     python validation.py with chaost2 group1 reload_model_path=exps/.../snapshots/latest.pth
 
-sacred's read-only config stays on, an unknown key fails (sacred: "Added new config entry"), and a
-value of the wrong type fails with the key, the expected type and the value found.
+Each key is declared once, in :data:`KEYS` (default, types, allowed values, meaning); the checks
+and ``print_config`` come from there. sacred's read-only config stays on, an unknown key fails
+(sacred: "Added new config entry"; on the command line with a suggestion), and a value of the
+wrong type or outside its allowed values fails naming the key, what it expects and what it got.
 """
 from __future__ import annotations
 
 import difflib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 from sacred import Experiment, SETTINGS  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
+from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
+from models.alpnet import PROTOTYPES  # noqa: E402
+from models.encoder import ENCODER_NAMES  # noqa: E402
 from util.distributed import env_info  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "no"
@@ -28,102 +35,131 @@ SETTINGS.DISCOVER_SOURCES = "none"
 
 ex = Experiment("SSL-ALPNet", save_git_info=False)
 
-# key -> accepted types (None allowed where listed); checked for every run.
-SCHEMA: dict[str, tuple[type, ...]] = {
-    "seed": (int,), "device": (str,), "deterministic": (bool,), "num_workers": (int,),
-    "dataset": (str,), "data_dir": (str,), "eval_fold": (int,), "label_sets": (int,),
-    "setting": (int,), "exclude_labels": (list,), "pseudolabel": (str,),
-    "superpix_scale": (str,), "min_superpixel_px": (int,), "min_fg_px": (int,), "which_aug": (str,),
-    "episodes_per_epoch": (int,), "encoder": (str,), "pretrained_weights": (str, type(None)),
-    "reload_model_path": (str, type(None)), "usealign": (bool,), "use_wce": (bool,),
-    "proto_grid_size": (int,), "feature_hw": (list,), "val_wsize": (int,),
-    "fg_thresh": (float,), "bg_thresh": (float,), "n_steps": (int,), "lr": (float,),
-    "momentum": (float,), "weight_decay": (float,), "lr_step_gamma": (float,),
-    "lr_step_size": (int,), "print_interval": (int,), "image_every": (int,),
-    "save_snapshot_every": (int,), "checkpoint_every": (int,), "val_every": (int,), "resume": (str, type(None)),
-    "bf16": (bool, str), "channels_last": (bool, str), "compile": (bool,), "log_dir": (str,),
-    "exp_prefix": (str,), "exp_name": (str,), "protocol": (str,), "n_shots": (int,),
-    "support_idx": (list,), "n_sup_part": (int,), "z_margin": (int,), "save_predictions": (bool,),
-    "eval_batch_size": (int,), "n_overlay_slices": (int,),
-}
-CHOICES = {
-    "pseudolabel": ("superpixel", "supervoxel", "manual"),
-    "which_aug": ("sabs_aug", "aug_v3"),
-    "protocol": ("paper", "realistic"),
-    "setting": (1, 2),
-    "bf16": (True, False, "auto"),
-    "channels_last": (True, False, "auto"),
-}
 
 
-@ex.config
-def config():
-    seed = 1234
-    device = "auto"            # auto | cpu | cuda | cuda:N | mps
-    deterministic = False      # deterministic torch kernels (same seed -> same losses on CPU)
-    num_workers = 4
+@dataclass(frozen=True)
+class Key:
+    """One config key: default, accepted types, allowed values (None: any), what it does.
+    A default of ``DERIVED`` is computed from other keys (:func:`derive`) unless given."""
+    default: Any
+    types: tuple[type, ...]
+    choices: tuple | None = None
+    doc: str = ""
+
+
+DERIVED = None
+_NONE = type(None)
+
+# Every key of training.py and validation.py, declared once; defaults are the original's (§7.1).
+KEYS: dict[str, Key] = {
+    # run
+    "seed": Key(1234, (int,)),
+    "device": Key("auto", (str,), doc="auto | cpu | cuda | cuda:N | mps"),
+    "deterministic": Key(False, (bool,), doc="deterministic kernels (same seed -> same losses "
+                                             "on a CPU)"),
+    "num_workers": Key(4, (int,)),
     # data
-    dataset = "CHAOST2"        # CHAOST2 | SABS | CMR | PHANTOM
-    data_dir = f"./data/{dataset}"
-    eval_fold = 0
-    label_sets = 0             # label group: its classes are kept out of testing
-    setting = 2                # 1: all slices; 2: slices with any test class never sampled
-    exclude_labels = (get_dataset_info(dataset).test_labels(label_sets) if setting == 2
-                      else [])
-    pseudolabel = "superpixel"  # superpixel | supervoxel | manual
-    superpix_scale = "MIDDLE"  # pseudolabel variant: MIDDLE, SMALL, LARGE, SV<min_size>
-    min_superpixel_px = 100    # smallest pseudolabel (px) an episode may draw: body-mask
-    #                            fragments of a few px vanish under augmentation (empty episodes)
-    min_fg_px = 100            # manual-label episodes: smallest organ area (px) of a slice
-    which_aug = "sabs_aug"
-    episodes_per_epoch = 1000  # the original's max_iters_per_load
+    "dataset": Key("CHAOST2", (str,), doc="CHAOST2 | SABS | CMR | PHANTOM"),
+    "data_dir": Key(DERIVED, (str,), doc="default ./data/<dataset>"),
+    "eval_fold": Key(0, (int,)),
+    "label_sets": Key(0, (int, str), doc="label group whose classes are tested; validation: "
+                                         "'all' scores every group in one run"),
+    "setting": Key(2, (int,), (1, 2), doc="1: all slices; 2: slices with any test class never "
+                                          "sampled"),
+    "exclude_labels": Key(DERIVED, (list,), doc="default: the test classes of label_sets in "
+                                                "Setting 2 (from dataset.json), [] in Setting 1"),
+    "exclude_mode": Key("any", (str,), ("any", "all"), doc="supervoxel episodes, Setting 2: a "
+                        "slice is excluded when it holds any test class (paper) or all of them "
+                        "(the original code)"),
+    "pseudolabel": Key("superpixel", (str,), ("superpixel", "supervoxel", "manual")),
+    "superpix_scale": Key("MIDDLE", (str,), doc="pseudolabel variant: MIDDLE, SMALL, LARGE, "
+                                                "SV<min_size>"),
+    "superpixel_draw": Key("uniform", (str,), ("uniform", "original"), doc="uniform over the "
+                           "superpixels present, or the original's UniformInt[1, max-1]"),
+    "min_superpixel_px": Key(DERIVED, (int,), doc="smallest pseudolabel an episode draws; "
+                             "default 100 (uniform draw), 1 (original draw)"),
+    "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice"),
+    "which_aug": Key("sabs_aug", (str,), ("sabs_aug", "aug_v3")),
+    "episodes_per_epoch": Key(1000, (int,), doc="the original's max_iters_per_load (the length "
+                                                "of the episode dataset)"),
     # model
-    encoder = "deeplabv3_resnet101"  # deeplabv3_resnet101 | deeplabv3_resnet50 | tiny
-    pretrained_weights = None  # local torchvision DeepLabV3 COCO checkpoint (.pth)
-    reload_model_path = None   # weights to start from / evaluate: a .pth (ours or the original's),
-    #                            a training run folder, or "latest" (validation: the newest
-    #                            training run of this exp_name under log_dir/train)
-    usealign = True
-    use_wce = True
-    proto_grid_size = 8
-    feature_hw = [32, 32]
-    val_wsize = 2
-    fg_thresh = 0.95
-    bg_thresh = 0.95
+    "encoder": Key("deeplabv3_resnet101", (str,), ENCODER_NAMES),
+    "prototypes": Key("alp", (str,), PROTOTYPES, doc="alp, or the ablation 'global': one "
+                      "masked-average prototype for foreground and background (PANet)"),
+    "pretrained_weights": Key(None, (str, _NONE), doc="local torchvision DeepLabV3 COCO file"),
+    "reload_model_path": Key(None, (str, _NONE), doc="weights to evaluate: a .pth (ours or the "
+                             "original's), a training run folder, 'latest' or 'best'"),
+    "usealign": Key(True, (bool,)),
+    "use_wce": Key(True, (bool,)),
+    "proto_grid_size": Key(8, (int,)),
+    "feature_hw": Key([32, 32], (list,)),
+    "val_wsize": Key(2, (int,)),
+    "fg_thresh": Key(0.95, (float,)),
+    "bg_thresh": Key(0.95, (float,)),
     # optimisation
-    n_steps = 100000
-    lr = 1e-3
-    momentum = 0.9
-    weight_decay = 5e-4
-    lr_step_gamma = 0.95
-    lr_step_size = 1000
+    "n_steps": Key(100000, (int,)),
+    "lr": Key(1e-3, (float,)),
+    "momentum": Key(0.9, (float,)),
+    "weight_decay": Key(5e-4, (float,)),
+    "lr_step_gamma": Key(0.95, (float,)),
+    "lr_step_size": Key(1000, (int,)),
     # logging and checkpoints
-    print_interval = 100
-    image_every = 1000
-    save_snapshot_every = 25000
-    checkpoint_every = 500
-    val_every = 0              # validate on the fold's support/query scans every N steps and at
-    #                            the end (0: off): val/dice/*, val_curve.csv/.png, snapshots/best.pth
-    resume = None              # run folder or checkpoint file to continue from
-    bf16 = "auto"              # bfloat16 autocast of the encoder: True | False | auto (where the
-    #                            hardware has it: CUDA with bf16, CPUs with AVX512-BF16 or AMX)
-    channels_last = "auto"     # memory layout only: True | False | auto (CUDA, AVX-512 CPUs)
-    compile = False
-    log_dir = "./exps"
-    exp_prefix = ""
-    # Setting 1 trains one model for every label group, so the group is not part of its name
-    exp_name = "_".join(s for s in (exp_prefix, dataset, f"setting{setting}",
-                                    f"group{label_sets}" if setting == 2 else "", pseudolabel,
-                                    superpix_scale, f"fold{eval_fold}") if s)
+    "print_interval": Key(100, (int,)),
+    "image_every": Key(1000, (int,)),
+    "save_snapshot_every": Key(25000, (int,)),
+    "checkpoint_every": Key(500, (int,)),
+    "val_every": Key(0, (int,), doc="validate every N steps and at the end (0: off): "
+                                    "val/dice/*, val_curve.csv/.png, snapshots/best.pth"),
+    "resume": Key(None, (str, _NONE), doc="run folder or checkpoint file to continue from"),
+    "bf16": Key("auto", (bool, str), (True, False, "auto"), doc="bfloat16 autocast of the "
+                "encoder; auto: where the hardware has it (CUDA with bf16, AVX512-BF16/AMX)"),
+    "channels_last": Key("auto", (bool, str), (True, False, "auto"), doc="memory layout only; "
+                         "auto: CUDA and AVX-512 CPUs"),
+    "compile": Key(False, (bool,)),
+    "log_dir": Key("./exps", (str,)),
+    "exp_prefix": Key("", (str,)),
+    "exp_name": Key(DERIVED, (str,), doc="default from prefix, dataset, setting, group, "
+                                         "pseudolabel, scale, fold"),
     # evaluation
-    protocol = "paper"         # paper (SPEC §6) | realistic (every slice, no query GT used)
-    n_shots = 1
-    support_idx = [-1]
-    n_sup_part = 3
-    z_margin = 0
-    save_predictions = True
-    eval_batch_size = 16
-    n_overlay_slices = 3
+    "protocol": Key("paper", (str,), PROTOCOLS, doc="paper (SPEC §6) | realistic (every "
+                    "slice, no query ground truth used) | adnet (labelled slices, parts by count)"),
+    "realistic_chunks": Key("aligned", (str,), REALISTIC_CHUNKS, doc="realistic protocol: "
+                            "parts from the organ's place in the support (aligned) or the "
+                            "query's body extent split evenly (body)"),
+    "n_shots": Key(1, (int,)),
+    "support_idx": Key([-1], (list,)),
+    "n_sup_part": Key(3, (int,)),
+    "z_margin": Key(0, (int,)),
+    "save_predictions": Key(True, (bool,)),
+    "eval_batch_size": Key(16, (int,)),
+    "n_overlay_slices": Key(3, (int,)),
+}
+ex.add_config({name: key.default for name, key in KEYS.items()})
+
+
+def derive(config: dict) -> dict:
+    """Values of the DERIVED keys that were not given (``exclude_labels`` is resolved from
+    ``dataset.json`` when the run starts: see :func:`resolve_exclude_labels`)."""
+    out = {}
+    if config["data_dir"] is None:
+        out["data_dir"] = f"./data/{config['dataset']}"
+    if config["min_superpixel_px"] is None:
+        out["min_superpixel_px"] = 100 if config["superpixel_draw"] == "uniform" else 1
+    if config["exp_name"] is None:
+        # Setting 1 trains one model for every label group: the group is not part of its name
+        parts = (config["exp_prefix"], config["dataset"], f"setting{config['setting']}",
+                 f"group{config['label_sets']}" if config["setting"] == 2 else "",
+                 config["pseudolabel"], config["superpix_scale"], f"fold{config['eval_fold']}")
+        out["exp_name"] = "_".join(str(p) for p in parts if p != "")
+    return out
+
+
+def resolve_exclude_labels(cfg: dict, ds) -> list[int]:
+    """``exclude_labels`` as given, else the test classes of ``label_sets`` in Setting 2 (read
+    from the dataset folder's ``dataset.json``, as the episodes are), else []."""
+    if cfg["exclude_labels"] is not None:
+        return list(cfg["exclude_labels"])
+    return ds.test_labels(cfg["label_sets"]) if cfg["setting"] == 2 else []
 
 
 @ex.named_config
@@ -210,46 +246,65 @@ def quickstart():
 
 
 def check_config(config: dict) -> None:
-    """Types and choices of every key; raises ValueError naming the key."""
-    for key, types in SCHEMA.items():
-        if key not in config:
-            raise KeyError(f"config: key {key!r} is declared in SCHEMA but missing from the "
-                           f"config scope")
-        value = config[key]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if float in types and isinstance(value, int) and not isinstance(value, bool):
+    """Types and allowed values of every key, from :data:`KEYS`; raises ValueError naming the
+    key, what it expects and what it got."""
+    for name, key in KEYS.items():
+        if name not in config:
+            raise KeyError(f"config: key {name!r} is declared in KEYS but missing from the config")
+        value = config[name]
+        if value is None and key.default is DERIVED:
+            continue  # derived later
+        ok = isinstance(value, key.types) and not (isinstance(value, bool)
+                                                   and bool not in key.types)
+        if float in key.types and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            names = " or ".join(t.__name__ for t in types)
-            raise ValueError(f"config: {key} expects {names}, got {value!r} "
+            names = " or ".join("None" if t is _NONE else t.__name__ for t in key.types)
+            raise ValueError(f"config: {name} expects {names}, got {value!r} "
                              f"({type(value).__name__})")
-    for key, allowed in CHOICES.items():
-        if config[key] not in allowed:
-            raise ValueError(f"config: {key} expects one of {list(allowed)}, got {config[key]!r}")
-    info = get_dataset_info(config["dataset"])
-    if not 0 <= config["label_sets"] < len(info.label_groups):
-        raise ValueError(f"config: label_sets for {info.name} expects 0.."
-                         f"{len(info.label_groups) - 1}, got {config['label_sets']}")
+        if key.choices is not None and value not in key.choices:
+            raise ValueError(f"config: {name} expects one of {list(key.choices)}, got {value!r}")
+    try:
+        groups = len(get_dataset_info(config["dataset"]).label_groups)
+    except KeyError as err:
+        raise ValueError(f"config: dataset: {err.args[0]}") from None
+    if config["label_sets"] != "all" and not (isinstance(config["label_sets"], int)
+                                              and 0 <= config["label_sets"] < groups):
+        raise ValueError(f"config: label_sets for {config['dataset']} expects 0..{groups - 1} "
+                         f"(or 'all' in validation), got {config['label_sets']!r}")
     if config["n_sup_part"] < 1 or config["n_sup_part"] % 2 == 0:
         raise ValueError(f"config: n_sup_part expects a positive odd number, got "
                          f"{config['n_sup_part']}")
     if config["feature_hw"][0] % config["proto_grid_size"]:
         raise ValueError(f"config: proto_grid_size {config['proto_grid_size']} must divide "
                          f"feature_hw {config['feature_hw']}")
+    if config["n_shots"] < 1:
+        raise ValueError(f"config: n_shots expects at least 1 support scan, got "
+                         f"{config['n_shots']}")
+    if config["superpixel_draw"] == "original" and config["min_superpixel_px"] not in (None, 1):
+        raise ValueError(f"config: superpixel_draw='original' has no size check, so "
+                         f"min_superpixel_px expects 1, got {config['min_superpixel_px']}")
+    if config["exclude_mode"] == "all" and config["pseudolabel"] != "supervoxel":
+        raise ValueError(f"config: exclude_mode='all' is the supervoxel episodes' original "
+                         f"rule; expects pseudolabel='supervoxel', got {config['pseudolabel']!r}")
 
 
 @ex.config_hook
 def attach_observer(config, command_name, logger):
     """Validate, then give this run (and only this run) a file observer under log_dir."""
-    if command_name in ("print_config", "print_named_configs", "print_dependencies"):
+    if command_name in ("print_named_configs", "print_dependencies"):
         return {}
     check_config(config)
+    updates = derive(config)
+    if command_name == "print_config":
+        return updates
+    config = {**config, **updates}
     if env_info().rank > 0:  # under torchrun only rank 0 writes the run folder
         ex.observers[:] = []
-        return {}
+        return updates
     base = Path(config["log_dir"]) / command_name / config["exp_name"]
     ex.observers[:] = [FileStorageObserver(str(base))]
-    return {}
+    return updates
 
 
 def _check_cli_keys(args: list[str]) -> None:
@@ -265,8 +320,8 @@ def _check_cli_keys(args: list[str]) -> None:
                                     else f"; known: {sorted(ex.named_configs)}"))
             continue
         key = token.split("=", 1)[0].split(".", 1)[0]
-        if key not in SCHEMA:
-            close = difflib.get_close_matches(key, list(SCHEMA), n=3)
+        if key not in KEYS:
+            close = difflib.get_close_matches(key, list(KEYS), n=3)
             raise SystemExit(f"config: unknown key {key!r}"
                              + (f"; did you mean {' or '.join(map(repr, close))}?" if close
                                 else "; see `python training.py print_config`"))

@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-part", type=int, default=3, help="support parts (odd)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
-    p.add_argument("--encoder", choices=ENCODER_NAMES, default="deeplabv3_resnet101",
-                   help="encoder of a bare state-dict checkpoint (ours record their own)")
+    p.add_argument("--encoder", choices=ENCODER_NAMES, default=None,
+                   help="encoder of a bare state-dict checkpoint (default deeplabv3_resnet101); "
+                        "ours record their own, and a different --encoder is an error")
     return p.parse_args(argv)
 
 

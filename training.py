@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from config_ssl_upload import ex, run_cli
+from config_ssl_upload import ex, resolve_exclude_labels, run_cli
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
 from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, SupervoxelEpisodes,
                                   SuperpixelEpisodes, episode_loader, training_classes)
 from inference.evaluate import Evaluation, evaluate
-from models.factory import build_model
-from models.losses import weighted_cross_entropy
+from inference.loader import NO_WEIGHTS, build_model, weights_of_state
+from models.losses import CLASS_WEIGHTS, weighted_cross_entropy
 from util import distributed
 from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
 from util.device import SWITCHES, resolve_device, resolve_switch
@@ -36,10 +36,16 @@ from util.seeding import rng_state, seed_everything, set_rng_state
 
 # what decides the episodes, the model or the schedule: a resumed run must keep it
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
-                     "exclude_labels", "which_aug", "min_superpixel_px", "min_fg_px",
+                     "exclude_labels", "exclude_mode", "superpixel_draw", "prototypes",
+                     "which_aug", "min_superpixel_px", "min_fg_px",
                      "episodes_per_epoch", "usealign", "use_wce", "proto_grid_size",
                      "feature_hw", "fg_thresh", "bg_thresh", "lr", "lr_step_gamma",
                      "lr_step_size", "momentum", "weight_decay", "world_size")
+
+
+# what checkpoints written before a key existed were trained with
+BEFORE_KEY = {"world_size": 1, "exclude_mode": "any", "superpixel_draw": "uniform",
+              "prototypes": "alp"}
 
 
 def build_episodes(cfg: dict, ds, train_pids: list[str]):
@@ -48,19 +54,23 @@ def build_episodes(cfg: dict, ds, train_pids: list[str]):
               "seed": cfg["seed"], "aug": cfg["which_aug"]}
     if cfg["pseudolabel"] == "superpixel":
         return SuperpixelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"],
-                                  min_superpixel_px=cfg["min_superpixel_px"], **common)
+                                  min_superpixel_px=cfg["min_superpixel_px"],
+                                  draw=cfg["superpixel_draw"], **common)
     if cfg["pseudolabel"] == "supervoxel":
-        return SupervoxelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"], **common)
+        return SupervoxelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"],
+                                  exclude_mode=cfg["exclude_mode"], **common)
     return ManualLabelEpisodes(ds, train_pids, training_classes(ds, cfg["label_sets"]),
                                min_fg_px=cfg["min_fg_px"], **common)
 
 
 def validation_sets(cfg: dict, ds) -> list:
-    """The evaluation sets validated during training: every label group in Setting 1, the run's
-    own group in Setting 2 (configured protocol, support and query scans of ``splits.json``)."""
-    groups = range(len(ds.meta["label_groups"])) if cfg["setting"] == 1 else [cfg["label_sets"]]
-    return [build_evaluation(ds, cfg["eval_fold"], label_group=g, protocol=cfg["protocol"],
-                             npart=cfg["n_sup_part"], z_margin=cfg["z_margin"]) for g in groups]
+    """The evaluation set validated during training: every label group's test classes in
+    Setting 1, the run's own group in Setting 2 (configured protocol, support and query scans of
+    ``splits.json``)."""
+    return [build_evaluation(ds, cfg["eval_fold"],
+                             label_group="all" if cfg["setting"] == 1 else cfg["label_sets"],
+                             protocol=cfg["protocol"], npart=cfg["n_sup_part"],
+                             z_margin=cfg["z_margin"], realistic_chunks=cfg["realistic_chunks"])]
 
 
 def validate_now(model, ds, sets: list, device: torch.device, batch_size: int) -> dict[str, float]:
@@ -80,7 +90,7 @@ def validate_now(model, ds, sets: list, device: torch.device, batch_size: int) -
 
 def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
     for key in RESUME_MUST_MATCH:
-        if saved.get(key, 1 if key == "world_size" else None) != cfg[key]:
+        if saved.get(key, BEFORE_KEY.get(key)) != cfg[key]:
             raise ValueError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
                              f"expected {saved.get(key)!r}, got {cfg[key]!r}")
 
@@ -113,6 +123,9 @@ def stop_on_nonfinite(run_dir: Path, step: int, episode: dict, loss: torch.Tenso
 @ex.command
 def train(_run, _config, _log):
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
+    if cfg["label_sets"] == "all":
+        raise ValueError("config: label_sets='all' is for validation; training takes one label "
+                         "group (Setting 2) or trains for every group at once (Setting 1)")
     rank, device = distributed.init(resolve_device(cfg["device"]))
     # rank 0's run folder (only rank 0 has an observer), so every rank writes beside it
     run_dir = Path(distributed.from_main(
@@ -132,6 +145,7 @@ def train(_run, _config, _log):
         raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
                          f"(config key dataset), found {ds.name!r}")
     fold = ds.fold(cfg["eval_fold"])
+    cfg["exclude_labels"] = resolve_exclude_labels(cfg, ds)
     episodes = build_episodes(cfg, ds, fold["train"])
     _log.info("%s fold %d: %d training scans, excluded classes %s", ds.name, cfg["eval_fold"],
               len(fold["train"]), cfg["exclude_labels"])
@@ -139,7 +153,11 @@ def train(_run, _config, _log):
     val_sets = validation_sets(cfg, ds) if cfg["val_every"] > 0 and rank.is_main else []
 
     # model and optimizer
-    model = build_model(cfg, device)
+    resumed = find_resume_checkpoint(cfg["resume"], map_location=device) if cfg["resume"] \
+        else None
+    if resumed is not None:
+        check_resume_config(resumed[0], resumed[1].get("config", {}), cfg)
+    model = build_model(cfg, device, weights_of_state(*resumed) if resumed else NO_WEIGHTS)
     if cfg["compile"]:
         model.encoder.compile()  # in place: state-dict keys stay those of the original
     # DDP averages the gradients of the ranks' episodes (effective batch: world_size episodes)
@@ -149,10 +167,8 @@ def train(_run, _config, _log):
                                 weight_decay=cfg["weight_decay"])
     step = 0
     best = {"step": None, "mean": float("-inf")}  # best validation mean Dice so far
-    if cfg["resume"]:
-        path, state = find_resume_checkpoint(cfg["resume"], map_location=device)
-        check_resume_config(path, state.get("config", {}), cfg)
-        model.load_state_dict(state["model"])
+    if resumed is not None:
+        path, state = resumed
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = int(state["step"])
@@ -187,7 +203,7 @@ def train(_run, _config, _log):
                             n_steps=max(cfg["n_steps"] - step, 0),
                             pin_memory=device.type == "cuda", rank=rank.rank,
                             world_size=rank.world_size)
-    weights = (0.05, 1.0) if cfg["use_wce"] else (1.0, 1.0)
+    weights = CLASS_WEIGHTS if cfg["use_wce"] else (1.0, 1.0)
     snapshots = run_dir / SNAPSHOT_DIR
     model.train()
     loss = None

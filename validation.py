@@ -17,24 +17,21 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from config_ssl_upload import ex, run_cli
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import make_folds
 from dataloaders.evaluation import build_evaluation
-from models.factory import build_model
-from util.checkpoint import (BEST, LATEST, SNAPSHOT_DIR, checkpoint_weights,
-                             find_resume_checkpoint)
-from util.device import SWITCHES, resolve_device, resolve_switch
 from inference.evaluate import Outputs, evaluate
+from inference.loader import Weights, architecture, build_model, read_weights, weights_of_state
+from util.checkpoint import BEST, SNAPSHOT_DIR, find_resume_checkpoint
+from util.device import SWITCHES, resolve_device, resolve_switch
 from util.io import atomic_path, write_json
 from util.logger import RunLogger
-from util.metrics import METRICS, format_table, score_organ, summarize
+from util.metrics import METRICS, format_table, summarize
 from util.seeding import seed_everything
 
 
-KEYWORDS = {"latest": LATEST, "best": BEST}  # reload_model_path keywords
+KEYWORDS = ("latest", "best")  # reload_model_path keywords
 
 
 def fold_scans(ds, cfg: dict) -> dict:
@@ -46,11 +43,10 @@ def fold_scans(ds, cfg: dict) -> dict:
                       cfg["support_idx"][0])[cfg["eval_fold"]]
 
 
-def resolve_weights(cfg: dict) -> tuple[str | None, dict, dict | None]:
-    """``reload_model_path`` as (checkpoint file, its training config, its model state dict;
-    {} and None for a bare state dict), the file read once: "latest" / "best" → that checkpoint
-    of the newest training run of this experiment under ``log_dir/train`` (``best.pth`` exists
-    in runs trained with ``val_every``); a run folder → its newest loadable checkpoint."""
+def resolve_weights(cfg: dict) -> Weights:
+    """``reload_model_path``, read once: "latest" / "best" → that checkpoint of the newest
+    training run of this experiment under ``log_dir/train`` (``best.pth`` exists in runs trained
+    with ``val_every``); a run folder → its newest loadable checkpoint; a file → itself."""
     target = cfg["reload_model_path"]
     if target in KEYWORDS:
         runs = Path(cfg["log_dir"]) / "train" / cfg["exp_name"]
@@ -60,16 +56,14 @@ def resolve_weights(cfg: dict) -> tuple[str | None, dict, dict | None]:
             raise FileNotFoundError(f"{runs}: expected a training run with checkpoints for "
                                     f"reload_model_path={target}, found none; train first or "
                                     f"name the checkpoint")
-        target = str(found[0] if target == "latest" else found[0] / SNAPSHOT_DIR / KEYWORDS[target])
-        if not Path(target).exists():
-            raise FileNotFoundError(f"{target}: expected the best checkpoint of the newest run "
-                                    f"(written when training with val_every > 0), found "
-                                    f"nothing there")
+        if target == "best" and not (found[0] / SNAPSHOT_DIR / BEST).is_file():
+            raise FileNotFoundError(f"{found[0] / SNAPSHOT_DIR / BEST}: expected the best "
+                                    f"checkpoint of the newest run (written when training with "
+                                    f"val_every > 0), found nothing there")
+        target = found[0] if target == "latest" else found[0] / SNAPSHOT_DIR / BEST
     if target and Path(target).is_dir():
-        path, state = find_resume_checkpoint(target)
-        return (str(path), {**state.get("config", {}), "checkpoint_step": int(state["step"])},
-                state["model"])
-    return (target, *checkpoint_weights(target))
+        return weights_of_state(*find_resume_checkpoint(target))
+    return read_weights(target)
 
 
 @ex.command
@@ -87,17 +81,21 @@ def validate(_run, _config, _log):
     evalset = build_evaluation(ds, cfg["eval_fold"], label_group=cfg["label_sets"],
                                protocol=cfg["protocol"], npart=cfg["n_sup_part"],
                                support_pids=split["support"], query_pids=split["query"],
-                               z_margin=cfg["z_margin"])
+                               z_margin=cfg["z_margin"],
+                               realistic_chunks=cfg["realistic_chunks"])
     _log.info("%s fold %d, %s protocol: support %s, queries %s, classes %s; device %s, bf16 %s, "
               "channels_last %s", ds.name, cfg["eval_fold"], cfg["protocol"], split["support"],
               split["query"], [ds.labels[c] for c in evalset.classes], device, cfg["bf16"],
               cfg["channels_last"])
 
     # model
-    cfg["reload_model_path"], trained, weights = resolve_weights(cfg)
-    if not cfg["reload_model_path"]:
+    weights = resolve_weights(cfg)
+    if weights.kind == "none":
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
-    model = build_model(cfg, device, weights).eval()
+    explicit = set(_run.config_modifications.modified) | set(_run.config_modifications.added)
+    model = build_model(cfg, device, weights, explicit).eval()
+    cfg.update(architecture(cfg, weights))  # what was evaluated, for the summary
+    trained = weights.config
 
     # predict and score: prototypes once per class and part, each query volume encoded once
     result = evaluate(model, ds, evalset, device, cfg["eval_batch_size"], Outputs(
@@ -110,10 +108,10 @@ def validate(_run, _config, _log):
     summary.update({"dataset": ds.name, "fold": cfg["eval_fold"], "protocol": cfg["protocol"],
                     "setting": trained.get("setting", cfg["setting"]),
                     "pseudolabel": trained.get("pseudolabel", cfg["pseudolabel"]),
-                    "steps": trained.get("checkpoint_step", trained.get("n_steps")), "encoder": cfg["encoder"],
+                    "steps": weights.step, "encoder": cfg["encoder"],
                     "label_group": cfg["label_sets"], "n_shots": cfg["n_shots"],
                     "support": split["support"], "queries": split["query"], "absent": absent,
-                    "checkpoint": cfg["reload_model_path"]})
+                    "checkpoint": weights.path})
     write_json(run_dir / "summary.json", summary)
     with atomic_path(run_dir / "scores.csv") as tmp, \
             open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -36,7 +36,6 @@ and scored (false positives count).
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volume
 
 __all__ = ["PROTOCOLS", "part_percentiles", "support_slice", "chunk_index", "count_chunks",
            "SupportPart", "SupportSet", "QueryScan", "QueryPlan", "EvaluationSet",
-           "build_support", "plan_query", "build_evaluation"]
+           "build_support", "plan_query", "label_groups", "build_evaluation"]
 
 PROTOCOLS = ("paper", "realistic", "adnet")
 REALISTIC_CHUNKS = ("aligned", "body")
@@ -73,11 +72,12 @@ def support_slice(zlist: Sequence[int], pct: float) -> int:
 
 
 def chunk_index(z: float, z_min: float, z_max: float, npart: int) -> int:
-    """Part of slice z: ``floor((z − z_min) / ((z_max − z_min) / npart))`` clipped to
-    [0, npart − 1]; 0 when ``z_max == z_min`` (SPEC §6.3, in float arithmetic)."""
+    """Part of slice z: ``(z − z_min) // ((z_max − z_min) / npart)`` clipped to [0, npart − 1];
+    0 when ``z_max == z_min`` (SPEC §6.3). Python's float floor division, as the original: it can
+    differ from ``floor`` of the true division at part boundaries (z=5 of [0, 15], 9 parts: 2)."""
     if z_max == z_min:
         return 0
-    part = math.floor((z - z_min) / ((z_max - z_min) / npart))
+    part = (z - z_min) // ((z_max - z_min) / npart)
     return int(min(max(part, 0), npart - 1))
 
 
@@ -285,13 +285,25 @@ def plan_query(scan: QueryScan, class_id: int, support: SupportSet, protocol: st
                      score_z=score, chunk_z=(float(z_min), float(z_max)), **common)
 
 
-def build_evaluation(dataset: Dataset | str | os.PathLike, fold: int, *, label_group: int,
+def label_groups(ds: Dataset, label_sets: int | str) -> list[int]:
+    """The label groups named by ``label_sets``: one group, or every group for ``'all'``."""
+    n = len(ds.meta["label_groups"])
+    if label_sets == "all":
+        return list(range(n))
+    if isinstance(label_sets, bool) or not isinstance(label_sets, int) or not 0 <= label_sets < n:
+        raise ValueError(f"{ds.root}: label_sets expects a group in 0..{n - 1} or 'all', got "
+                         f"{label_sets!r}")
+    return [label_sets]
+
+
+def build_evaluation(dataset: Dataset | str | os.PathLike, fold: int, *, label_group: int | str,
                      protocol: str = "paper", npart: int = 3,
                      support_pids: Sequence[str] | None = None,
                      query_pids: Sequence[str] | None = None, z_margin: int = 0,
                      realistic_chunks: str = "aligned", stats: NormStats | None = None,
                      crop: int | None = CROP) -> EvaluationSet:
-    """Support sets and query plans of one fold's test classes (``label_group``).
+    """Support sets and query plans of one fold's test classes (``label_group``: one group, or
+    ``'all'`` for every group's test classes, each query scan then encoded once for all).
 
     Support and query scans default to ``splits.json`` (several support scans = k-shot); CT
     statistics default to the fold's training scans (pass ``stats`` to reuse the training run's).
@@ -314,7 +326,8 @@ def build_evaluation(dataset: Dataset | str | os.PathLike, fold: int, *, label_g
         stats = normalization_stats(ds, list(split["train"]))
     sup_vols = load_volumes(ds, sup, stats=stats, label=True, crop=crop)
     query_vols = load_volumes(ds, queries, stats=stats, label=True, crop=crop)
-    classes = ds.test_labels(label_group)
+    classes = list(dict.fromkeys(c for g in label_groups(ds, label_group)
+                                 for c in ds.test_labels(g)))
     support = {c: build_support(sup_vols, c, ds.labels[c], npart) for c in classes}
     scans = [QueryScan(pid=v.pid, grey=torch.from_numpy(v.image),
                        label=torch.from_numpy(v.label), body_z=_body_z(v)) for v in query_vols]

@@ -42,14 +42,11 @@ from data_preprocessing.resample import (CROP_SIZE, clip_percentile, crop_or_pad
 from data_preprocessing.sabs import BORDER, window_ct
 from data_preprocessing.verify import GEOMETRY_TOL
 from dataloaders.volumes import Volume, body_extent, normalize
-from models.alpnet import ALPNet, load_original_checkpoint
-from models.factory import build_model
-from util.checkpoint import checkpoint_weights
+from inference.loader import ORIGINAL_ASSUMED, build_model, read_weights
+from models.alpnet import ALPNet
 from util.io import array_to_image, read_image
 
 MODALITIES = ("MR", "CT")
-MODEL_KEYS = ("encoder", "feature_hw", "proto_grid_size", "val_wsize", "fg_thresh", "bg_thresh",
-              "usealign", "bf16", "channels_last")
 # SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
 SABS_FOV_FRACTION = 1 - 2 * BORDER / 512
 
@@ -269,31 +266,18 @@ def to_original(pred: np.ndarray, prepared: PreparedScan) -> sitk.Image:
 
 # ---------------------------------------------------------------- the model
 
-def load_model(path: str | os.PathLike, encoder: str,
+def load_model(path: str | os.PathLike, encoder: str | None,
                device: torch.device) -> tuple[ALPNet, dict]:
-    """The model of a checkpoint in eval mode, and the training config it holds ({} if none).
-
-    Our checkpoints rebuild the trained architecture from their config; a bare state dict (the
-    original code's snapshots) gets ``encoder`` and the original's defaults.
-    """
-    cfg, weights = checkpoint_weights(path)  # raises FileNotFoundError; {} for a bare state dict
-    missing = [k for k in MODEL_KEYS if k not in cfg]
-    if cfg and missing:
-        raise ValueError(f"{path}: expected the model keys {missing} in the checkpoint's "
-                         f"config, found them missing")
-    if cfg:  # our checkpoint: the trained architecture, its weights already read
-        # precision and layout are this machine's choice, not the training machine's
-        model = build_model({**cfg, "pretrained_weights": None, "reload_model_path": str(path),
-                             "bf16": "auto", "channels_last": "auto"}, device, weights)
-        return model.eval(), cfg
-    model = ALPNet(encoder, reloaded=True).to(device)
-    try:
-        load_original_checkpoint(model, path)
-    except ValueError as err:
-        hint = (f" (the model was built with --encoder {encoder}; pass the encoder it was "
-                f"trained with)" if "do not match" in str(err) else "")
-        raise ValueError(f"{err}{hint}") from err
-    return model.eval(), cfg
+    """The model of a checkpoint in eval mode, and the training config it holds ({} if none),
+    through the one loader: our checkpoints bring their architecture (``encoder``, when given,
+    must agree), a bare state dict of the original code is built as ``encoder`` (default
+    deeplabv3_resnet101) with the original's defaults. Precision and memory layout are chosen
+    for this machine (``auto``)."""
+    weights = read_weights(path)
+    base = {"encoder": encoder or "deeplabv3_resnet101", **ORIGINAL_ASSUMED,
+            "pretrained_weights": None, "bf16": "auto", "channels_last": "auto"}
+    model = build_model(base, device, weights, explicit=("encoder",) if encoder else ())
+    return model.eval(), weights.config
 
 
 def _fmt(values) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 MODES = ("global", "local", "local+global")
 NORM_EPS = 1e-4   # n(v) = v / max(|v|, NORM_EPS); also the cosine eps of the original
@@ -133,34 +133,6 @@ def alp_score(query_feats: Tensor, support_feats: Tensor, support_mask: Tensor, 
     """One ALP call: query [Q, C, h, w], support [S, C, h, w], mask [S, 1, h, w] → [Q, 1, h, w]."""
     protos = build_prototypes(support_feats, support_mask, mode, window, threshold)
     return score_prototypes(l2_normalize(query_feats), protos, scale), protos.info
-
-
-class ALP(nn.Module):
-    """The ALP functions with their constants; no parameters (so no state-dict keys)."""
-
-    def __init__(self, threshold: float = THRESHOLD, scale: float = SCALE) -> None:
-        super().__init__()
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"ALP: expected threshold in [0, 1], got {threshold}")
-        if not scale > 0:
-            raise ValueError(f"ALP: expected a positive similarity scale, got {scale}")
-        self.threshold = float(threshold)
-        self.scale = float(scale)
-
-    def prototypes(self, support_feats: Tensor, support_mask: Tensor, mode: str,
-                   window: int) -> Prototypes:
-        return build_prototypes(support_feats, support_mask, mode, window, self.threshold)
-
-    def score(self, query_normed: Tensor, protos: Prototypes) -> Tensor:
-        return score_prototypes(query_normed, protos, self.scale)
-
-    def forward(self, query_feats: Tensor, support_feats: Tensor, support_mask: Tensor,
-                mode: str, window: int) -> tuple[Tensor, ALPInfo]:
-        return alp_score(query_feats, support_feats, support_mask, mode, window,
-                         self.threshold, self.scale)
-
-    def extra_repr(self) -> str:
-        return f"threshold={self.threshold}, scale={self.scale}"
 
 
 def _check_support(feats: Tensor, mask: Tensor, mode: str, window: int) -> None:

@@ -9,28 +9,31 @@ Evaluation, the support of a class encoded once and reused for batches of query 
 
     model.eval()
     support = model.encode_support(support_images, support_fg, support_bg)
-    logits = model.score_queries(support, query_slices)            # [Q, 2, H, W]
+    logits = model.score_features(support, model.encode(query_slices), (H, W))  # [Q, 2, H, W]
 
 Shapes: images [S or Q, 3, H, W], masks [S, H, W] in {0, 1} (soft values allowed), features
 [N, 256, H/8, W/8]. Pooling windows are 4 in training and 2 in evaluation (``self.training``).
+``prototypes='global'`` is the paper's ablation: one masked-average prototype for the foreground
+and one for the background (PANet), no local ones. No file is read here: weights are loaded by
+:mod:`inference.loader`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.alp import (ALP, MODE_CHECK_WINDOW, SCALE, THRESHOLD, Prototypes, choose_fg_mode,
-                        downsample_mask, l2_normalize)
-from models.encoder import build_encoder, load_checked_state_dict, read_state_dict
+from models.alp import (MODE_CHECK_WINDOW, SCALE, THRESHOLD, Prototypes, build_prototypes,
+                        choose_fg_mode, downsample_mask, l2_normalize, score_prototypes)
+from models.encoder import build_encoder
 from models.losses import alignment_target, per_image_cross_entropy
 
 TRAIN_WINDOW = 4  # feature_hw / proto_grid_size = 32 / 8
 EVAL_WINDOW = 2   # val_wsize
+PROTOTYPES = ("alp", "global")  # ALP (local + global), or one masked average each (PANet)
 
 
 class ALPNetOutput(NamedTuple):
@@ -54,26 +57,29 @@ class SupportPrototypes:
 class ALPNet(nn.Module):
     """Encoder + ALP; state-dict keys ``encoder.*`` as in the original (ALP has no parameters)."""
 
-    def __init__(self, encoder: str | nn.Module = "deeplabv3_resnet101",
-                 pretrained_weights: str | os.PathLike | None = None, *, align: bool = True,
+    def __init__(self, encoder: str | nn.Module = "deeplabv3_resnet101", *, align: bool = True,
                  fg_threshold: float = THRESHOLD, bg_threshold: float = THRESHOLD,
                  scale: float = SCALE, train_window: int = TRAIN_WINDOW,
                  eval_window: int = EVAL_WINDOW, mode_check_window: int = MODE_CHECK_WINDOW,
                  autocast_bf16: bool = False, channels_last: bool = False,
-                 reloaded: bool = False) -> None:
+                 prototypes: str = "alp") -> None:
         super().__init__()
         for name, value in (("train_window", train_window), ("eval_window", eval_window),
                             ("mode_check_window", mode_check_window)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ALPNet: expected {name} to be a positive int, got {value!r}")
-        if isinstance(encoder, str):
-            encoder = build_encoder(encoder, pretrained_weights, reloaded=reloaded)
-        elif pretrained_weights is not None:
-            raise ValueError("ALPNet: pretrained_weights applies to an encoder built by name; "
-                             "got an encoder module too, load its weights before passing it")
-        self.encoder = encoder
-        self.bg_alp = ALP(bg_threshold, scale)
-        self.fg_alp = ALP(fg_threshold, scale)
+        for name, value in (("fg_threshold", fg_threshold), ("bg_threshold", bg_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"ALPNet: expected {name} in [0, 1], got {value}")
+        if not scale > 0:
+            raise ValueError(f"ALPNet: expected a positive similarity scale, got {scale}")
+        if prototypes not in PROTOTYPES:
+            raise ValueError(f"ALPNet: expected prototypes in {PROTOTYPES}, got {prototypes!r}")
+        self.encoder = build_encoder(encoder) if isinstance(encoder, str) else encoder
+        self.fg_threshold = float(fg_threshold)
+        self.bg_threshold = float(bg_threshold)
+        self.scale = float(scale)
+        self.prototype_kind = prototypes
         self.align = align
         self.train_window = train_window
         self.eval_window = eval_window
@@ -120,13 +126,6 @@ class ALPNet(nn.Module):
         _check_support(support_images, support_fg, support_bg)
         return self.support_prototypes(self.encode(support_images), support_fg, support_bg)
 
-    def score_queries(self, support: SupportPrototypes, query_images: Tensor) -> Tensor:
-        """Logits [Q, 2, H, W] of a batch of query images against encoded support prototypes."""
-        if query_images.dim() != 4:
-            raise ValueError(f"ALPNet.score_queries: expected query_images [Q, 3, H, W], "
-                             f"got {list(query_images.shape)}")
-        return self.score_features(support, self.encode(query_images), query_images.shape[-2:])
-
     def score_features(self, support: SupportPrototypes, query_feats: Tensor,
                        size: tuple[int, int]) -> Tensor:
         """Logits [Q, 2, *size] of already encoded queries [Q, C, h, w] (encode a volume once,
@@ -143,8 +142,8 @@ class ALPNet(nn.Module):
 
     def lowres_logits(self, query_normed: Tensor, support: SupportPrototypes) -> Tensor:
         """Normalised query features [Q, C, h, w] → (background, foreground) scores [Q, 2, h, w]."""
-        return torch.cat([self.bg_alp.score(query_normed, support.bg),
-                          self.fg_alp.score(query_normed, support.fg)], dim=1)
+        return torch.cat([score_prototypes(query_normed, support.bg, self.scale),
+                          score_prototypes(query_normed, support.fg, self.scale)], dim=1)
 
     def alignment_loss(self, query_feats: Tensor, query_logits: Tensor, support_feats: Tensor,
                        support_fg: Tensor, support_bg: Tensor) -> tuple[Tensor, int]:
@@ -162,25 +161,14 @@ class ALPNet(nn.Module):
         return loss, protos.n_fallback
 
     def _prototypes(self, feats: Tensor, fg: Tensor, bg: Tensor, window: int) -> SupportPrototypes:
-        fg_mode = choose_fg_mode(fg, self.fg_alp.threshold, self.mode_check_window)
-        return SupportPrototypes(bg=self.bg_alp.prototypes(feats, bg, "local", window),
-                                 fg=self.fg_alp.prototypes(feats, fg, fg_mode, window))
-
-
-def load_original_checkpoint(model: ALPNet, path: str | os.PathLike,
-                             state: Mapping[str, Tensor] | None = None) -> None:
-    """Load a snapshot written by the original code (``<run>/snapshots/<iter>.pth``) into ``model``.
-
-    Accepts a plain state dict or one under 'model'/'state_dict', saved on any device, with or
-    without a DataParallel ``module.`` prefix. Any missing, unexpected or misshapen key is an error
-    naming the file and the keys; build the model with encoder='deeplabv3_resnet101'. ``state``:
-    the file's state dict when the caller has already read it (``path`` then names it in errors).
-    """
-    if state is None:
-        state = read_state_dict(path, "an SSL-ALPNet checkpoint")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    load_checked_state_dict(model, state, str(path))
+        if self.prototype_kind == "global":
+            bg_mode = fg_mode = "global"
+        else:
+            bg_mode = "local"
+            fg_mode = choose_fg_mode(fg, self.fg_threshold, self.mode_check_window)
+        return SupportPrototypes(
+            bg=build_prototypes(feats, bg, bg_mode, window, self.bg_threshold),
+            fg=build_prototypes(feats, fg, fg_mode, window, self.fg_threshold))
 
 
 def _upsample(scores: Tensor, size) -> Tensor:

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.alp import (ALP, alp_score, build_prototypes, choose_fg_mode, downsample_mask,
+from models.alpnet import ALPNet
+from models.alp import (alp_score, build_prototypes, choose_fg_mode, downsample_mask,
                         l2_normalize, local_prototypes, masked_average)
 
 
@@ -220,19 +221,7 @@ def test_masked_average_by_hand():
     assert masked_average(feats, mask).item() == pytest.approx((0 + 1.0) / (1.5 + 1e-5))
 
 
-# --- module and errors --------------------------------------------------------------------------
-
-def test_alp_module_matches_the_function_and_has_no_state():
-    module = ALP(threshold=0.95, scale=20.0)
-    assert len(module.state_dict()) == 0
-    support, query = torch.randn(1, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    mask = torch.ones(1, 1, 8, 8)
-    got, info = module(query, support, mask, "local", 4)
-    want, _ = alp_score(query, support, mask, "local", 4, 0.95, 20.0)
-    assert torch.equal(got, want) and info.n_local == 4
-    protos = module.prototypes(support, mask, "local", 4)
-    assert torch.equal(module.score(l2_normalize(query), protos), want)
-
+# --- errors --------------------------------------------------------------------------
 
 def test_errors_say_what_was_expected():
     support, mask = torch.randn(1, 4, 4, 4), torch.ones(1, 1, 4, 4)
@@ -242,7 +231,9 @@ def test_errors_say_what_was_expected():
         alp_score(support, support, torch.ones(1, 1, 2, 2), "local", 2)
     with pytest.raises(ValueError, match=r"pooling window in \[1, 4\]"):
         alp_score(support, support, mask, "local", 8)
-    with pytest.raises(ValueError, match="threshold in"):
-        ALP(threshold=1.5)
+    with pytest.raises(ValueError, match=r"fg_threshold in \[0, 1\], got 1.5"):
+        ALPNet("tiny", fg_threshold=1.5)
+    with pytest.raises(ValueError, match="prototypes in"):
+        ALPNet("tiny", prototypes="panet")
     with pytest.raises(ValueError, match="at least 4×4"):
         choose_fg_mode(torch.ones(1, 1, 2, 2))

@@ -162,10 +162,13 @@ def test_batched_queries_equal_slice_by_slice_scoring():
     model = make_model().eval()
     with torch.no_grad():
         support = model.encode_support(ep["support_images"], ep["support_fg"], ep["support_bg"])
-        batched = model.score_queries(support, ep["query_images"])
+        size = ep["query_images"].shape[-2:]
+        batched = model.score_features(support, model.encode(ep["query_images"]), size)
         for q in range(5):
             one = ep["query_images"][q:q + 1]
-            assert torch.allclose(batched[q:q + 1], model.score_queries(support, one), atol=1e-5)
+            assert torch.allclose(batched[q:q + 1],
+                                  model.score_features(support, model.encode(one), size),
+                                  atol=1e-5)
             full = model(ep["support_images"], ep["support_fg"], ep["support_bg"], one)
             assert torch.allclose(batched[q:q + 1], full.logits, atol=1e-5)
     assert batched.shape == (5, 2, SIZE, SIZE)
@@ -232,3 +235,23 @@ def test_only_the_encoder_has_state():
     keys = make_model().state_dict().keys()
     assert keys and all(k.startswith("encoder.") for k in keys)
     assert "encoder.localconv.weight" in keys
+
+
+def test_global_prototypes_ablation_uses_one_prototype_per_mask():
+    ep = episode(n_shots=2, n_queries=1)
+    model = make_model(prototypes="global").eval()
+    with torch.no_grad():
+        support = model.encode_support(ep["support_images"], ep["support_fg"], ep["support_bg"])
+        feats = model.encode(ep["support_images"])
+    assert support.fg.info.mode == support.bg.info.mode == "global"
+    assert support.fg.info.n_prototypes == support.bg.info.n_prototypes == 1
+    # the one prototype is the shots' mean masked average (PANet), normalised
+    size = feats.shape[-2:]
+    fg = downsample_mask(ep["support_fg"], size)
+    want = (feats * fg).sum((2, 3)) / (fg.sum((2, 3)) + 1e-5)
+    want = want.mean(0, keepdim=True)
+    assert torch.allclose(support.fg.vectors, want / want.norm(dim=1, keepdim=True), atol=1e-5)
+    alp = make_model().eval()
+    with torch.no_grad():
+        local = alp.encode_support(ep["support_images"], ep["support_fg"], ep["support_bg"])
+    assert local.bg.info.n_prototypes > 1  # ALP keeps local background prototypes

@@ -8,8 +8,9 @@ import torch
 import torchvision
 from torchvision.models import segmentation
 
-from models.alpnet import ALPNet, load_original_checkpoint
-from models.encoder import build_encoder, load_coco_backbone
+from inference.loader import build_model, load_coco_backbone, load_original_checkpoint
+from models.alpnet import ALPNet
+from models.encoder import build_encoder
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +60,24 @@ def test_resnet101_trunk_output_stride_8_and_no_activation_after_localconv(r101)
     r101.zero_grad(set_to_none=True)
 
 
+BASE = {"feature_hw": [32, 32], "proto_grid_size": 8, "val_wsize": 2, "fg_thresh": 0.95,
+        "bg_thresh": 0.95, "usealign": True, "bf16": False, "channels_last": False,
+        "pretrained_weights": None, "prototypes": "alp"}
+
+
 def test_resnet50_trunk_and_the_random_init_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="models.encoder"):
-        encoder = build_encoder("deeplabv3_resnet50")
+    with caplog.at_level(logging.WARNING, logger="inference.loader"):
+        model = build_model({**BASE, "encoder": "deeplabv3_resnet50"}, torch.device("cpu"))
     assert "randomly initialised" in caplog.text
-    assert encoder.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 256, 4, 4)
+    assert model.encoder.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 256, 4, 4)
 
 
 def test_unknown_encoder_name_suggests_a_close_one():
     with pytest.raises(ValueError, match="did you mean 'deeplabv3_resnet101'"):
         build_encoder("deeplabv3_resnet100")
     with pytest.raises(ValueError, match="'tiny' encoder has no pretrained weights"):
-        build_encoder("tiny", pretrained_weights="coco.pth")
+        build_model({**BASE, "encoder": "tiny", "pretrained_weights": "coco.pth"},
+                    torch.device("cpu"))
 
 
 # --- COCO weights from a local file --------------------------------------------------------
@@ -81,8 +88,9 @@ def test_coco_checkpoint_loads_backbone_only(tmp_path, caplog):
                                             num_classes=21, aux_loss=True)
     path = tmp_path / "deeplabv3_resnet101_coco-586e9e4e.pth"
     torch.save(coco.state_dict(), path)
-    with caplog.at_level(logging.WARNING, logger="models.encoder"):
-        encoder = build_encoder("deeplabv3_resnet101", pretrained_weights=path)
+    with caplog.at_level(logging.WARNING, logger="inference.loader"):
+        encoder = build_model({**BASE, "encoder": "deeplabv3_resnet101",
+                               "pretrained_weights": str(path)}, torch.device("cpu")).encoder
     assert "randomly initialised" not in caplog.text
     for name, tensor in coco.backbone.state_dict().items():
         assert torch.equal(encoder.backbone.state_dict()[name], tensor), name
@@ -93,7 +101,8 @@ def test_coco_checkpoint_loads_backbone_only(tmp_path, caplog):
 def test_missing_or_wrong_coco_file_names_the_path_and_the_keys(tmp_path, r101):
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        build_encoder("deeplabv3_resnet101", pretrained_weights=missing)
+        build_model({**BASE, "encoder": "deeplabv3_resnet101", "pretrained_weights": str(missing)},
+                    torch.device("cpu"))
     heads_only = tmp_path / "heads_only.pth"
     torch.save({"classifier.4.weight": torch.zeros(21, 256, 1, 1),
                 "aux_classifier.4.bias": torch.zeros(21)}, heads_only)

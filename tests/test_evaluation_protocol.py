@@ -52,6 +52,16 @@ def test_chunk_assignment_appendix_b():
     assert V.count_chunks(2, 3) == [1, 2]                               # bounds 0, 0, 1, 2
 
 
+def test_chunk_index_floor_divides_as_the_original_at_part_boundaries():
+    # 5 / (15 / 9) is 3.0 in true division, but 5 // (15 / 9) is 2.0: the original's value
+    assert V.chunk_index(5, 0, 15, 9) == 2
+    for npart in (3, 5, 9, 15):
+        for z_max in range(1, 40):
+            for z in range(z_max + 1):
+                assert V.chunk_index(z, 0, z_max, npart) == \
+                    int(min(max(z // (z_max / npart), 0), npart - 1))
+
+
 def test_support_parts_one_and_two_shots():
     one = V.build_support([_volume("8", range(10, 22))], 2, "RK", npart=3)
     assert [p.z for p in one.parts] == [[12], [16], [20]]

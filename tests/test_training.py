@@ -68,7 +68,10 @@ def test_same_seed_same_losses_on_cpu(phantom_dir, tmp_path):
 
 def test_setting2_and_manual_label_training_run(phantom_dir, tmp_path):
     run = run_train(small(phantom_dir, tmp_path, n_steps=2), named=("phantom", "setting2"))
-    assert run.config["exclude_labels"] == [2, 3]
+    assert run.config["exclude_labels"] is None  # derived when the run starts, from dataset.json
+    saved = torch.load(Path(run.observers[0].dir) / "snapshots" / "latest.pth",
+                       weights_only=True)["config"]
+    assert saved["exclude_labels"] == [2, 3]
     run = run_train(small(phantom_dir, tmp_path, n_steps=2, min_fg_px=10),
                     named=("phantom", "manual"))
     assert run.result["step"] == 2

@@ -7,8 +7,11 @@ newest checkpoint that loads; a damaged one is skipped with a warning.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,18 +35,76 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+              what: str = "a torch file") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, so a crafted
+    pickle cannot run code here. Every failure is a ValueError naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise ValueError(
+                f"{path}: expected {what} holding only tensors and plain Python values, found "
+                f"other objects, which loading would have to execute; refused (the file may run "
+                f"code). A checkpoint of ours that holds NumPy values converts with "
+                f"`python -m util.checkpoint --convert {path} NEW.pth`") from None
+        raise ValueError(f"{path}: expected {what} saved with torch.save, found something "
+                         f"else ({err})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError) as err:
+        raise ValueError(f"{path}: expected {what} saved with torch.save, loading failed "
+                         f"({type(err).__name__}: {err}); the file is truncated or damaged") \
+            from err
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Re-save a checkpoint that holds NumPy arrays or scalars (which weights-only loading
+    refuses) with tensors and Python numbers instead, atomically to ``dst``. Only NumPy's array
+    and dtype reconstructors are allowed besides the weights-only set: nothing else can run."""
+    import numpy as np
+
+    dtypes = [type(np.dtype(t)) for t in np.sctypeDict.values()]
+    allowed = [np.core.multiarray._reconstruct, np.core.multiarray.scalar, np.ndarray, np.dtype,
+               *dtypes]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            state = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{src}: holds objects other than tensors, plain values and NumPy "
+                         f"arrays; not converted ({str(err).splitlines()[0]})") from None
+    with atomic_path(dst, suffix=".pth") as tmp:
+        torch.save(_plain(state), tmp)
+    safe_load(dst, "cpu", "the converted checkpoint")
+    return Path(dst)
+
+
+def _plain(obj: Any) -> Any:
+    """Tensors and plain containers: NumPy arrays and scalars become tensors and Python numbers."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; clear errors for every failure."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: expected a checkpoint file, found nothing there")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError, KeyError) as err:
-        raise ValueError(f"{path}: expected a readable torch checkpoint, loading failed "
-                         f"({type(err).__name__}: {err}); the file is truncated or damaged") \
-            from err
+    state = safe_load(path, map_location, "a training checkpoint")
+    check_training_state(path, state)
+    return state
+
+
+def check_training_state(path: str | os.PathLike, state: Any) -> None:
+    """Raise ValueError naming ``path`` unless ``state`` is a complete training checkpoint."""
     if not isinstance(state, dict) or "format_version" not in state:
         raise ValueError(f"{path}: expected a training checkpoint with a format_version, found "
                          f"{type(state).__name__} (a bare state dict? use it as "
@@ -54,7 +115,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("model", "optimizer", "step"):
         if key not in state:
             raise ValueError(f"{path}: expected key {key!r} in the checkpoint, missing")
-    return state
 
 
 def checkpoint_candidates(run_dir: str | os.PathLike) -> list[Path]:
@@ -92,13 +152,16 @@ def find_resume_checkpoint(target: str | os.PathLike,
                             f"from, {detail}")
 
 
-def checkpoint_weights(path: str | os.PathLike | None) -> tuple[dict, dict | None]:
-    """(training config, model state dict) of one of our checkpoints, read once; ``({}, None)``
-    for a bare state dict (the original's snapshots: read them with load_original_checkpoint)."""
-    if not path:
-        return {}, None
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Convert a checkpoint holding NumPy values "
+                                     "into one that loads with weights-only loading.")
+    parser.add_argument("--convert", nargs=2, metavar=("OLD", "NEW"), required=True)
+    args = parser.parse_args(argv)
     try:
-        state = load_checkpoint(path)
-    except ValueError:
-        return {}, None
-    return {**state.get("config", {}), "checkpoint_step": int(state["step"])}, state["model"]
+        print(f"wrote {convert(*args.convert)}")
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"util.checkpoint: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""From files to a model: the project's one loader.
+
+Training (start and resume), validation, ``predict.py`` and the quickstart build their ALPNet with
+:func:`build_model`. Every weights file is read here, once, with weights-only unpickling
+(:func:`util.checkpoint.safe_load`):
+
+- our checkpoints (``snapshots/*.pth``): the model *and* its architecture keys
+  (:data:`ARCH_KEYS`) come from the file; a config value that differs from the checkpoint's is an
+  error naming the key when it was given explicitly, and the checkpoint's otherwise;
+- the original code's snapshots (bare state dicts, optionally under 'model'/'state_dict' or with
+  a DataParallel ``module.`` prefix): no config, so :data:`ORIGINAL_ASSUMED` and the configured
+  encoder are assumed, and said;
+- torchvision's DeepLabV3 COCO checkpoint (``pretrained_weights``): its ``backbone.*`` into the
+  trunk.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from models.alpnet import ALPNet
+from models.encoder import Encoder
+from util.checkpoint import check_training_state, safe_load
+from util.device import resolve_switch
+
+logger = logging.getLogger(__name__)
+
+# the config keys that decide the architecture (and its evaluation windows / thresholds)
+ARCH_KEYS = ("encoder", "feature_hw", "proto_grid_size", "val_wsize", "fg_thresh", "bg_thresh",
+             "usealign", "prototypes")
+# keys that checkpoints written before they existed lack, with the value those were trained with
+ARCH_BEFORE = {"prototypes": "alp"}
+# what a bare state dict of the original code is assumed to have been trained with
+ORIGINAL_ASSUMED = {"feature_hw": [32, 32], "proto_grid_size": 8, "val_wsize": 2,
+                    "fg_thresh": 0.95, "bg_thresh": 0.95, "usealign": True, "prototypes": "alp"}
+_KEYS_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A weights file as read: ``kind`` 'ours' (a training checkpoint, with its config and step)
+    or 'original' (a bare state dict); :data:`NO_WEIGHTS` for none."""
+    path: str | None
+    kind: str
+    state: Mapping[str, Tensor] | None = None
+    config: dict = field(default_factory=dict)
+    step: int | None = None
+
+
+NO_WEIGHTS = Weights(None, "none")
+
+
+def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
+    """A state dict from ``path`` on the CPU; unwraps a 'model' or 'state_dict' entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected {what}, found nothing there")
+    return _state_dict(safe_load(path, "cpu", what), path, what)
+
+
+def _state_dict(obj, path: Path, what: str) -> dict[str, Tensor]:
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected {what} (a mapping of names to tensors), "
+                         f"got {type(obj).__name__}")
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):  # DataParallel's prefix
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_weights(path: str | os.PathLike | None) -> Weights:
+    """Our training checkpoint or the original's bare state dict, read once."""
+    if not path:
+        return NO_WEIGHTS
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected a checkpoint file (ours or the original "
+                                f"code's), found nothing there")
+    obj = safe_load(path, "cpu", "a checkpoint")
+    if isinstance(obj, Mapping) and "format_version" in obj:
+        check_training_state(path, obj)
+        return Weights(str(path), "ours", obj["model"], dict(obj.get("config", {})),
+                       int(obj["step"]))
+    return Weights(str(path), "original", _state_dict(obj, path, "an SSL-ALPNet checkpoint"))
+
+
+def weights_of_state(path: str | os.PathLike, state: Mapping) -> Weights:
+    """:class:`Weights` of a training checkpoint already read (resume)."""
+    return Weights(str(path), "ours", state["model"], dict(state.get("config", {})),
+                   int(state["step"]))
+
+
+def architecture(cfg: dict, weights: Weights, explicit: Collection[str] = ()) -> dict:
+    """``cfg`` with the architecture keys of ``weights``: a checkpoint's own, or the original's
+    assumed ones. A key given explicitly (``explicit``) with another value is an error."""
+    if weights.kind == "none":
+        return dict(cfg)
+    if weights.kind == "original":
+        saved = {**ORIGINAL_ASSUMED, "encoder": cfg["encoder"]}
+        logger.info("%s: a bare state dict (no config): assuming %s", weights.path,
+                    ", ".join(f"{k}={v!r}" for k, v in saved.items()))
+    else:
+        config = {**ARCH_BEFORE, **weights.config}
+        saved = {k: config[k] for k in ARCH_KEYS if k in config}
+        missing = [k for k in ARCH_KEYS if k not in saved]
+        if missing:
+            raise ValueError(f"{weights.path}: expected the architecture keys {missing} in the "
+                             f"checkpoint's config, found them missing")
+    out = dict(cfg)
+    for key, value in saved.items():
+        if value == cfg[key]:
+            continue
+        if key in explicit:
+            raise ValueError(f"config: {key}={cfg[key]!r} was given, but the checkpoint "
+                             f"{weights.path} was trained with {key}={value!r}; leave {key} "
+                             f"out (the checkpoint's value is used) or give {value!r}")
+        logger.info("%s=%r from the checkpoint %s", key, value, weights.path)
+        out[key] = value
+    return out
+
+
+def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
+                explicit: Collection[str] = ()) -> ALPNet:
+    """The configured ALPNet on ``device``, with ``weights`` (ours or the original's) loaded, or
+    the trunk from ``pretrained_weights`` (COCO), or randomly initialised (with a warning)."""
+    cfg = architecture(cfg, weights, explicit)
+    bf16 = resolve_switch("bf16", cfg["bf16"], device)
+    channels_last = resolve_switch("channels_last", cfg["channels_last"], device)
+    if bf16 and device.type == "mps":
+        raise ValueError("config bf16=True: bfloat16 autocast is not supported on mps; use "
+                         "bf16=False")
+    if cfg["pretrained_weights"] is not None and cfg["encoder"] == "tiny":
+        raise ValueError(f"config: the 'tiny' encoder has no pretrained weights, got "
+                         f"pretrained_weights={cfg['pretrained_weights']!r}; leave it unset or "
+                         f"choose a deeplabv3_* encoder")
+    if cfg["pretrained_weights"] is not None and not Path(cfg["pretrained_weights"]).is_file():
+        raise FileNotFoundError(f"{cfg['pretrained_weights']}: expected a torchvision DeepLabV3 "
+                                f"checkpoint (e.g. deeplabv3_resnet101_coco-586e9e4e.pth) for "
+                                f"pretrained_weights, found nothing there")
+    model = ALPNet(cfg["encoder"], align=cfg["usealign"], fg_threshold=cfg["fg_thresh"],
+                   bg_threshold=cfg["bg_thresh"],
+                   train_window=cfg["feature_hw"][0] // cfg["proto_grid_size"],
+                   eval_window=cfg["val_wsize"], autocast_bf16=bf16, channels_last=channels_last,
+                   prototypes=cfg["prototypes"])
+    if weights.state is not None:
+        try:
+            load_checked_state_dict(model, weights.state, str(weights.path))
+        except ValueError as err:
+            if weights.kind != "original":
+                raise
+            raise ValueError(f"{err} (a bare state dict records no encoder: the model was built "
+                             f"as --encoder {cfg['encoder']} / encoder={cfg['encoder']}; give the "
+                             f"encoder it was trained with)") from None
+        logger.info("loaded weights from %s", weights.path)
+    elif cfg["pretrained_weights"] is not None:
+        load_coco_backbone(model.encoder, cfg["pretrained_weights"])
+    elif cfg["encoder"] != "tiny":
+        logger.warning("encoder %s: no pretrained_weights given, the trunk is randomly "
+                       "initialised (the paper starts from COCO DeepLabV3 weights; pass the local "
+                       "file deeplabv3_resnet101_coco-586e9e4e.pth to reproduce it)",
+                       cfg["encoder"])
+    return model.to(device)
+
+
+def load_original_checkpoint(model: ALPNet, path: str | os.PathLike) -> None:
+    """Load a snapshot written by the original code (``<run>/snapshots/<iter>.pth``) into
+    ``model``; any missing, unexpected or misshapen key is an error naming the file and keys."""
+    load_checked_state_dict(model, read_state_dict(path, "an SSL-ALPNet checkpoint"), str(path))
+
+
+def load_coco_backbone(encoder: Encoder, path: str | os.PathLike) -> None:
+    """Load the ``backbone.*`` entries of a torchvision DeepLabV3 checkpoint into the trunk."""
+    state = read_state_dict(path, "a torchvision DeepLabV3 checkpoint")
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not backbone:
+        raise ValueError(f"{path}: expected a torchvision DeepLabV3 checkpoint with 'backbone.*' "
+                         f"keys, found none; keys found: {_preview(state)}")
+    load_checked_state_dict(encoder.backbone, backbone, f"{path} (backbone.* into the trunk)")
+    logger.info("encoder: loaded %d backbone tensors from %s", len(backbone), path)
+
+
+def load_checked_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``module.load_state_dict(state)``; fails naming every missing, unexpected, misshapen key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [f"{k}: expected {list(own[k].shape)}, got {list(state[k].shape)}"
+                 for k in own if k in state and own[k].shape != state[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_preview(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_preview(unexpected)}")
+    if misshapen:
+        problems.append(f"{len(misshapen)} shape mismatches: {_preview(misshapen)}")
+    if problems:
+        raise ValueError(f"{source}: the weights do not match {type(module).__name__}; "
+                         + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def _preview(keys) -> str:
+    keys = list(keys)
+    shown = ", ".join(str(k) for k in keys[:_KEYS_SHOWN])
+    return shown + (f", … ({len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else "")
