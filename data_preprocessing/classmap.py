@@ -15,30 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_preprocessing.contract import load_dataset, update_metadata
+from data_preprocessing.contract import load_dataset, map_label_values, update_metadata
 from util.io import read_array, write_json
-
-
-def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],
-                     where: str = "label") -> np.ndarray:
-    """Stored label values to class ids (CMR 200/500/600 to 1/2/3); int64 output.
-
-    Values must be integral; with a non-empty ``raw_label_values`` every non-zero value must be a
-    key of it.
-    """
-    if not np.all(np.isfinite(label)) or not np.array_equal(label, np.rint(label)):
-        raise ValueError(f"{where}: expected integer label values, found non-integral values")
-    out = label.astype(np.int64)
-    if raw_label_values:
-        mapped = np.zeros_like(out)
-        for raw, cid in raw_label_values.items():
-            mapped[out == raw] = cid
-        unknown = set(np.unique(out[(mapped == 0) & (out != 0)]).tolist())
-        if unknown:
-            raise ValueError(f"{where}: expected stored label values {{0, "
-                             f"{', '.join(map(str, raw_label_values))}}}, found {sorted(unknown)}")
-        out = mapped
-    return out
 
 
 def slice_index(label: np.ndarray, labels: dict[int, str], min_tp: int = 1) -> dict[str, list[int]]:

@@ -17,12 +17,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from data_preprocessing.registry import DatasetInfo, get_dataset_info, make_folds
 from util.io import pid_from_path, read_json, sort_pids, write_json
 
 CONTRACT_VERSION = 1
 DATASET_JSON = "dataset.json"
 SPLITS_JSON = "splits.json"
+# spacing / origin / direction agreement between an image and its label or pseudolabels
+GEOMETRY_TOL = 1e-4
 FILE_PATTERNS = {
     "image": "image_{pid}.nii.gz",
     "label": "label_{pid}.nii.gz",
@@ -220,3 +224,25 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],
+                     where: str = "label") -> np.ndarray:
+    """Stored label values to class ids (CMR 200/500/600 to 1/2/3); int64 output.
+
+    Values must be integral; with a non-empty ``raw_label_values`` every non-zero value must be a
+    key of it.
+    """
+    if not np.all(np.isfinite(label)) or not np.array_equal(label, np.rint(label)):
+        raise ValueError(f"{where}: expected integer label values, found non-integral values")
+    out = label.astype(np.int64)
+    if raw_label_values:
+        mapped = np.zeros_like(out)
+        for raw, cid in raw_label_values.items():
+            mapped[out == raw] = cid
+        unknown = set(np.unique(out[(mapped == 0) & (out != 0)]).tolist())
+        if unknown:
+            raise ValueError(f"{where}: expected stored label values {{0, "
+                             f"{', '.join(map(str, raw_label_values))}}}, found {sorted(unknown)}")
+        out = mapped
+    return out

@@ -250,3 +250,19 @@ def resample_record(args) -> dict:
             "size_rule": f"int(n * sp_in / sp_out + 1 + {SIZE_EPS})",
             "interpolation": "linear image (input pixel type), per-label linear + rint labels",
             "crop_size": args.size, "dtype": "float64"}
+
+
+# SABS CT (SPEC §1.3): the HU window, and the border cut off each side of a 512-pixel slice
+HU_WINDOW = (-125.0, 275.0)
+BORDER = 32
+
+
+def window_ct(arr: np.ndarray, window: tuple[float, float] = HU_WINDOW,
+              name: str = "image") -> np.ndarray:
+    """Clip HU to ``window``, rescale by the clipped volume's min / max to [0, 255], float64."""
+    clipped = np.clip(arr.astype(np.float64), window[0], window[1])
+    lo, hi = clipped.min(), clipped.max()
+    if not hi > lo:
+        raise ValueError(f"{name}: expected intensities spanning the window {window}, found a "
+                         f"constant volume ({lo:g}) after clipping")
+    return (clipped - lo) / (hi - lo) * 255.0

@@ -28,12 +28,10 @@ import SimpleITK as sitk
 
 from data_preprocessing.contract import discover_cases, register
 from data_preprocessing.registry import SABS
-from data_preprocessing.resample import (CROP_SIZE, SIZE_EPS, convert_pair, resample_label,
-                                         resample_to_spacing)
+from data_preprocessing.resample import (BORDER, CROP_SIZE, HU_WINDOW, SIZE_EPS, convert_pair,
+                                         resample_label, resample_to_spacing, window_ct)
 from util.io import array_to_image, array_with_geometry, pid_from_path, read_image, write_image
 
-HU_WINDOW = (-125.0, 275.0)
-BORDER = 32
 
 
 def find_pairs(src: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -60,17 +58,6 @@ def find_pairs(src: str | os.PathLike) -> list[tuple[Path, Path]]:
             raise ValueError(f"{lbl}: expected the label of {img.name} (number "
                              f"{pid_from_path(img)}), found number {pid_from_path(lbl)}")
     return list(zip(imgs, lbls))
-
-
-def window_ct(arr: np.ndarray, window: tuple[float, float] = HU_WINDOW,
-              name: str = "image") -> np.ndarray:
-    """Clip HU to ``window``, rescale by the clipped volume's min / max to [0, 255], float64."""
-    clipped = np.clip(arr.astype(np.float64), window[0], window[1])
-    lo, hi = clipped.min(), clipped.max()
-    if not hi > lo:
-        raise ValueError(f"{name}: expected intensities spanning the window {window}, found a "
-                         f"constant volume ({lo:g}) after clipping")
-    return (clipped - lo) / (hi - lo) * 255.0
 
 
 def window_scan(img_path: Path, lbl_path: Path, tmp: str | os.PathLike, new_id: int,

@@ -18,10 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from data_preprocessing.classmap import slice_index
-from data_preprocessing.contract import Dataset, load_dataset
+from data_preprocessing.contract import GEOMETRY_TOL, Dataset, load_dataset
 from util.io import read_image, read_json
 
-GEOMETRY_TOL = 1e-4
 
 
 class DatasetVerificationError(ValueError):

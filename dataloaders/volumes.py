@@ -13,7 +13,7 @@ Normalisation, by the dataset's ``dataset.json`` rule:
   streaming pass, float64 accumulators, per-file statistics merged with Chan's formula).
 
 The image is normalised as a whole, then cropped to ``[:, :256, :256]``. Labels are mapped to
-class ids with :func:`data_preprocessing.classmap.map_label_values` (CMR 200/500/600 → 1/2/3).
+class ids with :func:`data_preprocessing.contract.map_label_values` (CMR 200/500/600 → 1/2/3).
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_preprocessing.classmap import map_label_values
-from data_preprocessing.contract import Dataset, load_dataset
+from data_preprocessing.contract import Dataset, load_dataset, map_label_values
 from util.io import read_array
 
 __all__ = ["NormStats", "Volume", "as_dataset", "train_fold_stats", "normalization_stats",

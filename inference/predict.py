@@ -35,12 +35,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from data_preprocessing.contract import GEOMETRY_TOL
 from data_preprocessing.registry import CHAOST2, SABS, DatasetInfo, get_dataset_info
-from data_preprocessing.resample import (CROP_SIZE, clip_percentile, crop_or_pad_volume,
+from data_preprocessing.resample import (BORDER, CROP_SIZE, clip_percentile, crop_or_pad_volume,
                                          crop_windows, full_spacing, resample_label,
-                                         resample_to_spacing)
-from data_preprocessing.sabs import BORDER, window_ct
-from data_preprocessing.verify import GEOMETRY_TOL
+                                         resample_to_spacing, window_ct)
 from dataloaders.volumes import Volume, body_extent, normalize
 from inference.loader import ORIGINAL_ASSUMED, build_model, read_weights
 from models.alpnet import ALPNet

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from data_preprocessing.classmap import map_label_values, slice_index, write_classmap
+from data_preprocessing.classmap import slice_index, write_classmap
+from data_preprocessing.contract import map_label_values
 from data_preprocessing.prepare import link_scans
 from data_preprocessing.contract import register
 

@@ -40,7 +40,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert len(runs) == 1, runs                      # only rank 0 writes a run folder
     metrics = json.loads((runs[0] / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["train/loss"]["steps"] == [1, 2, 3, 4, 5, 6]
-    state = torch.load(runs[0] / "snapshots" / "latest.pth", weights_only=False)
+    state = torch.load(runs[0] / "snapshots" / "latest.pth", weights_only=True)
     assert state["step"] == 6
     resumed = subprocess.run(torchrun + common + ["n_steps=8", f"resume={runs[0]}"], cwd=ROOT,
                              env=env, capture_output=True, text=True, encoding="utf-8",

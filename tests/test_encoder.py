@@ -110,7 +110,8 @@ def test_missing_or_wrong_coco_file_names_the_path_and_the_keys(tmp_path, r101):
         load_coco_backbone(r101.encoder, heads_only)
     not_a_checkpoint = tmp_path / "notes.pth"
     not_a_checkpoint.write_text("not a checkpoint", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"notes\.pth: expected a torchvision DeepLabV3"):
+    with pytest.raises(ValueError, match=r"notes\.pth: expected a readable torch checkpoint \(a "
+                                         r"torchvision DeepLabV3"):
         load_coco_backbone(r101.encoder, not_a_checkpoint)
 
 

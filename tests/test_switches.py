@@ -81,3 +81,15 @@ def test_bad_switch_values_name_the_key():
                          encoding="utf-8", timeout=120)
     assert out.returncode != 0
     assert "protocol expects one of ['paper', 'realistic', 'adnet'], got 'qnet'" in out.stderr
+
+
+def test_faithful_superpixel_ids_from_the_command_line(tmp_path):
+    from data_preprocessing.contract import load_dataset
+    from data_preprocessing.phantom import write_phantom
+
+    write_phantom(tmp_path, seed=1, size=64, n_slices=4)
+    out = subprocess.run([sys.executable, "-m", "data_preprocessing.superpixels", "--dir",
+                          str(tmp_path), "--relabel", "faithful", "--workers", "1"], cwd=ROOT,
+                         capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert load_dataset(tmp_path).meta["pseudolabels"]["MIDDLE"]["relabel"] == "faithful"

@@ -50,7 +50,7 @@ def test_train_writes_a_complete_run_folder(phantom_dir, tmp_path):
     for tag in ("train/loss", "train/align_loss", "train/lr", "train/empty_prototype_sets"):
         assert metrics[tag]["steps"] == [1, 2, 3, 4, 5, 6]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    state = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=False)
+    state = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=True)
     assert state["step"] == 6 and state["config"]["encoder"] == "tiny"
     assert (run_dir / "snapshots" / "4.pth").is_file()
     # a second run in the same process gets its own folder and observer
@@ -143,7 +143,7 @@ def test_nonfinite_loss_stops_and_saves_the_episode(phantom_dir, tmp_path, monke
         run_train(small(phantom_dir, tmp_path))
     saved = list(Path(tmp_path).rglob("nonfinite_episode_step2.pt"))
     assert len(saved) == 1
-    assert torch.load(saved[0], weights_only=False)["episode"]["support_images"].shape[-1] == 64
+    assert torch.load(saved[0], weights_only=True)["episode"]["support_images"].shape[-1] == 64
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_sigkill_then_resume_matches_uninterrupted(phantom_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_run = latest.parent.parent
-    step = torch.load(latest, weights_only=False)["step"]
+    step = torch.load(latest, weights_only=True)["step"]
     assert 5 <= step < 40
 
     resumed = subprocess.run([sys.executable, "training.py", *args, f"resume={killed_run}",
@@ -205,7 +205,7 @@ def test_validation_during_training_keeps_the_losses_and_writes_the_curve(phanto
     assert metrics["val/dice/mean"]["steps"] == [4, 6]
     means = {int(r["step"]): float(r["dice"]) for r in rows if r["organ"] == "mean"}
     assert metrics["val/dice/mean"]["values"] == pytest.approx([means[4], means[6]])
-    best = torch.load(run_dir / "snapshots" / "best.pth", weights_only=False)
+    best = torch.load(run_dir / "snapshots" / "best.pth", weights_only=True)
     assert best["step"] == max(means, key=means.get)
     assert best["best_val"]["mean"] == pytest.approx(max(means.values()))
     # reload_model_path=best evaluates that checkpoint and gives the same scores
@@ -234,7 +234,7 @@ def test_auto_precision_and_layout_are_recorded_as_chosen(phantom_dir, tmp_path)
 
     run = run_train(small(phantom_dir, tmp_path, n_steps=2, bf16="auto", channels_last="auto"))
     saved = torch.load(Path(run.observers[0].dir) / "snapshots" / "latest.pth",
-                       weights_only=False)["config"]
+                       weights_only=True)["config"]
     cpu = torch.device("cpu")
     assert saved["bf16"] is native_bf16(cpu)
     assert saved["channels_last"] is channels_last_pays(cpu)

@@ -116,3 +116,60 @@ def test_auto_switches_follow_the_hardware(monkeypatch):
     assert not dev.resolve_switch("bf16", "auto", cpu)
     assert not dev.resolve_switch("channels_last", "auto", cpu)
     assert not dev.resolve_switch("bf16", "auto", torch.device("mps"))
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
+    from inference.loader import read_weights
+
+    marker = tmp_path / "pwned.txt"
+    bad = tmp_path / "snapshot.pth"
+    torch.save({"format_version": 1, "model": {}, "optimizer": {}, "step": 1,
+                "extra": _Payload(marker)}, bad)
+    with pytest.raises(ValueError, match=r"snapshot\.pth: expected .* refused \(the file may run "
+                                         r"code\)"):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError, match="refused"):
+        read_weights(bad)  # validation, predict and pretrained weights go through here
+    torch.save(_Payload(marker), tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match="refused"):
+        read_weights(tmp_path / "bare.pth")
+    assert not marker.exists(), "the pickle's code ran"
+
+
+def test_a_text_file_named_pth_is_a_clear_error(tmp_path):
+    from inference.loader import read_weights
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"notes\.pth: expected a readable torch checkpoint "
+                                         r"\(a checkpoint, saved with torch\.save\), found "
+                                         r"something else"):
+        read_weights(text)
+
+
+def test_checkpoints_with_numpy_values_convert_to_safe_ones(tmp_path):
+    import numpy as np
+
+    from util.checkpoint import convert
+
+    old = tmp_path / "old.pth"
+    torch.save({"format_version": 1, "model": {"w": torch.ones(2)}, "optimizer": {}, "step": 3,
+                "rng": {"numpy": np.arange(4, dtype=np.uint32), "pos": np.int64(7)}}, old)
+    with pytest.raises(ValueError, match=r"old\.pth: .*converts with `python -m "
+                                         r"util\.checkpoint --convert"):
+        load_checkpoint(old)
+    convert(old, tmp_path / "new.pth")
+    state = load_checkpoint(tmp_path / "new.pth")
+    assert torch.equal(state["rng"]["numpy"], torch.arange(4, dtype=torch.int32).to(torch.uint32)) \
+        or state["rng"]["numpy"].tolist() == [0, 1, 2, 3]
+    assert state["rng"]["pos"] == 7 and state["step"] == 3

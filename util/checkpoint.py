@@ -42,19 +42,19 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "GLOBAL" in str(err) or "Unsupported global" in str(err):
             raise ValueError(
                 f"{path}: expected {what} holding only tensors and plain Python values, found "
                 f"other objects, which loading would have to execute; refused (the file may run "
                 f"code). A checkpoint of ours that holds NumPy values converts with "
                 f"`python -m util.checkpoint --convert {path} NEW.pth`") from None
-        raise ValueError(f"{path}: expected {what} saved with torch.save, found something "
-                         f"else ({err})") from None
+        raise ValueError(f"{path}: expected a readable torch checkpoint ({what}, saved with "
+                         f"torch.save), found something else: not a torch file") from None
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
             ImportError, IndexError, KeyError) as err:
-        raise ValueError(f"{path}: expected {what} saved with torch.save, loading failed "
-                         f"({type(err).__name__}: {err}); the file is truncated or damaged") \
-            from err
+        raise ValueError(f"{path}: expected a readable torch checkpoint ({what}), loading "
+                         f"failed ({type(err).__name__}: {err}); the file is truncated or "
+                         f"damaged") from err
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
