@@ -302,9 +302,41 @@ def attach_observer(config, command_name, logger):
     if env_info().rank > 0:  # under torchrun only rank 0 writes the run folder
         ex.observers[:] = []
         return updates
+    folder = resumed_run_folder(config["resume"]) if command_name == "train" else None
+    if folder is not None:  # a resumed run goes on in its own folder
+        ex.observers[:] = [ContinuingObserver(folder)]
+        return updates
     base = Path(config["log_dir"]) / command_name / config["exp_name"]
     ex.observers[:] = [FileStorageObserver(str(base))]
     return updates
+
+
+class ContinuingObserver(FileStorageObserver):
+    """sacred's file observer writing into an existing run folder (``resume=``): metrics.json,
+    cout.txt and the tensorboard events are appended to, the earlier run.json is kept as
+    ``run.<n>.json`` and run.json describes the resumed segment."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir.parent))
+        self.run_dir = run_dir
+
+    def _make_run_dir(self, _id) -> None:
+        self.dir = str(self.run_dir)
+        previous = self.run_dir / "run.json"
+        if previous.is_file():
+            n = 1 + sum(1 for _ in self.run_dir.glob("run.[0-9]*.json"))
+            previous.rename(self.run_dir / f"run.{n}.json")
+
+
+def resumed_run_folder(resume: str | None) -> Path | None:
+    """The sacred run folder of a ``resume`` target (the folder, or ``<run>/snapshots/x.pth``),
+    or None when it is not one (then the resumed run gets a new folder)."""
+    if not resume:
+        return None
+    path = Path(resume)
+    folder = path.parent.parent if path.suffix == ".pth" else path
+    return folder if (folder / "config.json").is_file() and (folder / "run.json").is_file() \
+        else None
 
 
 def _check_cli_keys(args: list[str]) -> None:

@@ -46,9 +46,9 @@ def test_torchrun_two_processes_gloo(tmp_path):
                              env=env, capture_output=True, text=True, encoding="utf-8",
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    runs = sorted((tmp_path / "exps" / "train").glob("*/[0-9]*"))
-    assert len(runs) == 2
-    assert json.loads((runs[1] / "metrics.json").read_text(encoding="utf-8"))["train/loss"]["steps"] == [7, 8]
+    assert sorted((tmp_path / "exps" / "train").glob("*/[0-9]*")) == runs  # same run folder
+    steps = json.loads((runs[0] / "metrics.json").read_text(encoding="utf-8"))["train/loss"]["steps"]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def _nonfinite_worker(rank: int, port: int, tmp: str) -> None:

@@ -84,16 +84,22 @@ def test_resume_continues_at_the_same_step_and_lr(phantom_dir, tmp_path):
     resumed = run_train(small(phantom_dir, tmp_path / "part", n_steps=8, lr_step_size=3,
                               resume=first.observers[0].dir))
     assert resumed.info["resumed_from"].endswith("latest.pth")
-    tail = losses(resumed.observers[0].dir)
-    assert sorted(tail) == [5, 6, 7, 8]
+    # the resumed run goes on in the same folder: one metrics.json, steps 1..8, events appended
+    run_dir = Path(first.observers[0].dir)
+    assert Path(resumed.observers[0].dir) == run_dir
+    assert sorted(p.name for p in (tmp_path / "part" / "train").glob("*/[0-9]*")) == [run_dir.name]
+    tail = losses(run_dir)
+    assert sorted(tail) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert all(tail[s] == pytest.approx(full[s], rel=1e-5) for s in tail)
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert (run_dir / "run.1.json").is_file() and (run_dir / "run.json").is_file()
     with pytest.raises(ValueError, match="resuming needs the same 'which_aug'"):
         run_train(small(phantom_dir, tmp_path / "part", n_steps=8, lr_step_size=3,
                         which_aug="aug_v3", resume=first.observers[0].dir))
-    lr = json.loads((Path(resumed.observers[0].dir) / "metrics.json").read_text(encoding="utf-8"))["train/lr"]
+    lr = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["train/lr"]
     # the lr logged at step s is the one of update s - 1: 0.01 * 0.95 ** ((s - 1) // 3)
-    assert lr["values"] == pytest.approx([1e-2 * 0.95, 1e-2 * 0.95, 1e-2 * 0.95 ** 2,
-                                          1e-2 * 0.95 ** 2])
+    assert lr["values"][4:] == pytest.approx([1e-2 * 0.95, 1e-2 * 0.95, 1e-2 * 0.95 ** 2,
+                                              1e-2 * 0.95 ** 2])
 
 
 def test_truncated_latest_falls_back_to_previous_snapshot(phantom_dir, tmp_path):
@@ -103,7 +109,8 @@ def test_truncated_latest_falls_back_to_previous_snapshot(phantom_dir, tmp_path)
     with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
         resumed = run_train(small(phantom_dir, tmp_path, n_steps=6, resume=str(latest.parent.parent)))
     assert resumed.info["resumed_from"].endswith("4.pth")
-    assert sorted(losses(resumed.observers[0].dir)) == [5, 6]
+    metrics = json.loads((latest.parent.parent / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["train/loss"]["steps"] == [1, 2, 3, 4, 5, 6, 5, 6]  # 5, 6 trained again
 
 
 def test_clear_errors(phantom_dir, tmp_path):
@@ -179,10 +186,12 @@ def test_sigkill_then_resume_matches_uninterrupted(phantom_dir, tmp_path):
                               f"log_dir={tmp_path / 'resumed'}"], cwd=ROOT, env=env,
                              capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    resumed_run = next((tmp_path / "resumed").rglob("metrics.json")).parent
-    tail, reference = losses(resumed_run), losses(full_run)
-    assert min(tail) == step + 1 and max(tail) == 40
-    assert all(tail[s] == pytest.approx(reference[s], rel=1e-5) for s in tail)
+    assert not (tmp_path / "resumed").exists()  # it went on in the killed run's folder
+    metrics = json.loads((killed_run / "metrics.json").read_text(encoding="utf-8"))["train/loss"]
+    resumed_part = dict(zip(metrics["steps"][-(40 - step):], metrics["values"][-(40 - step):]))
+    reference = losses(full_run)
+    assert sorted(resumed_part) == list(range(step + 1, 41))
+    assert all(resumed_part[s] == pytest.approx(reference[s], rel=1e-5) for s in resumed_part)
 
 
 def test_validation_during_training_keeps_the_losses_and_writes_the_curve(phantom_dir, tmp_path):
