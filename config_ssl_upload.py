@@ -25,6 +25,7 @@ from sacred import Experiment, SETTINGS  # noqa: E402  (sacred 0.8.7 imports pkg
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
+from dataloaders.episodes import setting_exclusions  # noqa: E402
 from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
 from models.alpnet import PROTOTYPES  # noqa: E402
 from models.encoder import ENCODER_NAMES  # noqa: E402
@@ -80,8 +81,6 @@ KEYS: dict[str, Key] = {
                              "default 100 (uniform draw), 1 (original draw)"),
     "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice"),
     "which_aug": Key("sabs_aug", (str,), ("sabs_aug", "aug_v3")),
-    "episodes_per_epoch": Key(1000, (int,), doc="the original's max_iters_per_load (the length "
-                                                "of the episode dataset)"),
     # model
     "encoder": Key("deeplabv3_resnet101", (str,), ENCODER_NAMES),
     "prototypes": Key("alp", (str,), PROTOTYPES, doc="alp, or the ablation 'global': one "
@@ -159,7 +158,7 @@ def resolve_exclude_labels(cfg: dict, ds) -> list[int]:
     from the dataset folder's ``dataset.json``, as the episodes are), else []."""
     if cfg["exclude_labels"] is not None:
         return list(cfg["exclude_labels"])
-    return ds.test_labels(cfg["label_sets"]) if cfg["setting"] == 2 else []
+    return setting_exclusions(ds, cfg["setting"], cfg["label_sets"])
 
 
 @ex.named_config

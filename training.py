@@ -38,7 +38,7 @@ from util.seeding import rng_state, seed_everything, set_rng_state
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
                      "exclude_labels", "exclude_mode", "superpixel_draw", "prototypes",
                      "which_aug", "min_superpixel_px", "min_fg_px",
-                     "episodes_per_epoch", "usealign", "use_wce", "proto_grid_size",
+                     "usealign", "use_wce", "proto_grid_size",
                      "feature_hw", "fg_thresh", "bg_thresh", "lr", "lr_step_gamma",
                      "lr_step_size", "momentum", "weight_decay", "world_size")
 
@@ -50,8 +50,8 @@ BEFORE_KEY = {"world_size": 1, "exclude_mode": "any", "superpixel_draw": "unifor
 
 def build_episodes(cfg: dict, ds, train_pids: list[str]):
     """The training episode dataset chosen by ``pseudolabel``."""
-    common = {"exclude_labels": cfg["exclude_labels"], "length": cfg["episodes_per_epoch"],
-              "seed": cfg["seed"], "aug": cfg["which_aug"]}
+    common = {"exclude_labels": cfg["exclude_labels"], "seed": cfg["seed"],
+              "aug": cfg["which_aug"]}
     if cfg["pseudolabel"] == "superpixel":
         return SuperpixelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"],
                                   min_superpixel_px=cfg["min_superpixel_px"],

@@ -57,10 +57,6 @@ class Dataset:
         return self.meta["name"]
 
     @property
-    def info(self) -> DatasetInfo:
-        return get_dataset_info(self.name)
-
-    @property
     def cases(self) -> list[str]:
         return list(self.meta["cases"])
 

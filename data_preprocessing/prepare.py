@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from data_preprocessing import classmap, superpixels, verify
+from data_preprocessing import classmap, superpixels, supervoxels, verify
 from data_preprocessing.contract import register
 from util.io import pid_from_path
 
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--copy", action="store_true", help="copy instead of symlinking")
     parser.add_argument("--scale", nargs="+", default=["MIDDLE"],
                         choices=sorted(superpixels.SCALES))
+    parser.add_argument("--supervoxels", type=int, nargs="+", default=[], metavar="MIN_SIZE",
+                        help="also write 3-D supervoxels SV<MIN_SIZE> (CHAOS/SABS 5000, CMR 1000)")
     parser.add_argument("--min-tp", type=int, nargs="+", default=[1])
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     for scale in args.scale:
         stats = superpixels.generate(args.dst, scale, workers=args.workers)
         print(f"superpixels {scale}: {superpixels.summarize(stats)}")
+    for min_size in args.supervoxels:
+        counts = supervoxels.generate(args.dst, min_size, workers=args.workers)
+        print(f"supervoxels {supervoxels.scale_name(min_size)}: {min(counts)}-{max(counts)} per "
+              f"volume")
     verify.verify_dataset(args.dst)
     print(f"{args.dst}: verified")
 

@@ -30,19 +30,6 @@ class DatasetInfo:
     raw_label_values: dict[int, int] = field(default_factory=dict)
     support_idx: int = -1  # index into a fold's val ids of the 1-shot support scan
 
-    def test_labels(self, label_group: int) -> list[int]:
-        if not 0 <= label_group < len(self.label_groups):
-            raise ValueError(f"{self.name}: label group must be in 0..{len(self.label_groups) - 1},"
-                             f" got {label_group}")
-        excluded = set(self.label_groups[label_group])
-        return [c for c in self.all_test_labels if c not in excluded]
-
-    def label_id(self, name: str) -> int:
-        for cid, cname in self.labels.items():
-            if cname == name:
-                return cid
-        raise KeyError(f"{self.name}: no label named {name!r}; known: {list(self.labels.values())}")
-
 
 CHAOST2 = DatasetInfo(
     name="CHAOST2",

@@ -9,7 +9,7 @@
   ('sabs_aug', 'aug_v3'), ``augment_pair(image, label, rng, params)``, its steps
   ``affine_matrix`` / ``random_affine`` / ``elastic_deform`` / ``recover_label`` /
   ``gamma_transform``, and ``geometric`` / ``random_gamma`` (used by supervoxel episodes).
-- ``dataloaders.episodes``  torch Datasets of flat episode dicts (keys ``EPISODE_KEYS``):
+- ``dataloaders.episodes``  torch Datasets of flat episode dicts (tensors ``EPISODE_TENSORS``):
   ``SuperpixelEpisodes`` (self-supervised, Setting 1 / 2), ``SupervoxelEpisodes`` (3-D,
   adjacent slices), ``ManualLabelEpisodes`` (supervised baseline); ``episode_loader`` (batch 1
   over global steps, any number of workers), ``episode_rng(seed, step)``,

@@ -1,11 +1,10 @@
 """Training episodes: superpixel (SPEC §3.2–§3.7), supervoxel (§9.3) and manual-label episodes.
 
 Every dataset here is a map-style ``torch.utils.data.Dataset`` whose item ``index`` is an episode
-drawn from its own generator ``episode_rng(seed, step)`` with ``step = epoch · length + index``:
+drawn from its own generator ``episode_rng(seed, step)`` with ``step = index`` (a global step):
 an episode is a pure function of (run seed, step), the same with 0, 2 or 8 workers, in any order,
-and on resume. Use :func:`episode_loader` (a sampler over global steps) or a plain DataLoader
-plus :meth:`set_epoch` before each epoch (with non-persistent workers, the default, so that the
-workers see the new epoch). No ``worker_init_fn`` is needed: nothing reads a global RNG, and
+and on resume. Use :func:`episode_loader` (a sampler over global steps); ``length`` is only the
+size a plain iteration sees. No ``worker_init_fn`` is needed: nothing reads a global RNG, and
 torch already runs each worker with one intra-op thread. Do not call ``cv2.setNumThreads`` in a
 forked worker: once the parent has used OpenCV's thread pool, that call deadlocks the worker.
 
@@ -47,14 +46,12 @@ from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volume
     normalization_stats, tile_slices
 from util.io import read_json
 
-__all__ = ["EPISODE_KEYS", "EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
+__all__ = ["EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
            "setting_exclusions", "training_classes", "excluded_slices_from_classmap",
            "make_episode", "supervoxel_pairs", "EpisodeDataset", "SuperpixelEpisodes",
            "SupervoxelEpisodes", "ManualLabelEpisodes"]
 
 EPISODE_TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
-EPISODE_KEYS = (*EPISODE_TENSORS, "support_z", "scan_id", "z", "query_scan_id", "query_z",
-                "superpixel_id", "class_id", "step")
 SUPERPIXEL_DRAWS = ("uniform", "original")
 EXCLUDE_MODES = ("any", "all")
 
@@ -93,8 +90,8 @@ def episode_loader(dataset: EpisodeDataset, *, num_workers: int = 4, start_step:
                    world_size: int = 1) -> DataLoader:
     """Batch-1 loader over the steps ``start_step .. start_step + n_steps − 1``.
 
-    ``n_steps`` defaults to ``len(dataset)``; the sampler's indices are global episode indices,
-    so leave the dataset's epoch at 0. Resuming at step k is ``start_step=k``. Under distributed
+    ``n_steps`` defaults to ``len(dataset)``; the sampler's indices are global episode indices.
+    Resuming at step k is ``start_step=k``. Under distributed
     training pass the process's ``rank`` and the ``world_size``.
     """
     n = len(dataset) if n_steps is None else n_steps
@@ -223,32 +220,25 @@ def supervoxel_pairs(superpix: np.ndarray, excluded: set[int] | Sequence[int],
 
 
 class EpisodeDataset(torch.utils.data.Dataset):
-    """Base: ``length`` items per epoch, item → :meth:`episode` with its own generator."""
+    """Base: item ``i`` → :meth:`episode` of global step ``i`` with its own generator."""
 
     def __init__(self, length: int, seed: int, aug: str | AugParams | None) -> None:
         if length < 1:
             raise ValueError(f"{type(self).__name__}: expected length >= 1, got {length}")
         if seed < 0:
             raise ValueError(f"{type(self).__name__}: expected a non-negative seed, got {seed}")
-        self.length, self.seed, self.epoch = int(length), int(seed), 0
+        self.length, self.seed = int(length), int(seed)
         self.aug = get_aug_params(aug)
 
     def __len__(self) -> int:
         return self.length
-
-    def set_epoch(self, epoch: int) -> None:
-        """Item ``i`` then draws the episode of step ``epoch · length + i``."""
-        if epoch < 0:
-            raise ValueError(f"set_epoch: expected epoch >= 0, got {epoch}")
-        self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if index < 0:
             raise IndexError(f"{type(self).__name__}: expected a non-negative index (a global "
                              f"step), got {index}")
-        step = self.epoch * self.length + index
-        return self.episode(episode_rng(self.seed, step), step)
+        return self.episode(episode_rng(self.seed, index), index)
 
     def episode(self, rng: np.random.Generator, step: int) -> dict:
         raise NotImplementedError

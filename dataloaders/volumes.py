@@ -143,6 +143,14 @@ def body_extent(raw: np.ndarray, threshold: float) -> tuple[int, int] | None:
 
 
 
+def pseudolabel_command(root, scale: str) -> str:
+    """The command that writes pseudolabels of ``scale``: supervoxels for ``SV<min_size>``,
+    2-D superpixels otherwise."""
+    if scale.startswith("SV") and scale[2:].isdigit():
+        return f"`python -m data_preprocessing.supervoxels --dir {root} --min-size {scale[2:]}`"
+    return f"`python -m data_preprocessing.superpixels --dir {root} --scale {scale}`"
+
+
 def _crop(arr: np.ndarray, crop: int | None) -> np.ndarray:
     return arr if crop is None else np.ascontiguousarray(arr[:, :crop, :crop])
 
@@ -172,8 +180,7 @@ def load_volume(dataset: Dataset | str | os.PathLike, pid: str, *, stats: NormSt
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: expected pseudolabels of scale {superpix_scale!r} for scan {pid}, found "
-                f"nothing there; generate them with `python -m data_preprocessing.superpixels "
-                f"--dir {ds.root} --scale {superpix_scale}`")
+                f"nothing there; generate them with {pseudolabel_command(ds.root, superpix_scale)}")
         sp = read_array(path)
         if sp.shape != raw.shape:
             raise ValueError(f"{path}: expected the image's shape {raw.shape}, found {sp.shape}")

@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_conv3x3 import transforms, winograd_conv3x3  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the benchmark scripts, run small (they are not tests of speed)
+
 
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("channels,dilation,side", [(3, 1, 10), (4, 2, 12), (5, 4, 8), (2, 2, 6)])

@@ -78,3 +78,21 @@ def test_generate_on_phantom_records_and_covers_body(tmp_path):
     ids = sitk.GetArrayFromImage(sitk.ReadImage(str(ds.path("pseudolabel", "1", "SV200"))))
     assert ids.max() == counts[0]
     assert np.array_equal(np.unique(ids[ids > 0]), np.arange(1, counts[0] + 1))
+
+
+def test_prepare_writes_supervoxels_and_the_missing_ones_name_their_command(tmp_path):
+    from data_preprocessing import prepare
+    from data_preprocessing.contract import load_dataset
+    from data_preprocessing.phantom import write_phantom
+    from dataloaders.volumes import load_volumes
+
+    src = tmp_path / "src"
+    write_phantom(src, seed=4, size=64, n_slices=4)
+    prepare.main(["--dataset", "PHANTOM", "--src", str(src), "--dst", str(tmp_path / "ds"),
+                  "--supervoxels", "300", "--workers", "1"])
+    ds = load_dataset(tmp_path / "ds")
+    assert "SV300" in ds.meta["pseudolabels"]
+    assert all(ds.path("pseudolabel", p, "SV300").is_file() for p in ds.cases)
+    with pytest.raises(FileNotFoundError,
+                       match=r"`python -m data_preprocessing\.supervoxels --dir .* --min-size 1000`"):
+        load_volumes(ds, ds.cases[:1], superpix_scale="SV1000")

@@ -123,7 +123,9 @@ def test_clear_errors(phantom_dir, tmp_path):
                         pretrained_weights=str(tmp_path / "coco.pth")))
     with pytest.raises(ValueError, match="n_steps expects int, got 2.5"):
         run_train(small(phantom_dir, tmp_path, n_steps=2.5))
-    with pytest.raises(Exception, match="Added new config entry"):
+    from sacred.utils import ConfigAddedError
+
+    with pytest.raises(ConfigAddedError, match="Added new config entry"):
         run_train({**small(phantom_dir, tmp_path), "n_step": 3})
     with pytest.raises(ValueError, match="expected dataset 'CHAOST2'"):
         run_train(small(phantom_dir, tmp_path), named=("chaost2",))
