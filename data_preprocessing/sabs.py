@@ -23,7 +23,6 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from data_preprocessing.contract import discover_cases, register

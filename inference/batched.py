@@ -10,7 +10,8 @@ from models.alpnet import ALPNet, SupportPrototypes
 
 
 @torch.no_grad()
-def encode_parts(model: ALPNet, support: SupportSet, device: torch.device) -> list[SupportPrototypes]:
+def encode_parts(model: ALPNet, support: SupportSet,
+                 device: torch.device) -> list[SupportPrototypes]:
     """Prototypes of every support part of one class (the model must be in eval mode)."""
     return [model.encode_support(p.images.to(device), p.fg.to(device), p.bg.to(device))
             for p in support.parts]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import segmentation
 

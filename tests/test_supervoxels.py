@@ -93,6 +93,6 @@ def test_prepare_writes_supervoxels_and_the_missing_ones_name_their_command(tmp_
     ds = load_dataset(tmp_path / "ds")
     assert "SV300" in ds.meta["pseudolabels"]
     assert all(ds.path("pseudolabel", p, "SV300").is_file() for p in ds.cases)
-    with pytest.raises(FileNotFoundError,
-                       match=r"`python -m data_preprocessing\.supervoxels --dir .* --min-size 1000`"):
+    hint = r"`python -m data_preprocessing\.supervoxels --dir .* --min-size 1000`"
+    with pytest.raises(FileNotFoundError, match=hint):
         load_volumes(ds, ds.cases[:1], superpix_scale="SV1000")
