@@ -306,11 +306,21 @@ def attach_observer(config, command_name, logger):
         ex.observers[:] = [ContinuingObserver(folder)]
         return updates
     base = Path(config["log_dir"]) / command_name / config["exp_name"]
-    ex.observers[:] = [FileStorageObserver(str(base))]
+    ex.observers[:] = [RunFolderObserver(str(base))]
     return updates
 
 
-class ContinuingObserver(FileStorageObserver):
+class RunFolderObserver(FileStorageObserver):
+    """sacred's file observer; a run that fails also gets a ``FAILED`` file in its folder with
+    the error's last line, so a failed run folder is plain to see (run.json has the trace)."""
+
+    def failed_event(self, fail_time, fail_trace):
+        super().failed_event(fail_time, fail_trace)
+        last = "".join(fail_trace).strip().splitlines()[-1:] if fail_trace else []
+        (Path(self.dir) / "FAILED").write_text("\n".join(last) + "\n", encoding="utf-8")
+
+
+class ContinuingObserver(RunFolderObserver):
     """sacred's file observer writing into an existing run folder (``resume=``): metrics.json,
     cout.txt and the tensorboard events are appended to, the earlier run.json is kept as
     ``run.<n>.json`` and run.json describes the resumed segment."""

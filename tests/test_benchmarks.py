@@ -77,3 +77,18 @@ def test_precision_sensitivity_reports_every_perturbation(capsys):
     assert 0 < changes["fp32_input_noise_2^-12_train"] < changes["fp32_input_noise_2^-9_train"]
     assert [len(v) for v in result["loss_with_input_noise"].values()] == [2, 2]
     assert json.loads(capsys.readouterr().out) == result
+
+
+def test_layout_benchmark_and_auto_under_an_avx2_cap():
+    """bench_layout times the three variants; with oneDNN held to AVX2 (what an AVX2-only host
+    runs), auto chooses neither channels_last nor bf16."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_layout.py"),
+                          "--encoder", "tiny", "--size", "64", "--rounds", "1"], env=env,
+                         capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["onednn_max_cpu_isa"] == "AVX2"
+    assert result["auto_chooses"] == {"channels_last": False, "bf16": False}
+    assert set(result["median_s"]) == {"fp32_nchw", "fp32_channels_last", "bf16_channels_last"}
+    assert all(t > 0 for t in result["median_s"].values())

@@ -37,3 +37,23 @@ def test_abdominal_mri_setting2_script_trains_and_validates_each_group(chaos_pre
                              capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert results.returncode == 0, results.stderr[-2000:]
     assert "CHAOST2, Setting 2, paper protocol" in (tmp_path / "results" / "results.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_learning_curve_script_validates_each_snapshot_and_the_untrained_model(chaos_prepared,
+                                                                              tmp_path):
+    env = {**os.environ, "PY": str(Path(os.sys.executable)), "STEPS": "2", "EVAL_EVERY": "1",
+           "LABEL_GROUPS": "0", "ENCODER": "tiny", "LOG_DIR": str(tmp_path / "lc"),
+           "EXTRA": f"data_dir={chaos_prepared} num_workers=0 device=cpu "
+                    f"save_predictions=False eval_batch_size=48"}
+    out = subprocess.run(["bash", "examples/learning_curve.sh"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = (tmp_path / "lc" / "results_lc_fp32_seed1234" / "results.md").read_text(
+        encoding="utf-8")
+    for row in ("tiny, untrained", "tiny, 1 steps", "tiny, 2 steps"):
+        assert row in table, table
+    bad = subprocess.run(["bash", "examples/learning_curve.sh"], cwd=ROOT,
+                         env={**env, "PRECISION": "fp16"}, capture_output=True, text=True,
+                         encoding="utf-8", timeout=60)
+    assert bad.returncode == 2 and "PRECISION expects fp32 or bf16, got 'fp16'" in bad.stderr

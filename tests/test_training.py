@@ -251,3 +251,13 @@ def test_auto_precision_and_layout_are_recorded_as_chosen(phantom_dir, tmp_path)
     assert saved["channels_last"] is channels_last_pays(cpu)
     with pytest.raises(ValueError, match=r"bf16 expects one of \[True, False, 'auto'\], got 'on'"):
         run_train(small(phantom_dir, tmp_path, n_steps=2, bf16="on"))
+
+
+def test_a_failed_run_folder_is_marked(phantom_dir, tmp_path):
+    with pytest.raises(ValueError, match="label_sets='all' is for validation"):
+        run_train(small(phantom_dir, tmp_path, label_sets="all"))
+    folders = list((tmp_path / "train").glob("*/[0-9]*"))
+    assert len(folders) == 1
+    assert "label_sets='all' is for validation" in (folders[0] / "FAILED").read_text(
+        encoding="utf-8")
+    assert json.loads((folders[0] / "run.json").read_text(encoding="utf-8"))["status"] == "FAILED"

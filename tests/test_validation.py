@@ -115,3 +115,20 @@ def test_validation_on_shared_real_scans(name, group, checkpoint, tmp_path, requ
     pid = pred.name.split("_")[1]
     image = sitk.ReadImage(str(tmp_path / "data" / f"image_{pid}.nii.gz"))
     assert sitk.ReadImage(str(pred)).GetSize() == image.GetSize()
+
+
+def test_the_checkpoint_decides_the_architecture(phantom_dir, checkpoint, tmp_path):
+    base = {"data_dir": str(phantom_dir), "log_dir": str(tmp_path), "device": "cpu",
+            "reload_model_path": checkpoint, "save_predictions": False}
+    # no encoder=tiny given: the checkpoint's own encoder is used
+    run = ex.run("validate", config_updates=base, named_configs=["phantom"])
+    summary = json.loads((Path(run.result["run_dir"]) / "summary.json").read_text(
+        encoding="utf-8"))
+    assert summary["encoder"] == "tiny" and summary["steps"] == 30
+    # a conflicting value given explicitly stops naming the key and both values
+    with pytest.raises(ValueError, match=r"config: encoder='deeplabv3_resnet50' was given, but "
+                                         r"the checkpoint .* was trained with encoder='tiny'"):
+        ex.run("validate", config_updates={**base, "encoder": "deeplabv3_resnet50"},
+               named_configs=["phantom"])
+    with pytest.raises(ValueError, match=r"val_wsize=4 was given, but .* val_wsize=2"):
+        ex.run("validate", config_updates={**base, "val_wsize": 4}, named_configs=["phantom"])
