@@ -13,7 +13,6 @@ import argparse
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -63,14 +62,6 @@ def _try_read(path: Path, problems: list[str]) -> sitk.Image | None:
         return None
 
 
-def _count_nonfinite(path: Path) -> int:
-    """NaN/inf voxels as stored. SimpleITK's NIfTI reader turns NaN into 0, so read with nibabel."""
-    data = np.asanyarray(nib.load(path).dataobj)
-    if not np.issubdtype(data.dtype, np.floating):
-        return 0
-    return int(data.size - np.count_nonzero(np.isfinite(data)))
-
-
 def _allowed_label_values(ds: Dataset) -> set[int]:
     raw = ds.raw_label_values
     return {0, *raw} if raw else set(ds.labels)
@@ -81,10 +72,13 @@ def _check_case(ds: Dataset, pid: str, problems: list[str]) -> np.ndarray | None
     image_path, label_path = ds.path("image", pid), ds.path("label", pid)
     image = _try_read(image_path, problems)
     label = _try_read(label_path, problems)
-    for path, img, what in ((image_path, image, "intensities"), (label_path, label, "labels")):
-        n_bad = _count_nonfinite(path) if img is not None else 0
-        if n_bad:
-            problems.append(f"{path}: expected finite {what}, found {n_bad} NaN/inf voxel(s)")
+    # non-finite voxels, truncation, empty files and non-3-D images fail read_image (listed)
+    if image is not None:
+        arr = sitk.GetArrayViewFromImage(image)
+        if arr.min() == arr.max():
+            problems.append(f"{image_path}: expected an image with varying intensities, found "
+                            f"a constant image (every voxel {float(arr.min()):g})")
+            image = None  # its pseudolabels would only repeat the problem
     label_ids = None
     if label is not None:
         if image is not None:

@@ -76,6 +76,9 @@ def _read_image(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: expected a 3-D image (Z, H, W), found shape {image.shape}")
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{path}: expected finite intensities, found NaN or inf")
+    if image.size and image.min() == image.max():
+        raise ValueError(f"{path}: expected an image with varying intensities, found a constant "
+                         f"image (every voxel {float(image.min()):g})")
     return image
 
 

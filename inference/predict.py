@@ -87,6 +87,11 @@ def read_scan(path: str | os.PathLike, what: str = "image") -> sitk.Image:
         raise ValueError(f"{path}: expected a scalar 3-D {what}, found a {image.GetDimension()}-D "
                          f"image with {image.GetNumberOfComponentsPerPixel()} component(s) per "
                          f"voxel, size {image.GetSize()}")
+    if "image" in what:
+        arr = sitk.GetArrayViewFromImage(image)
+        if arr.min() == arr.max():
+            raise ValueError(f"{path}: expected a {what} with varying intensities, found a "
+                             f"constant image (every voxel {float(arr.min()):g})")
     return image
 
 

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from data_preprocessing import superpixels
 from data_preprocessing.classmap import write_classmap
+from data_preprocessing.contract import load_dataset
 from data_preprocessing.phantom import write_phantom
 from data_preprocessing.verify import DatasetVerificationError, verify_dataset
 
@@ -91,7 +92,7 @@ def test_every_problem_is_listed_once(clean_folder, tmp_path):
     assert "label_1.nii.gz: expected the label of case 1" in text
     assert "label_2.nii.gz: expected size (64, 64, 4)" in text and "found (64, 32, 4)" in text
     assert "label_3.nii.gz: expected spacing (1.25, 1.25, 7.7)" in text
-    assert "image_4.nii.gz: expected finite intensities, found 1 NaN/inf" in text
+    assert "image_4.nii.gz: expected finite voxel values, found 1 NaN/inf" in text
     assert "label_5.nii.gz: expected label values [0, 1, 2, 3, 4], found [9.0]" in text
     assert "superpix-MIDDLE_6.nii.gz: expected superpixel ids on body slices, found an all-zero" \
         in text
@@ -120,3 +121,52 @@ def test_truncated_gzip_is_reported_not_crashing(clean_folder, tmp_path):
     (root / "label_10.nii.gz").write_bytes(gzip.compress(raw[: len(raw) - 100]))
     with pytest.raises(DatasetVerificationError, match="label_10.nii.gz"):
         verify_dataset(root)
+
+
+def test_unusable_volumes_are_reported_against_the_file(clean_folder, tmp_path):
+    import nibabel as nib
+
+    from dataloaders.volumes import load_volumes
+    from util.io import read_image
+
+    root = _copy(clean_folder, tmp_path / "broken4")
+    (root / "label_2.nii.gz").write_bytes(b"")                             # zero-byte label
+    flat = nib.load(root / "image_3.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(flat.dataobj)[:, :, 0], flat.affine),
+             root / "image_3.nii.gz")                                       # a 2-D image
+    zero = sitk.ReadImage(str(root / "image_5.nii.gz"))
+    blank = sitk.GetImageFromArray(np.zeros(sitk.GetArrayFromImage(zero).shape, np.float32))
+    blank.CopyInformation(zero)
+    sitk.WriteImage(blank, str(root / "image_5.nii.gz"))                    # all-zero image
+    with pytest.raises(DatasetVerificationError) as info:
+        verify_dataset(root)
+    text = "\n".join(info.value.problems)
+    assert "label_2.nii.gz: expected a NIfTI volume, found an empty (zero-byte) file" in text
+    assert "image_3.nii.gz: expected a 3-D volume, found a 2-D image of shape (64, 64)" in text
+    assert "image_5.nii.gz: expected an image with varying intensities, found a constant image" \
+        in text
+    assert "superpix-MIDDLE_5" not in text  # reported against the image, not its superpixels
+    # every reader says the same, naming the file
+    with pytest.raises(ValueError, match=r"label_2\.nii\.gz: expected a NIfTI volume, found an "
+                                         r"empty"):
+        read_image(root / "label_2.nii.gz")
+    ds = load_dataset(root)
+    with pytest.raises(ValueError, match=r"image_5\.nii\.gz: expected an image with varying"):
+        load_volumes(ds, ["5"])
+    with pytest.raises(ValueError, match=r"image_3\.nii\.gz: expected a 3-D volume"):
+        load_volumes(ds, ["3"])
+
+
+def test_a_nan_voxel_stops_every_reader(clean_folder, tmp_path):
+    import nibabel as nib
+
+    from dataloaders.volumes import load_volumes
+
+    root = _copy(clean_folder, tmp_path / "broken5")
+    img = nib.load(root / "image_4.nii.gz")
+    arr = np.asanyarray(img.dataobj).astype(np.float32)
+    arr[3, 3, 1] = np.nan
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), root / "image_4.nii.gz")
+    with pytest.raises(ValueError, match=r"image_4\.nii\.gz: expected finite voxel values, found "
+                                         r"1 NaN/inf voxel"):
+        load_volumes(load_dataset(root), ["4"])

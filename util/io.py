@@ -67,29 +67,54 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def _check_nifti_payload(path: Path) -> None:
-    """Reject a NIfTI-1 file that is cut short or whose gzip stream is damaged.
+    """Reject a NIfTI-1 file that is empty, cut short, damaged, not 3-D, or holds NaN/inf voxels.
 
-    SimpleITK reads a truncated ``.nii.gz`` without complaint (the missing voxels become 0), so
-    the gzip stream is read to its end (which checks its CRC) and the byte count is compared with
-    what the header promises.
+    SimpleITK reads a truncated ``.nii.gz`` without complaint (the missing voxels become 0) and
+    turns NaN/inf voxels into 0, so the stream is read here to its end (which checks the gzip
+    CRC), the byte count is compared with what the header promises, and floating-point voxels
+    are checked as stored.
     """
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: expected a NIfTI volume, found an empty (zero-byte) file")
+    nonfinite = 0
     try:
         with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as fh:
             header = nib.Nifti1Header.from_fileobj(fh)
+            dtype = header.get_data_dtype()
+            offset = int(header.get_data_offset())
             found = fh.tell()
+            pending = b""
+            floating = np.issubdtype(dtype, np.floating)
             while chunk := fh.read(1 << 22):
+                start = max(offset - found, 0)
                 found += len(chunk)
-    except (OSError, EOFError, ValueError, nib.spatialimages.HeaderDataError) as err:
+                if floating and start < len(chunk):
+                    data = pending + chunk[start:]
+                    usable = len(data) - len(data) % dtype.itemsize
+                    values = np.frombuffer(data[:usable], dtype=dtype)
+                    nonfinite += values.size - int(np.count_nonzero(np.isfinite(values)))
+                    pending = data[usable:]
+    except (OSError, EOFError, ValueError, nib.spatialimages.HeaderDataError,
+            nib.wrapstruct.WrapStructError) as err:
         raise ValueError(f"{path}: expected a complete NIfTI file, reading it failed: {err}; "
                          f"the file is truncated or damaged") from err
-    expected = int(header.get_data_offset()) + int(
-        np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    shape = tuple(int(n) for n in header.get_data_shape())
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if found < expected:
         raise ValueError(f"{path}: expected {expected} bytes of NIfTI data, found {found}; the "
                          f"file is truncated or damaged")
+    core = shape
+    while len(core) > 3 and core[-1] == 1:
+        core = core[:-1]
+    if len(core) != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, found a {len(core)}-D image of shape "
+                         f"{shape}")
+    if nonfinite:
+        raise ValueError(f"{path}: expected finite voxel values, found {nonfinite} NaN/inf "
+                         f"voxel(s)")
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
