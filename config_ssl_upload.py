@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-from sacred import Experiment, SETTINGS  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
+from sacred import Experiment, SETTINGS  # noqa: E402
+from sacred.arg_parser import get_config_updates  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
@@ -29,7 +30,9 @@ from dataloaders.episodes import setting_exclusions  # noqa: E402
 from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
 from models.alpnet import PROTOTYPES  # noqa: E402
 from models.encoder import ENCODER_NAMES  # noqa: E402
+from util.cli import EXPECTED, debug_requested, fail, message_of  # noqa: E402
 from util.distributed import env_info  # noqa: E402
+from util.io import ensure_writable_dir  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "no"
 SETTINGS.DISCOVER_SOURCES = "none"
@@ -130,6 +133,8 @@ KEYS: dict[str, Key] = {
     "n_sup_part": Key(3, (int,)),
     "z_margin": Key(0, (int,)),
     "save_predictions": Key(True, (bool,)),
+    "cross_dataset": Key(False, (bool,), doc="validation: evaluate a checkpoint trained on "
+                         "another dataset (refused unless True)"),
     "eval_batch_size": Key(16, (int,)),
     "n_overlay_slices": Key(3, (int,)),
 }
@@ -301,6 +306,7 @@ def attach_observer(config, command_name, logger):
     if env_info().rank > 0:  # under torchrun only rank 0 writes the run folder
         ex.observers[:] = []
         return updates
+    ensure_writable_dir(config["log_dir"], "log_dir")  # before any computation
     folder = resumed_run_folder(config["resume"]) if command_name == "train" else None
     if folder is not None:  # a resumed run goes on in its own folder
         ex.observers[:] = [ContinuingObserver(folder)]
@@ -356,22 +362,39 @@ def _check_cli_keys(args: list[str]) -> None:
         if "=" not in token:
             if token not in ex.named_configs:
                 close = difflib.get_close_matches(token, list(ex.named_configs), n=3)
-                raise SystemExit(f"config: no named config {token!r}"
+                raise ValueError(f"config: no named config {token!r}"
                                  + (f"; did you mean {' or '.join(map(repr, close))}?" if close
                                     else f"; known: {sorted(ex.named_configs)}"))
             continue
         key = token.split("=", 1)[0].split(".", 1)[0]
         if key not in KEYS:
             close = difflib.get_close_matches(key, list(KEYS), n=3)
-            raise SystemExit(f"config: unknown key {key!r}"
+            raise ValueError(f"config: unknown key {key!r}"
                              + (f"; did you mean {' or '.join(map(repr, close))}?" if close
                                 else "; see `python training.py print_config`"))
 
 
 def run_cli(command: str, argv: list[str]) -> None:
-    """``python <script>.py [with ...]`` runs ``command``; sacred's own commands pass through."""
+    """``python <script>.py [with ...]`` runs ``command``: an expected error (bad config, input
+    or file) is one line and exit status 2 (``--debug`` or ``SSL_DEBUG=1``: the traceback).
+    sacred's own commands and options (``print_config``, ``-F`` …) pass through to sacred."""
+    prog = Path(argv[0]).name
+    debug = debug_requested(argv)
     args = argv[1:]
     if not args or args[0] not in ex.commands:
         args = [command, *args]
-    _check_cli_keys(args)
-    ex.run_commandline([argv[0], *args])
+    try:
+        _check_cli_keys(args)
+    except ValueError as err:
+        fail(prog, str(err))
+    words = args[1:args.index("with")] if "with" in args else args[1:]
+    if args[0] != command or words:  # another command or sacred's own flags
+        ex.run_commandline([argv[0], *args])
+        return
+    updates, named = get_config_updates(args[args.index("with") + 1:] if "with" in args else [])
+    try:
+        ex.run(command, config_updates=updates, named_configs=named)
+    except EXPECTED as err:
+        if debug:
+            raise
+        fail(prog, message_of(err))

@@ -23,13 +23,15 @@ import torch
 
 from data_preprocessing.resample import fmt_spacing
 from dataloaders.evaluation import QueryScan, build_support, plan_query
-from models.encoder import ENCODER_NAMES
-from util.device import resolve_device
 from inference.batched import encode_parts, segment
-from util.io import write_image
+from models.encoder import ENCODER_NAMES
 from inference.predict import (MODALITIES, binary_mask, check_same_grid, checkpoint_modality,
-                          dataset_info, load_model, orientation, output_path, prepare_mask,
-                          prepare_scan, read_scan, support_volume, target_spacing, to_original)
+                               dataset_info, load_model, orientation, output_path, prepare_mask,
+                               prepare_scan, read_scan, support_volume, target_spacing,
+                               to_original)
+from util.cli import run_main
+from util.device import resolve_device
+from util.io import ensure_writable_dir, write_image
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,8 +66,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ValueError(f"--batch-size: expected a positive number, got {args.batch_size}")
     if args.n_part < 1 or args.n_part % 2 == 0:
         raise ValueError(f"--n-part: expected a positive odd number, got {args.n_part}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"{args.out}: expected an output folder, found a file")
+    ensure_writable_dir(args.out, "--out")  # before any computation
     outputs = [output_path(args.out, q) for q in args.query]
     clashes = sorted({str(o) for o in outputs if outputs.count(o) > 1})
     if clashes:
@@ -119,7 +120,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"predict.py: error: {err}")
+    run_main("predict.py", main)

@@ -92,6 +92,11 @@ def validate(_run, _config, _log):
     weights = resolve_weights(cfg)
     if weights.kind == "none":
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
+    trained_on = weights.config.get("dataset")
+    if trained_on and trained_on.upper() != ds.name and not cfg["cross_dataset"]:
+        raise ValueError(f"{weights.path}: trained on {trained_on}, but the data in "
+                         f"{cfg['data_dir']} are {ds.name} ({ds.meta['modality']}); evaluate it "
+                         f"on {trained_on} data, or set cross_dataset=True to do this on purpose")
     explicit = set(_run.config_modifications.modified) | set(_run.config_modifications.added)
     model = build_model(cfg, device, weights, explicit).eval()
     cfg.update(architecture(cfg, weights))  # what was evaluated, for the summary

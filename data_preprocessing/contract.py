@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from util.cli import run_main
+
+    run_main("python -m data_preprocessing.contract", main)
 
 
 def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],

@@ -102,6 +102,15 @@ def make_folds(pids: list[str], fold_sep: tuple[int, ...], n_shots: int = 1,
     n = len(pids)
     if fold_sep[-1] > n:
         raise ValueError(f"fold boundaries {list(fold_sep)} need {fold_sep[-1]} scans, got {n}")
+    if n_shots < 1:
+        raise ValueError(f"n_shots expects at least 1 support scan, got {n_shots}")
+    smallest = min(b - a for a, b in zip(fold_sep, fold_sep[1:])) + n_shots
+    if n_shots >= smallest:
+        raise ValueError(f"n_shots expects fewer support scans than a fold's {smallest} "
+                         f"validation scans (queries must remain), got {n_shots}")
+    if n_shots == 1 and not -smallest <= support_idx < smallest:
+        raise ValueError(f"support_idx expects an index into a fold's {smallest} validation "
+                         f"scans ({-smallest}..{smallest - 1}), got {support_idx}")
     folds = []
     for f in range(len(fold_sep) - 1):
         val = [pids[i % n] for i in range(fold_sep[f], fold_sep[f + 1] + n_shots)]

@@ -155,4 +155,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from util.cli import run_main
+
+    run_main("python -m data_preprocessing.sabs", main)

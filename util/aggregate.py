@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = collect(args.folders)
     if not runs:
-        raise SystemExit(f"no summary.json under {args.folders}; run validation.py first")
+        raise FileNotFoundError(f"{', '.join(args.folders)}: expected validation runs "
+                                f"(summary.json), found none; run validation.py first")
     rows = aggregate(runs)
     for path in write_outputs(rows, args.out):
         print(f"wrote {path}")
@@ -172,4 +173,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from util.cli import run_main
+
+    run_main("python -m util.aggregate", main)

@@ -11,7 +11,6 @@ import argparse
 import os
 import pickle
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -157,11 +156,10 @@ def main(argv: list[str] | None = None) -> None:
                                      "into one that loads with weights-only loading.")
     parser.add_argument("--convert", nargs=2, metavar=("OLD", "NEW"), required=True)
     args = parser.parse_args(argv)
-    try:
-        print(f"wrote {convert(*args.convert)}")
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"util.checkpoint: {err}")
+    print(f"wrote {convert(*args.convert)}")
 
 
 if __name__ == "__main__":
-    main()
+    from util.cli import run_main
+
+    run_main("python -m util.checkpoint", main)

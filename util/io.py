@@ -50,6 +50,23 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output") -> Path:
+    """Create ``path`` if needed and check that files can be written in it, before any long
+    computation; PermissionError / FileExistsError naming the path otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: expected a folder ({what}), found a file in the way")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PermissionError(f"{path}: expected a writable folder ({what}), cannot write there "
+                              f"({err.strerror or err})") from None
+    return path
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

@@ -1,0 +1,108 @@
+"""Expected errors at the command line: one line naming the file or key, exit status 2, no
+traceback (``--debug`` / ``SSL_DEBUG=1`` bring it back)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_phantom_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_errors")
+    data = make_phantom_dataset(root / "data", seed=5, n_slices=5)
+    out = cli("training.py", "with", "phantom", "setting1", f"data_dir={data}", "encoder=tiny",
+              "num_workers=0", "device=cpu", "n_steps=1", f"log_dir={root / 'exps'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    checkpoint = next((root / "exps").rglob("latest.pth"))
+    return {"root": root, "data": data, "checkpoint": checkpoint}
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          encoding="utf-8", timeout=300, env={**os.environ, **(env or {})})
+
+
+def one_line_error(out: subprocess.CompletedProcess, prog: str, message: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith(f"{prog}: error: ")]
+    assert len(errors) == 1, out.stderr[-2000:]
+    assert message in errors[0], errors[0]
+
+
+def validate(setup, *extra: str, env: dict | None = None):
+    return cli("validation.py", "with", "phantom", "setting1", f"data_dir={setup['data']}",
+               "device=cpu", f"log_dir={setup['root'] / 'val'}", "save_predictions=False",
+               *extra, env=env)
+
+
+def test_config_errors(setup):
+    one_line_error(cli("training.py", "with", "quickstart", "n_step=3"), "training.py",
+                   "config: unknown key 'n_step'; did you mean 'n_steps'")
+    one_line_error(validate(setup, "n_shots=0"), "validation.py",
+                   "config: n_shots expects at least 1 support scan, got 0")
+    one_line_error(validate(setup, f"reload_model_path={setup['checkpoint']}",
+                            "support_idx=[99]"),
+                   "validation.py", "support_idx expects an index into a fold's")
+
+
+def test_unreadable_checkpoint_and_debug_traceback(setup, tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n", encoding="utf-8")
+    one_line_error(validate(setup, f"reload_model_path={text}"), "validation.py",
+                   f"{text}: expected a readable torch checkpoint")
+    debug = validate(setup, f"reload_model_path={text}", env={"SSL_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_checkpoint_of_another_dataset_is_refused(setup, tmp_path):
+    state = torch.load(setup["checkpoint"], weights_only=True)
+    state["config"]["dataset"] = "CHAOST2"
+    other = tmp_path / "chaos_trained.pth"
+    torch.save(state, other)
+    one_line_error(validate(setup, f"reload_model_path={other}"), "validation.py",
+                   "trained on CHAOST2, but the data in")
+    assert validate(setup, f"reload_model_path={other}", "cross_dataset=True").returncode == 0
+
+
+def test_output_in_the_way_fails_before_computing(setup, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x", encoding="utf-8")
+    one_line_error(cli("training.py", "with", "phantom", f"data_dir={setup['data']}",
+                       "encoder=tiny", f"log_dir={blocker}"), "training.py",
+                   f"{blocker}: expected a folder (log_dir), found a file in the way")
+    data = setup["data"]
+    out = cli("predict.py", "--checkpoint", str(setup["checkpoint"]), "--support",
+              str(data / "image_3.nii.gz"), "--support-mask", str(data / "label_3.nii.gz"),
+              "--label", "1", "--query", str(data / "image_1.nii.gz"), "--out", str(blocker))
+    one_line_error(out, "predict.py", f"{blocker}: expected a folder (--out), found a file in "
+                                      f"the way")
+
+
+def test_nan_voxel_and_zero_byte_file(setup, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    img = nib.load(data / "image_4.nii.gz")
+    arr = np.asanyarray(img.dataobj).astype(np.float32)
+    arr[2, 2, 1] = np.inf
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), data / "image_4.nii.gz")
+    one_line_error(cli("training.py", "with", "phantom", "setting1", f"data_dir={data}",
+                       "encoder=tiny", "num_workers=0", "n_steps=1",
+                       f"log_dir={tmp_path / 'exps'}"), "training.py",
+                   "image_4.nii.gz: expected finite voxel values, found 1 NaN/inf voxel(s)")
+    (data / "label_2.nii.gz").write_bytes(b"")
+    out = cli("-m", "data_preprocessing.verify", "--dir", str(data))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "label_2.nii.gz: expected a NIfTI volume, found an empty (zero-byte) file" in out.stderr
+    assert "image_4.nii.gz: expected finite voxel values" in out.stderr

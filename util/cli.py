@@ -1,0 +1,53 @@
+"""Command-line entry points: expected errors as one line, exit status 2.
+
+Bad input, a bad config, a missing file, an unreadable checkpoint or an unwritable output is an
+*expected* error: the program prints ``<prog>: error: <message>`` (the message names the file or
+key, what was expected and what was found) and exits with status 2, without a traceback. Anything
+else is a bug and keeps its traceback. ``--debug`` on the command line or ``SSL_DEBUG=1`` shows
+the traceback of expected errors too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# the errors our code raises for bad input, with a message written for the user
+EXPECTED = (ValueError, FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, KeyError, FloatingPointError)
+EXIT_EXPECTED = 2
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """``--debug`` among the arguments (removed from them) or ``SSL_DEBUG=1``."""
+    argv = sys.argv if argv is None else argv
+    flag = "--debug" in argv
+    while "--debug" in argv:
+        argv.remove("--debug")
+    return flag or os.environ.get("SSL_DEBUG", "") not in ("", "0")
+
+
+def message_of(err: BaseException) -> str:
+    """The user-facing text of an expected error (KeyError's repr quotes are dropped)."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err)
+
+
+def run_main(prog: str, main: Callable[[], Any]) -> Any:
+    """Run ``main``; an expected error is printed as one line and exits with status 2."""
+    debug = debug_requested()
+    try:
+        return main()
+    except EXPECTED as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {message_of(err)}", file=sys.stderr)
+        sys.exit(EXIT_EXPECTED)
+
+
+def fail(prog: str, message: str) -> None:
+    """Stop at once with an expected error (status 2)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_EXPECTED)
