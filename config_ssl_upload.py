@@ -15,6 +15,7 @@ wrong type or outside its allowed values fails naming the key, what it expects a
 from __future__ import annotations
 
 import difflib
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 from sacred import Experiment, SETTINGS  # noqa: E402
-from sacred.arg_parser import get_config_updates  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
+from sacred.arg_parser import get_config_updates  # noqa: E402
+from sacred.utils import SacredInterrupt  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
@@ -394,6 +396,9 @@ def run_cli(command: str, argv: list[str]) -> None:
     updates, named = get_config_updates(args[args.index("with") + 1:] if "with" in args else [])
     try:
         ex.run(command, config_updates=updates, named_configs=named)
+    except SacredInterrupt as err:  # training.Preempted: checkpoint written, run INTERRUPTED
+        print(f"{prog}: {err}", file=sys.stderr)
+        sys.exit(128 + getattr(err, "signum", 0))
     except EXPECTED as err:
         if debug:
             raise

@@ -10,11 +10,15 @@ run (config, metrics, tensorboard events, checkpoints) lands in ``<log_dir>/trai
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
+from sacred.utils import SacredInterrupt
 from torch.nn.parallel import DistributedDataParallel
 
 from config_ssl_upload import ex, resolve_exclude_labels, run_cli
@@ -93,6 +97,43 @@ def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
         if saved.get(key, BEFORE_KEY.get(key)) != cfg[key]:
             raise ValueError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
                              f"expected {saved.get(key)!r}, got {cfg[key]!r}")
+
+
+class Preempted(SacredInterrupt):
+    """Training stopped by SIGTERM / SIGINT after a full checkpoint; sacred marks the run
+    INTERRUPTED and the command line exits with 128 + the signal number."""
+    STATUS = "INTERRUPTED"
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; "
+                         f"checkpoint {path}; continue with resume={path.parent.parent}")
+        self.signum = signum
+
+
+class StopRequests:
+    """SIGTERM / SIGINT (what SLURM and Kubernetes send before a kill) ask the step loop to stop
+    after the current step; a second signal stops at once. Handlers are installed only in the
+    main thread and restored by :meth:`restore`."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, log) -> None:
+        self.signum: int | None = None
+        self.log = log
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)  # the second signal: stop at once
+        self.signum = signum
+        self.log.warning("%s: stopping after this step with a checkpoint (a second signal stops "
+                         "at once)", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float,
@@ -208,48 +249,55 @@ def train(_run, _config, _log):
     model.train()
     loss = None
     window_start = time.perf_counter()  # the s/step of each print_interval window
-    for episode in loader:
-        lr = lr_at(step, cfg["lr"], cfg["lr_step_gamma"], cfg["lr_step_size"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = {k: episode[k][0].to(device, non_blocking=True) for k in EPISODE_TENSORS}
-        out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
-                      batch["query_images"])
-        query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], weights)
-        loss = query_loss + out.align_loss
-        if not distributed.all_finite(loss, rank):
-            stop_on_nonfinite(run_dir, step, episode, loss, rank)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if cfg["val_every"] and step % cfg["val_every"] == 0:
-            began = time.perf_counter()
-            validation()
-            window_start += time.perf_counter() - began  # s/step counts training alone
-        if logger is None:
-            continue
+    stops = StopRequests(_log)
+    try:
+        for episode in loader:
+            if stops.signum is not None:  # the last step is logged: checkpoint, then stop
+                checkpoint(snapshots / LATEST)
+                raise Preempted(stops.signum, step, snapshots / LATEST)
+            lr = lr_at(step, cfg["lr"], cfg["lr_step_gamma"], cfg["lr_step_size"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = {k: episode[k][0].to(device, non_blocking=True) for k in EPISODE_TENSORS}
+            out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
+                          batch["query_images"])
+            query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], weights)
+            loss = query_loss + out.align_loss
+            if not distributed.all_finite(loss, rank):
+                stop_on_nonfinite(run_dir, step, episode, loss, rank)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if cfg["val_every"] and step % cfg["val_every"] == 0:
+                began = time.perf_counter()
+                validation()
+                window_start += time.perf_counter() - began  # s/step counts training alone
+            if logger is None:
+                continue
 
-        means = logger.scalars(step, {"train/loss": query_loss.item(),
-                                      "train/align_loss": out.align_loss.item(),
-                                      "train/lr": lr,
-                                      "train/empty_prototype_sets": float(out.n_fallback)})
-        if means is not None:
-            now = time.perf_counter()
-            rate = (now - window_start) / cfg["print_interval"]
-            window_start = now
-            _log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  %.3f s/step",
-                      step, cfg["n_steps"], means["train/loss"], means["train/align_loss"], lr,
-                      means["train/empty_prototype_sets"], rate)
-        if step % cfg["image_every"] == 0:
-            pred = out.logits[0].argmax(0)
-            logger.image("train/episode", step, episode_panel(
-                batch["support_images"][0], batch["support_fg"][0], batch["query_images"][0],
-                batch["query_labels"][0], pred))
-        if step % cfg["save_snapshot_every"] == 0:
-            checkpoint(snapshots / f"{step}.pth")
-        if step % cfg["checkpoint_every"] == 0:
-            checkpoint(snapshots / LATEST)
+            means = logger.scalars(step, {"train/loss": query_loss.item(),
+                                          "train/align_loss": out.align_loss.item(),
+                                          "train/lr": lr,
+                                          "train/empty_prototype_sets": float(out.n_fallback)})
+            if means is not None:
+                now = time.perf_counter()
+                rate = (now - window_start) / cfg["print_interval"]
+                window_start = now
+                _log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  "
+                          "%.3f s/step", step, cfg["n_steps"], means["train/loss"], means["train/align_loss"], lr,
+                          means["train/empty_prototype_sets"], rate)
+            if step % cfg["image_every"] == 0:
+                pred = out.logits[0].argmax(0)
+                logger.image("train/episode", step, episode_panel(
+                    batch["support_images"][0], batch["support_fg"][0], batch["query_images"][0],
+                    batch["query_labels"][0], pred))
+            if step % cfg["save_snapshot_every"] == 0:
+                checkpoint(snapshots / f"{step}.pth")
+            if step % cfg["checkpoint_every"] == 0:
+                checkpoint(snapshots / LATEST)
+    finally:
+        stops.restore()
 
     if cfg["val_every"] and step % cfg["val_every"]:
         validation()  # at the end

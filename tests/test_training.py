@@ -261,3 +261,46 @@ def test_a_failed_run_folder_is_marked(phantom_dir, tmp_path):
     assert "label_sets='all' is for validation" in (folders[0] / "FAILED").read_text(
         encoding="utf-8")
     assert json.loads((folders[0] / "run.json").read_text(encoding="utf-8"))["status"] == "FAILED"
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(phantom_dir, tmp_path):
+    args = ["with", "phantom", "setting1", f"data_dir={phantom_dir}", "encoder=tiny",
+            "num_workers=0", "n_steps=300", "print_interval=1", "checkpoint_every=1000",
+            "deterministic=True", "device=cpu", "lr=0.01", "image_every=1000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = subprocess.run([sys.executable, "training.py", *args, f"log_dir={tmp_path / 'full'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
+                          timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    reference = losses(next((tmp_path / "full").rglob("metrics.json")).parent)
+
+    proc = subprocess.Popen([sys.executable, "training.py", *args,
+                             f"log_dir={tmp_path / 'stopped'}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if list((tmp_path / "stopped").rglob("tensorboard/events.out.tfevents.*")):
+            time.sleep(0.3)  # a few steps in
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before the signal"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "stopped by SIGTERM after step" in stderr and "Traceback" not in stderr
+    run_dir = next((tmp_path / "stopped").rglob("run.json")).parent
+    assert json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["status"] == \
+        "INTERRUPTED"
+    step = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=True)["step"]
+    assert 1 <= step < 300  # checkpoint_every=1000: written because of the signal
+    resumed = subprocess.run([sys.executable, "training.py", *args, f"resume={run_dir}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True,
+                             encoding="utf-8", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["train/loss"]
+    got = dict(zip(metrics["steps"], metrics["values"]))
+    assert sorted(got) == list(range(1, 301))  # nothing lost, nothing repeated
+    assert len(metrics["steps"]) == 300
+    assert all(got[s] == pytest.approx(reference[s], rel=1e-5) for s in got)
