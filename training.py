@@ -32,6 +32,7 @@ from inference.loader import NO_WEIGHTS, build_model, weights_of_state
 from models.losses import CLASS_WEIGHTS, weighted_cross_entropy
 from util import distributed
 from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
+from util.cli import progress
 from util.device import SWITCHES, resolve_device, resolve_switch
 from util.logger import LearningCurve, RunLogger, episode_panel
 from util.metrics import summarize
@@ -250,6 +251,10 @@ def train(_run, _config, _log):
     loss = None
     window_start = time.perf_counter()  # the s/step of each print_interval window
     stops = StopRequests(_log)
+    bar = progress(total=cfg["n_steps"], desc="training", unit="step") if rank.is_main \
+        else None
+    if bar is not None:
+        bar.update(step)
     try:
         for episode in loader:
             if stops.signum is not None:  # the last step is logged: checkpoint, then stop
@@ -276,6 +281,8 @@ def train(_run, _config, _log):
             if logger is None:
                 continue
 
+            bar.update(1)
+            bar.set_postfix(loss=f"{query_loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
             means = logger.scalars(step, {"train/loss": query_loss.item(),
                                           "train/align_loss": out.align_loss.item(),
                                           "train/lr": lr,
@@ -298,6 +305,8 @@ def train(_run, _config, _log):
                 checkpoint(snapshots / LATEST)
     finally:
         stops.restore()
+        if bar is not None:
+            bar.close()
 
     if cfg["val_every"] and step % cfg["val_every"]:
         validation()  # at the end

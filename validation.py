@@ -24,6 +24,7 @@ from dataloaders.evaluation import build_evaluation
 from inference.evaluate import Outputs, evaluate
 from inference.loader import Weights, architecture, build_model, read_weights, weights_of_state
 from util.checkpoint import BEST, SNAPSHOT_DIR, find_resume_checkpoint
+from util.cli import progress
 from util.device import SWITCHES, resolve_device, resolve_switch
 from util.io import atomic_path, write_json
 from util.logger import RunLogger
@@ -103,9 +104,11 @@ def validate(_run, _config, _log):
     trained = weights.config
 
     # predict and score: prototypes once per class and part, each query volume encoded once
-    result = evaluate(model, ds, evalset, device, cfg["eval_batch_size"], Outputs(
-        run_dir, predictions=cfg["save_predictions"],
-        overlay_slices=cfg["n_overlay_slices"] if cfg["save_predictions"] else 0))
+    with progress(total=len(evalset.queries), desc="query scans", unit="scan") as bar:
+        result = evaluate(model, ds, evalset, device, cfg["eval_batch_size"], Outputs(
+            run_dir, predictions=cfg["save_predictions"],
+            overlay_slices=cfg["n_overlay_slices"] if cfg["save_predictions"] else 0),
+            progress=lambda pid: bar.update(1))
     scores, absent = result.scores, result.absent
 
     # report

@@ -23,6 +23,7 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import felzenszwalb
 
 from data_preprocessing.contract import load_dataset, update_metadata
+from util.cli import progress
 from util.io import array_to_image, read_image, write_image
 
 
@@ -118,14 +119,14 @@ def default_workers() -> int:
                else (os.cpu_count() or 1))
 
 
-def run_jobs(fn, jobs: list[tuple], workers: int | None = None) -> list:
+def run_jobs(fn, jobs: list[tuple], workers: int | None = None, desc: str = "volumes") -> list:
     """``fn(*job)`` for every job, in order; in a pool of ``workers`` processes (default: every
-    core) unless one suffices."""
+    core) unless one suffices. A progress bar per volume on a terminal."""
     workers = min(workers or default_workers(), len(jobs)) or 1
     if workers == 1:
-        return [fn(*job) for job in jobs]
+        return [fn(*job) for job in progress(jobs, desc=desc, unit="vol")]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, *zip(*jobs)))
+        return list(progress(pool.map(fn, *zip(*jobs)), total=len(jobs), desc=desc, unit="vol"))
 
 
 def generate(folder: str | os.PathLike, scale: str = "MIDDLE", relabel_mode: str = "compact",
@@ -140,7 +141,7 @@ def generate(folder: str | os.PathLike, scale: str = "MIDDLE", relabel_mode: str
     todo = ds.cases if cases is None else cases
     jobs = [(ds.path("image", p), ds.path("pseudolabel", p, scale), ds.path("fgmask", p), params,
              threshold, relabel_mode) for p in todo]
-    stats = run_jobs(_process_case, jobs, workers)
+    stats = run_jobs(_process_case, jobs, workers, desc=f"superpixels {scale}")
     record = {"method": "felzenszwalb2d", **asdict(params), "body_threshold": threshold,
               "relabel": relabel_mode, "skimage": skimage.__version__}
     if cases is None:

@@ -156,7 +156,7 @@ def generate(folder: str | os.PathLike, min_size: int = 5000, workers: int | Non
     name = scale_name(min_size)
     todo = ds.cases if cases is None else cases
     jobs = [(ds.path("image", p), ds.path("pseudolabel", p, name), min_size) for p in todo]
-    counts = run_jobs(_process_case, jobs, workers)
+    counts = run_jobs(_process_case, jobs, workers, desc=f"supervoxels {name}")
     if cases is None:
         update_metadata(folder, pseudolabels={name: {
             "method": "felzenszwalb3d", "min_size": min_size, "sigma": 0.0, "scale": 1.0,

@@ -51,3 +51,16 @@ def fail(prog: str, message: str) -> None:
     """Stop at once with an expected error (status 2)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(EXIT_EXPECTED)
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+             file=None):
+    """A tqdm bar on a terminal; on a pipe or log file nothing (the log lines stay the record).
+    ``SSL_PROGRESS=1`` forces the bar, ``SSL_PROGRESS=0`` hides it."""
+    from tqdm import tqdm
+
+    file = sys.stderr if file is None else file
+    forced = os.environ.get("SSL_PROGRESS", "")
+    show = forced == "1" or (forced != "0" and hasattr(file, "isatty") and file.isatty())
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=file, disable=not show,
+                dynamic_ncols=True, leave=False)
