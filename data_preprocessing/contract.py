@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,11 +182,53 @@ def update_metadata(folder: str | os.PathLike, **changes) -> dict:
     return meta
 
 
+STAGING_PREFIX = ".staging-"
+COMMIT_JOURNAL = "COMMIT.json"
+
+
+def staging_folder(folder: str | os.PathLike, name: str) -> Path:
+    """A fresh staging folder for a new file set ``name`` (a left-over one from an interrupted
+    run, never committed, is removed: the set in place is still the described one)."""
+    staging = Path(folder) / f"{STAGING_PREFIX}{name}"
+    if staging.exists() and not (staging / COMMIT_JOURNAL).is_file():
+        shutil.rmtree(staging)
+    finish_commits(folder)
+    staging.mkdir()
+    return staging
+
+
+def commit_staged(folder: str | os.PathLike, staging: Path, metadata: dict) -> None:
+    """Put every file of ``staging`` in place of its namesake in ``folder`` and merge
+    ``metadata`` into dataset.json, as one step: a journal is written first, so a run cut short
+    while switching is completed by the next :func:`load_dataset` (roll forward)."""
+    names = sorted(p.name for p in staging.iterdir() if p.name != COMMIT_JOURNAL)
+    write_json(staging / COMMIT_JOURNAL, {"files": names, "metadata": metadata})
+    _finish(Path(folder), staging)
+
+
+def finish_commits(folder: str | os.PathLike) -> None:
+    """Complete the commits of file sets interrupted while switching (journal present)."""
+    for staging in sorted(Path(folder).glob(f"{STAGING_PREFIX}*")):
+        if (staging / COMMIT_JOURNAL).is_file():
+            _finish(Path(folder), staging)
+
+
+def _finish(folder: Path, staging: Path) -> None:
+    journal = read_json(staging / COMMIT_JOURNAL)
+    for name in journal["files"]:
+        if (staging / name).exists():
+            os.replace(staging / name, folder / name)
+    update_metadata(folder, **journal["metadata"])
+    shutil.rmtree(staging)
+
+
 def load_dataset(folder: str | os.PathLike) -> Dataset:
-    """Read a registered dataset folder; a missing or wrong file is a clear error."""
+    """Read a registered dataset folder; a missing or wrong file is a clear error. A file set
+    whose switch was interrupted is completed first (:func:`commit_staged`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: expected a dataset folder, found nothing there")
+    finish_commits(folder)
     meta_path, splits_path = folder / DATASET_JSON, folder / SPLITS_JSON
     for path in (meta_path, splits_path):
         if not path.is_file():

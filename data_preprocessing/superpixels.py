@@ -22,7 +22,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import felzenszwalb
 
-from data_preprocessing.contract import load_dataset, update_metadata
+from data_preprocessing.contract import commit_staged, load_dataset, staging_folder
 from util.cli import progress
 from util.io import array_to_image, read_image, write_image
 
@@ -138,14 +138,19 @@ def generate(folder: str | os.PathLike, scale: str = "MIDDLE", relabel_mode: str
         raise ValueError(f"relabel mode: expected one of {RELABEL_MODES}, got {relabel_mode!r}")
     ds = load_dataset(folder)
     params, threshold = SCALES[scale], float(ds.meta["body_threshold"])
-    todo = ds.cases if cases is None else cases
-    jobs = [(ds.path("image", p), ds.path("pseudolabel", p, scale), ds.path("fgmask", p), params,
-             threshold, relabel_mode) for p in todo]
-    stats = run_jobs(_process_case, jobs, workers, desc=f"superpixels {scale}")
     record = {"method": "felzenszwalb2d", **asdict(params), "body_threshold": threshold,
               "relabel": relabel_mode, "skimage": skimage.__version__}
-    if cases is None:
-        update_metadata(folder, pseudolabels={scale: record})
+    if cases is not None:  # a few cases, written in place (tests, partial folders)
+        jobs = [(ds.path("image", p), ds.path("pseudolabel", p, scale), ds.path("fgmask", p),
+                 params, threshold, relabel_mode) for p in cases]
+        return run_jobs(_process_case, jobs, workers, desc=f"superpixels {scale}")
+    # the whole set: written aside, then switched with its dataset.json record in one step
+    staging = staging_folder(folder, f"superpix-{scale}")
+    jobs = [(ds.path("image", p), staging / ds.path("pseudolabel", p, scale).name,
+             staging / ds.path("fgmask", p).name, params, threshold, relabel_mode)
+            for p in ds.cases]
+    stats = run_jobs(_process_case, jobs, workers, desc=f"superpixels {scale}")
+    commit_staged(folder, staging, {"pseudolabels": {scale: record}})
     return stats
 
 

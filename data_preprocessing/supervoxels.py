@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from data_preprocessing.contract import load_dataset, update_metadata
+from data_preprocessing.contract import commit_staged, load_dataset, staging_folder
 from data_preprocessing.superpixels import body_mask, relabel, run_jobs
 from util.io import array_to_image, read_image, write_image
 
@@ -154,14 +154,18 @@ def generate(folder: str | os.PathLike, min_size: int = 5000, workers: int | Non
         raise ValueError(f"min_size: expected a positive voxel count, got {min_size}")
     ds = load_dataset(folder)
     name = scale_name(min_size)
-    todo = ds.cases if cases is None else cases
-    jobs = [(ds.path("image", p), ds.path("pseudolabel", p, name), min_size) for p in todo]
+    if cases is not None:  # a few cases, written in place
+        jobs = [(ds.path("image", p), ds.path("pseudolabel", p, name), min_size) for p in cases]
+        return run_jobs(_process_case, jobs, workers, desc=f"supervoxels {name}")
+    # the whole set: written aside, then switched with its dataset.json record in one step
+    staging = staging_folder(folder, f"superpix-{name}")
+    jobs = [(ds.path("image", p), staging / ds.path("pseudolabel", p, name).name, min_size)
+            for p in ds.cases]
     counts = run_jobs(_process_case, jobs, workers, desc=f"supervoxels {name}")
-    if cases is None:
-        update_metadata(folder, pseudolabels={name: {
-            "method": "felzenszwalb3d", "min_size": min_size, "sigma": 0.0, "scale": 1.0,
-            "body_threshold": BODY_THRESHOLD, "intensity": "minmax_0_255", "relabel": "compact",
-            "connectivity": 26}})
+    commit_staged(folder, staging, {"pseudolabels": {name: {
+        "method": "felzenszwalb3d", "min_size": min_size, "sigma": 0.0, "scale": 1.0,
+        "body_threshold": BODY_THRESHOLD, "intensity": "minmax_0_255", "relabel": "compact",
+        "connectivity": 26}}})
     return counts
 
 

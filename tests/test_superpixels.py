@@ -86,3 +86,70 @@ def test_generate_records_parameters(tmp_path):
     assert record["relabel"] == "compact"
     with pytest.raises(ValueError, match="scale"):
         sp.generate(tmp_path, "HUGE")
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("superpix-MIDDLE_*.nii.gz"))}
+
+
+@pytest.mark.slow
+def test_an_interrupted_rerun_leaves_the_old_set_intact_and_described(tmp_path):
+    """A real SIGKILL while `superpixels --relabel faithful` rewrites an existing MIDDLE set."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from data_preprocessing.contract import load_dataset
+    from data_preprocessing.phantom import write_phantom
+    from data_preprocessing.verify import verify_dataset
+
+    root = Path(__file__).resolve().parents[1]
+    write_phantom(tmp_path, seed=2, size=128, n_slices=12)
+    sp.generate(tmp_path, workers=1)
+    before = _snapshot(tmp_path)
+    meta_before = (tmp_path / "dataset.json").read_text(encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "data_preprocessing.superpixels", "--dir",
+                             str(tmp_path), "--relabel", "faithful", "--workers", "1"], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = tmp_path / ".staging-superpix-MIDDLE"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(staging.glob("superpix-MIDDLE_*.nii.gz"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the re-run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _snapshot(tmp_path) == before  # every file of the old set, unchanged
+    assert (tmp_path / "dataset.json").read_text(encoding="utf-8") == meta_before
+    assert load_dataset(tmp_path).meta["pseudolabels"]["MIDDLE"]["relabel"] == "compact"
+    verify_dataset(tmp_path)
+    # a complete re-run replaces the whole set and its record together
+    sp.generate(tmp_path, relabel_mode="faithful", workers=1)
+    assert not staging.exists()
+    assert json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))[
+        "pseudolabels"]["MIDDLE"]["relabel"] == "faithful"
+    assert _snapshot(tmp_path) != before
+
+
+def test_a_switch_cut_short_is_completed_on_the_next_load(tmp_path):
+    from data_preprocessing.contract import COMMIT_JOURNAL, load_dataset, staging_folder
+    from data_preprocessing.phantom import write_phantom
+    from util.io import write_json
+
+    write_phantom(tmp_path, seed=3, size=64, n_slices=4)
+    sp.generate(tmp_path, workers=1)
+    staging = staging_folder(tmp_path, "superpix-MIDDLE")
+    first = sorted(tmp_path.glob("superpix-MIDDLE_*.nii.gz"))
+    for path in first:
+        (staging / path.name).write_bytes(b"new " + path.name.encode())
+    write_json(staging / COMMIT_JOURNAL, {"files": [p.name for p in first],
+                                          "metadata": {"pseudolabels": {"MIDDLE": {"x": 1}}}})
+    (first[0]).write_bytes((staging / first[0].name).read_bytes())  # one file already switched
+    (staging / first[0].name).unlink()
+    ds = load_dataset(tmp_path)
+    assert ds.meta["pseudolabels"]["MIDDLE"]["x"] == 1 and not staging.exists()
+    assert all(p.read_bytes() == b"new " + p.name.encode() for p in first)
