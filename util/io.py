@@ -51,19 +51,23 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output") -> Path:
-    """Create ``path`` if needed and check that files can be written in it, before any long
-    computation; PermissionError / FileExistsError naming the path otherwise."""
+    """Check, before any long computation, that files can be written in folder ``path``: it is
+    a writable folder, or the nearest existing folder above it is (nothing is created here).
+    PermissionError / FileExistsError naming the path otherwise."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path}: expected a folder ({what}), found a file in the way")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FileExistsError(f"{path}: expected a folder ({what}), found a file in the way"
+                              + ("" if existing == path else f" ({existing})"))
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_check.", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".write_check.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise PermissionError(f"{path}: expected a writable folder ({what}), cannot write there "
-                              f"({err.strerror or err})") from None
+        raise PermissionError(f"{path}: expected a writable folder ({what}), cannot write in "
+                              f"{existing} ({err.strerror or err})") from None
     return path
 
 
