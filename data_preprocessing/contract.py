@@ -141,11 +141,14 @@ def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1) -> dict:
 
 
 def register(folder: str | os.PathLike, dataset: str, *, n_shots: int = 1,
-             preprocessing: dict | None = None) -> Dataset:
+             preprocessing: dict | None = None, force: bool = False,
+             no_folds: bool = False) -> Dataset:
     """Write ``dataset.json`` and ``splits.json`` for ``folder``, keeping recorded extras.
 
     Pseudolabel variants and class maps already recorded in an existing ``dataset.json`` are kept
-    when their files are still present.
+    when their files are still present. A folder registered as another dataset is refused
+    unless ``force``. Too few scans for the folds leave ``splits.json`` without folds; verify
+    then fails unless ``no_folds`` marks the folder as meant for preprocessing only.
     """
     folder = Path(folder)
     info = get_dataset_info(dataset)
@@ -153,6 +156,10 @@ def register(folder: str | os.PathLike, dataset: str, *, n_shots: int = 1,
     if not cases:
         raise FileNotFoundError(f"{folder}: expected image_<id>.nii.gz files, found none")
     old = read_json(folder / DATASET_JSON) if (folder / DATASET_JSON).is_file() else {}
+    if old.get("name") not in (None, info.name) and not force:
+        raise ValueError(f"{folder / DATASET_JSON}: the folder is registered as {old['name']}, "
+                         f"not {info.name}; expected the same dataset (pass --force to "
+                         f"re-register it as {info.name})")
     pseudo = {s: p for s, p in old.get("pseudolabels", {}).items()
               if all((folder / FILE_PATTERNS["pseudolabel"].format(pid=c, scale=s)).is_file()
                      for c in cases)}
@@ -162,6 +169,8 @@ def register(folder: str | os.PathLike, dataset: str, *, n_shots: int = 1,
     prep.update(preprocessing or {})
     meta = build_metadata(info, cases, pseudo, classmaps, prep)
     splits = build_splits(info, cases, n_shots)
+    if not splits["folds"]:
+        splits["no_folds"] = bool(no_folds)
     write_json(folder / DATASET_JSON, meta)
     write_json(folder / SPLITS_JSON, splits)
     return Dataset(folder, meta, splits)
@@ -250,23 +259,6 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     return Dataset(folder, meta, splits)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="CHAOST2, SABS, CMR or PHANTOM")
-    parser.add_argument("--dir", required=True, help="preprocessed dataset folder")
-    parser.add_argument("--n-shots", type=int, default=1)
-    args = parser.parse_args(argv)
-    ds = register(args.dir, args.dataset, n_shots=args.n_shots)
-    print(f"registered {ds.name}: {len(ds.cases)} cases, {len(ds.splits['folds'])} folds "
-          f"-> {ds.root / DATASET_JSON}, {ds.root / SPLITS_JSON}")
-
-
-if __name__ == "__main__":
-    from util.cli import run_main
-
-    run_main("python -m data_preprocessing.contract", main)
-
-
 def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],
                      where: str = "label") -> np.ndarray:
     """Stored label values to class ids (CMR 200/500/600 to 1/2/3); int64 output.
@@ -287,3 +279,26 @@ def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],
                              f"{', '.join(map(str, raw_label_values))}}}, found {sorted(unknown)}")
         out = mapped
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="CHAOST2, SABS, CMR or PHANTOM")
+    parser.add_argument("--dir", required=True, help="preprocessed dataset folder")
+    parser.add_argument("--n-shots", type=int, default=1)
+    parser.add_argument("--force", action="store_true",
+                        help="re-register a folder registered as another dataset")
+    parser.add_argument("--no-folds", action="store_true",
+                        help="too few scans for folds: mark the folder as preprocessing-only "
+                             "(training and validation refuse it)")
+    args = parser.parse_args(argv)
+    ds = register(args.dir, args.dataset, n_shots=args.n_shots, force=args.force,
+                  no_folds=args.no_folds)
+    print(f"registered {ds.name}: {len(ds.cases)} cases, {len(ds.splits['folds'])} folds "
+          f"-> {ds.root / DATASET_JSON}, {ds.root / SPLITS_JSON}")
+
+
+if __name__ == "__main__":
+    from util.cli import run_main
+
+    run_main("python -m data_preprocessing.contract", main)

@@ -141,6 +141,11 @@ def _check_classmaps(ds: Dataset, label_ids: dict[str, np.ndarray],
 
 
 def _check_splits(ds: Dataset, problems: list[str]) -> None:
+    if not ds.splits["folds"] and not ds.splits.get("no_folds"):
+        problems.append(f"{ds.root / 'splits.json'}: expected folds for training and validation, "
+                        f"found none ({ds.splits.get('note') or f'{len(ds.cases)} scans'}); "
+                        f"bring the dataset's scans, or re-register with --no-folds to mark the "
+                        f"folder as preprocessing-only")
     known = set(ds.cases)
     for fold in ds.splits["folds"]:
         for role in ("train", "query", "support"):
@@ -173,6 +178,13 @@ def verify_dataset(folder: str | os.PathLike) -> Dataset:
                 label_ids[pid] = lab
     _check_classmaps(ds, label_ids, problems)
     _check_splits(ds, problems)
+    if label_ids and len(label_ids) == len(ds.cases):
+        present = set().union(*(np.unique(lab).tolist() for lab in label_ids.values()))
+        missing = [ds.labels[c] for c in ds.meta["all_test_labels"] if c not in present]
+        if missing:
+            problems.append(f"{folder / 'dataset.json'}: expected the {ds.name} classes "
+                            f"{[ds.labels[c] for c in ds.meta['all_test_labels']]} in the labels, "
+                            f"found no voxel of {missing} in any scan")
     if problems:
         raise DatasetVerificationError(folder, problems)
     return ds
@@ -183,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", required=True, help="registered dataset folder")
     args = parser.parse_args(argv)
     ds = verify_dataset(args.dir)
-    print(f"{args.dir}: {len(ds.cases)} cases verified "
+    folds = (f"{len(ds.splits['folds'])} folds" if ds.splits["folds"]
+             else "no folds (preprocessing only)")
+    print(f"{args.dir}: {ds.name} ({ds.meta['modality']}), {len(ds.cases)} cases verified, {folds} "
           f"(pseudolabels: {sorted(ds.meta.get('pseudolabels', {}))}, "
           f"classmaps: {ds.meta.get('classmaps', [])})")
 

@@ -170,3 +170,33 @@ def test_a_nan_voxel_stops_every_reader(clean_folder, tmp_path):
     with pytest.raises(ValueError, match=r"image_4\.nii\.gz: expected finite voxel values, found "
                                          r"1 NaN/inf voxel"):
         load_volumes(load_dataset(root), ["4"])
+
+
+def test_a_usable_folder_needs_folds_and_its_own_name(tmp_path):
+    import warnings
+
+    from data_preprocessing.contract import register
+
+    write_phantom(tmp_path, seed=1, size=64, n_slices=4)
+    superpixels.generate(tmp_path, workers=1)
+    write_classmap(tmp_path, 1)
+    verify_dataset(tmp_path)
+    with pytest.raises(ValueError, match=r"registered as PHANTOM, not CHAOST2; .* --force"):
+        register(tmp_path, "CHAOST2")
+    # two scans: no folds, and verify says so unless the folder is marked preprocessing-only
+    for pid in load_dataset(tmp_path).cases[2:]:
+        for kind in ("image", "label"):
+            (tmp_path / f"{kind}_{pid}.nii.gz").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        register(tmp_path, "PHANTOM")
+    with pytest.raises(DatasetVerificationError, match=r"expected folds for training and "
+                                                       r"validation, found none"):
+        verify_dataset(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        register(tmp_path, "PHANTOM", no_folds=True)
+    write_classmap(tmp_path, 1)
+    verify_dataset(tmp_path)
+    with pytest.raises(ValueError, match=r"splits\.json: expected folds, found none"):
+        load_dataset(tmp_path).fold(0)  # training and validation refuse it
