@@ -15,6 +15,7 @@ wrong type or outside its allowed values fails naming the key, what it expects a
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class Key:
     types: tuple[type, ...]
     choices: tuple | None = None
     doc: str = ""
+    low: float | None = None  # the smallest value allowed (numbers)
+    positive: bool = False    # strictly above ``low`` (for floats)
 
 
 DERIVED = None
@@ -59,15 +62,15 @@ _NONE = type(None)
 # Every key of training.py and validation.py, declared once; defaults are the original's (§7.1).
 KEYS: dict[str, Key] = {
     # run
-    "seed": Key(1234, (int,)),
+    "seed": Key(1234, (int,), low=0),
     "device": Key("auto", (str,), doc="auto | cpu | cuda | cuda:N | mps"),
     "deterministic": Key(False, (bool,), doc="deterministic kernels (same seed -> same losses "
                                              "on a CPU)"),
-    "num_workers": Key(4, (int,)),
+    "num_workers": Key(4, (int,), low=0),
     # data
     "dataset": Key("CHAOST2", (str,), doc="CHAOST2 | SABS | CMR | PHANTOM"),
     "data_dir": Key(DERIVED, (str,), doc="default ./data/<dataset>"),
-    "eval_fold": Key(0, (int,)),
+    "eval_fold": Key(0, (int,), low=0),
     "label_sets": Key(0, (int, str), doc="label group whose classes are tested; validation: "
                                          "'all' scores every group in one run"),
     "setting": Key(2, (int,), (1, 2), doc="1: all slices; 2: slices with any test class never "
@@ -84,7 +87,7 @@ KEYS: dict[str, Key] = {
                            "superpixels present, or the original's UniformInt[1, max-1]"),
     "min_superpixel_px": Key(DERIVED, (int,), doc="smallest pseudolabel an episode draws; "
                              "default 100 (uniform draw), 1 (original draw)"),
-    "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice"),
+    "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice", low=1),
     "which_aug": Key("sabs_aug", (str,), ("sabs_aug", "aug_v3")),
     # model
     "encoder": Key("deeplabv3_resnet101", (str,), ENCODER_NAMES),
@@ -95,25 +98,25 @@ KEYS: dict[str, Key] = {
                              "original's), a training run folder, 'latest' or 'best'"),
     "usealign": Key(True, (bool,)),
     "use_wce": Key(True, (bool,)),
-    "proto_grid_size": Key(8, (int,)),
+    "proto_grid_size": Key(8, (int,), low=1),
     "feature_hw": Key([32, 32], (list,)),
-    "val_wsize": Key(2, (int,)),
-    "fg_thresh": Key(0.95, (float,)),
-    "bg_thresh": Key(0.95, (float,)),
+    "val_wsize": Key(2, (int,), low=1),
+    "fg_thresh": Key(0.95, (float,), low=0.0),
+    "bg_thresh": Key(0.95, (float,), low=0.0),
     # optimisation
-    "n_steps": Key(100000, (int,)),
-    "lr": Key(1e-3, (float,)),
-    "momentum": Key(0.9, (float,)),
-    "weight_decay": Key(5e-4, (float,)),
-    "lr_step_gamma": Key(0.95, (float,)),
-    "lr_step_size": Key(1000, (int,)),
+    "n_steps": Key(100000, (int,), low=1),
+    "lr": Key(1e-3, (float,), low=0.0, positive=True),
+    "momentum": Key(0.9, (float,), low=0.0),
+    "weight_decay": Key(5e-4, (float,), low=0.0),
+    "lr_step_gamma": Key(0.95, (float,), low=0.0, positive=True),
+    "lr_step_size": Key(1000, (int,), low=1),
     # logging and checkpoints
-    "print_interval": Key(100, (int,)),
-    "image_every": Key(1000, (int,)),
-    "save_snapshot_every": Key(25000, (int,)),
-    "checkpoint_every": Key(500, (int,)),
+    "print_interval": Key(100, (int,), low=1),
+    "image_every": Key(1000, (int,), low=1),
+    "save_snapshot_every": Key(25000, (int,), low=1),
+    "checkpoint_every": Key(500, (int,), low=1),
     "val_every": Key(0, (int,), doc="validate every N steps and at the end (0: off): "
-                                    "val/dice/*, val_curve.csv/.png, snapshots/best.pth"),
+                                    "val/dice/*, val_curve.csv/.png, snapshots/best.pth", low=0),
     "resume": Key(None, (str, _NONE), doc="run folder or checkpoint file to continue from"),
     "bf16": Key("auto", (bool, str), (True, False, "auto"), doc="bfloat16 autocast of the "
                 "encoder; auto: where the hardware has it (CUDA with bf16, AVX512-BF16/AMX)"),
@@ -130,15 +133,15 @@ KEYS: dict[str, Key] = {
     "realistic_chunks": Key("aligned", (str,), REALISTIC_CHUNKS, doc="realistic protocol: "
                             "parts from the organ's place in the support (aligned) or the "
                             "query's body extent split evenly (body)"),
-    "n_shots": Key(1, (int,)),
+    "n_shots": Key(1, (int,), low=1),
     "support_idx": Key([-1], (list,)),
-    "n_sup_part": Key(3, (int,)),
-    "z_margin": Key(0, (int,)),
+    "n_sup_part": Key(3, (int,), low=1),
+    "z_margin": Key(0, (int,), low=0),
     "save_predictions": Key(True, (bool,)),
     "cross_dataset": Key(False, (bool,), doc="validation: evaluate a checkpoint trained on "
                          "another dataset (refused unless True)"),
-    "eval_batch_size": Key(16, (int,)),
-    "n_overlay_slices": Key(3, (int,)),
+    "eval_batch_size": Key(16, (int,), low=1),
+    "n_overlay_slices": Key(3, (int,), low=0),
 }
 ex.add_config({name: key.default for name, key in KEYS.items()})
 
@@ -270,6 +273,10 @@ def check_config(config: dict) -> None:
                              f"({type(value).__name__})")
         if key.choices is not None and value not in key.choices:
             raise ValueError(f"config: {name} expects one of {list(key.choices)}, got {value!r}")
+        if key.low is not None and isinstance(value, (int, float)) and (
+                value < key.low or (key.positive and value <= key.low)):
+            bound = f"> {key.low}" if key.positive else f">= {key.low}"
+            raise ValueError(f"config: {name} expects a value {bound}, got {value!r}")
     try:
         groups = len(get_dataset_info(config["dataset"]).label_groups)
     except KeyError as err:
@@ -287,6 +294,14 @@ def check_config(config: dict) -> None:
     if config["n_shots"] < 1:
         raise ValueError(f"config: n_shots expects at least 1 support scan, got "
                          f"{config['n_shots']}")
+    if config["n_shots"] > 1 and config["support_idx"] != [-1]:
+        raise ValueError(f"config: support_idx chooses the one support scan of 1-shot "
+                         f"evaluation; with n_shots={config['n_shots']} the last "
+                         f"{config['n_shots']} validation scans are the support, so expects "
+                         f"support_idx=[-1], got {config['support_idx']}")
+    if len(config["support_idx"]) != 1 or not isinstance(config["support_idx"][0], int):
+        raise ValueError(f"config: support_idx expects one scan index in a list, e.g. [-1], got "
+                         f"{config['support_idx']}")
     if config["superpixel_draw"] == "original" and config["min_superpixel_px"] not in (None, 1):
         raise ValueError(f"config: superpixel_draw='original' has no size check, so "
                          f"min_superpixel_px expects 1, got {config['min_superpixel_px']}")
@@ -327,22 +342,38 @@ class RunFolderObserver(FileStorageObserver):
         last = "".join(fail_trace).strip().splitlines()[-1:] if fail_trace else []
         (Path(self.dir) / "FAILED").write_text("\n".join(last) + "\n", encoding="utf-8")
 
+    def completed_event(self, stop_time, result):
+        super().completed_event(stop_time, result)
+        (Path(self.dir) / "FAILED").unlink(missing_ok=True)  # a resume that finished the run
+
 
 class ContinuingObserver(RunFolderObserver):
     """sacred's file observer writing into an existing run folder (``resume=``): metrics.json,
     cout.txt and the tensorboard events are appended to, the earlier run.json is kept as
-    ``run.<n>.json`` and run.json describes the resumed segment."""
+    ``run.<n>.json`` and run.json describes the resumed segment. A resume that fails leaves the
+    run as it was: its own record goes to ``run.<n>.resume_failed.json``."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(str(run_dir.parent))
         self.run_dir = run_dir
+        self.previous: Path | None = None
 
     def _make_run_dir(self, _id) -> None:
         self.dir = str(self.run_dir)
-        previous = self.run_dir / "run.json"
-        if previous.is_file():
-            n = 1 + sum(1 for _ in self.run_dir.glob("run.[0-9]*.json"))
-            previous.rename(self.run_dir / f"run.{n}.json")
+        current = self.run_dir / "run.json"
+        if current.is_file():
+            n = 1
+            while (self.run_dir / f"run.{n}.json").exists():
+                n += 1
+            self.previous = self.run_dir / f"run.{n}.json"
+            current.rename(self.previous)
+
+    def failed_event(self, fail_time, fail_trace):
+        FileStorageObserver.failed_event(self, fail_time, fail_trace)
+        if self.previous is not None:
+            failed = self.previous.with_name(self.previous.stem + ".resume_failed.json")
+            os.replace(self.run_dir / "run.json", failed)
+            os.replace(self.previous, self.run_dir / "run.json")
 
 
 def resumed_run_folder(resume: str | None) -> Path | None:

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from sacred.utils import SacredInterrupt
 from torch.nn.parallel import DistributedDataParallel
 
-from config_ssl_upload import ex, resolve_exclude_labels, run_cli
+# config_ssl_upload first: it silences sacred's pkg_resources warning before importing sacred
+from config_ssl_upload import SacredInterrupt, ex, resolve_exclude_labels, run_cli
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
@@ -208,7 +208,7 @@ def train(_run, _config, _log):
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
     step = 0
-    best = {"step": None, "mean": float("-inf")}  # best validation mean Dice so far
+    best = {"step": None, "mean": None}  # best validation mean Dice so far
     if resumed is not None:
         path, state = resumed
         optimizer.load_state_dict(state["optimizer"])
@@ -233,7 +233,7 @@ def train(_run, _config, _log):
             curve.add(step, dice)
             _log.info("step %d validation: mean Dice %.2f%% (%s)", step, 100 * dice["mean"],
                       ", ".join(f"{o} {100 * d:.2f}" for o, d in dice.items() if o != "mean"))
-            if dice["mean"] > best["mean"]:
+            if best["mean"] is None or dice["mean"] > best["mean"]:
                 best.update(step=step, mean=dice["mean"])
                 checkpoint(snapshots / BEST)
         distributed.barrier(rank)
@@ -250,6 +250,7 @@ def train(_run, _config, _log):
     model.train()
     loss = None
     window_start = time.perf_counter()  # the s/step of each print_interval window
+    start_step = step
     stops = StopRequests(_log)
     bar = progress(total=cfg["n_steps"], desc="training", unit="step") if rank.is_main \
         else None
@@ -308,7 +309,7 @@ def train(_run, _config, _log):
         if bar is not None:
             bar.close()
 
-    if cfg["val_every"] and step % cfg["val_every"]:
+    if cfg["val_every"] and step % cfg["val_every"] and step > start_step:
         validation()  # at the end
     if step % cfg["checkpoint_every"] or not (snapshots / LATEST).is_file():
         checkpoint(snapshots / LATEST)

@@ -304,3 +304,18 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(phantom_dir, 
     assert sorted(got) == list(range(1, 301))  # nothing lost, nothing repeated
     assert len(metrics["steps"]) == 300
     assert all(got[s] == pytest.approx(reference[s], rel=1e-5) for s in got)
+
+
+def test_a_failed_resume_leaves_the_run_as_it_was(phantom_dir, tmp_path):
+    run = run_train(small(phantom_dir, tmp_path, n_steps=2))
+    run_dir = Path(run.observers[0].dir)
+    before = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    with pytest.raises(ValueError, match="resuming needs the same 'seed'"):
+        run_train(small(phantom_dir, tmp_path, n_steps=4, seed=9, resume=str(run_dir)))
+    assert json.loads((run_dir / "run.json").read_text(encoding="utf-8")) == before
+    assert not (run_dir / "FAILED").exists()
+    assert (run_dir / "run.1.resume_failed.json").is_file()
+    with pytest.raises(ValueError, match="print_interval expects a value >= 1, got 0"):
+        run_train(small(phantom_dir, tmp_path, print_interval=0))
+    with pytest.raises(ValueError, match=r"support_idx chooses the one support scan"):
+        run_train(small(phantom_dir, tmp_path, n_shots=2, support_idx=[0]))

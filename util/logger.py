@@ -8,6 +8,8 @@ heartbeat).
 from __future__ import annotations
 
 import csv
+import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +22,9 @@ from util.io import atomic_path
 
 class RunLogger:
     def __init__(self, run_dir: str | Path, sacred_run=None, print_interval: int = 100) -> None:
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        # a unique suffix: a resumed run in the same second must not reuse the events file name
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                                    filename_suffix=f".{os.getpid()}.{time.time_ns()}")
         self.run = sacred_run
         self.print_interval = max(1, int(print_interval))
         self._window: dict[str, list[float]] = defaultdict(list)
