@@ -291,9 +291,6 @@ def check_config(config: dict) -> None:
     if config["feature_hw"][0] % config["proto_grid_size"]:
         raise ValueError(f"config: proto_grid_size {config['proto_grid_size']} must divide "
                          f"feature_hw {config['feature_hw']}")
-    if config["n_shots"] < 1:
-        raise ValueError(f"config: n_shots expects at least 1 support scan, got "
-                         f"{config['n_shots']}")
     if config["n_shots"] > 1 and config["support_idx"] != [-1]:
         raise ValueError(f"config: support_idx chooses the one support scan of 1-shot "
                          f"evaluation; with n_shots={config['n_shots']} the last "

@@ -49,7 +49,7 @@ def test_config_errors(setup):
     one_line_error(cli("training.py", "with", "quickstart", "n_step=3"), "training.py",
                    "config: unknown key 'n_step'; did you mean 'n_steps'")
     one_line_error(validate(setup, "n_shots=0"), "validation.py",
-                   "config: n_shots expects at least 1 support scan, got 0")
+                   "config: n_shots expects a value >= 1, got 0")
     one_line_error(validate(setup, f"reload_model_path={setup['checkpoint']}",
                             "support_idx=[99]"),
                    "validation.py", "support_idx expects an index into a fold's")

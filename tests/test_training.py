@@ -155,16 +155,28 @@ def test_nonfinite_loss_stops_and_saves_the_episode(phantom_dir, tmp_path, monke
     assert torch.load(saved[0], weights_only=True)["episode"]["support_images"].shape[-1] == 64
 
 
+def cli_run_args(phantom_dir, n_steps: int, checkpoint_every: int) -> list[str]:
+    """training.py arguments of the kill / signal tests (deterministic, a loss every step)."""
+    return ["with", "phantom", "setting1", f"data_dir={phantom_dir}", "encoder=tiny",
+            "num_workers=0", f"n_steps={n_steps}", "print_interval=1",
+            f"checkpoint_every={checkpoint_every}", "deterministic=True", "device=cpu",
+            "lr=0.01", "image_every=1000"]
+
+
+def uninterrupted_run(args: list[str], log_dir: Path, env: dict) -> Path:
+    """Run training to the end in a subprocess; its run folder."""
+    full = subprocess.run([sys.executable, "training.py", *args, f"log_dir={log_dir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
+                          timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    return next(log_dir.rglob("metrics.json")).parent
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(phantom_dir, tmp_path):
-    args = ["with", "phantom", "setting1", f"data_dir={phantom_dir}", "encoder=tiny",
-            "num_workers=0", "n_steps=40", "print_interval=1", "checkpoint_every=5",
-            "deterministic=True", "device=cpu", "lr=0.01", "image_every=1000"]
+    args = cli_run_args(phantom_dir, n_steps=40, checkpoint_every=5)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = subprocess.run([sys.executable, "training.py", *args, f"log_dir={tmp_path / 'full'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", timeout=300)
-    assert full.returncode == 0, full.stderr[-2000:]
-    full_run = next((tmp_path / "full").rglob("metrics.json")).parent
+    full_run = uninterrupted_run(args, tmp_path / "full", env)
 
     proc = subprocess.Popen([sys.executable, "training.py", *args,
                              f"log_dir={tmp_path / 'killed'}"], cwd=ROOT, env=env,
@@ -265,15 +277,9 @@ def test_a_failed_run_folder_is_marked(phantom_dir, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(phantom_dir, tmp_path):
-    args = ["with", "phantom", "setting1", f"data_dir={phantom_dir}", "encoder=tiny",
-            "num_workers=0", "n_steps=300", "print_interval=1", "checkpoint_every=1000",
-            "deterministic=True", "device=cpu", "lr=0.01", "image_every=1000"]
+    args = cli_run_args(phantom_dir, n_steps=300, checkpoint_every=1000)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = subprocess.run([sys.executable, "training.py", *args, f"log_dir={tmp_path / 'full'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
-                          timeout=300)
-    assert full.returncode == 0, full.stderr[-2000:]
-    reference = losses(next((tmp_path / "full").rglob("metrics.json")).parent)
+    reference = losses(uninterrupted_run(args, tmp_path / "full", env))
 
     proc = subprocess.Popen([sys.executable, "training.py", *args,
                              f"log_dir={tmp_path / 'stopped'}"], cwd=ROOT, env=env,
