@@ -29,6 +29,7 @@ bench: venv
 	$(PY) benchmarks/bench_conv3x3.py
 	$(PY) -m benchmarks.bench_precision
 	$(PY) benchmarks/bench_validation.py
+	$(PY) benchmarks/bench_layout.py
 
 clean-data:
 	rm -rf data/PHANTOM
