@@ -87,7 +87,8 @@ KEYS: dict[str, Key] = {
                            "superpixels present, or the original's UniformInt[1, max-1]"),
     "min_superpixel_px": Key(DERIVED, (int,), doc="smallest pseudolabel an episode draws; "
                              "default 100 (uniform draw), 1 (original draw)"),
-    "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice", low=1),
+    "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice",
+                     low=1),
     "which_aug": Key("sabs_aug", (str,), ("sabs_aug", "aug_v3")),
     # model
     "encoder": Key("deeplabv3_resnet101", (str,), ENCODER_NAMES),

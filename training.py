@@ -27,8 +27,8 @@ from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
 from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, SupervoxelEpisodes,
                                   SuperpixelEpisodes, episode_loader, training_classes)
-from inference.evaluate import Evaluation, evaluate
-from inference.loader import NO_WEIGHTS, build_model, weights_of_state
+from inference.evaluate import evaluate
+from inference.loader import ARCH_BEFORE, NO_WEIGHTS, build_model, weights_of_state
 from models.losses import CLASS_WEIGHTS, weighted_cross_entropy
 from util import distributed
 from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
@@ -50,7 +50,7 @@ RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "
 
 # what checkpoints written before a key existed were trained with
 BEFORE_KEY = {"world_size": 1, "exclude_mode": "any", "superpixel_draw": "uniform",
-              "prototypes": "alp"}
+              **ARCH_BEFORE}
 
 
 def build_episodes(cfg: dict, ds, train_pids: list[str]):
@@ -68,24 +68,22 @@ def build_episodes(cfg: dict, ds, train_pids: list[str]):
                                min_fg_px=cfg["min_fg_px"], **common)
 
 
-def validation_sets(cfg: dict, ds) -> list:
+def validation_set(cfg: dict, ds):
     """The evaluation set validated during training: every label group's test classes in
     Setting 1, the run's own group in Setting 2 (configured protocol, support and query scans of
     ``splits.json``)."""
-    return [build_evaluation(ds, cfg["eval_fold"],
-                             label_group="all" if cfg["setting"] == 1 else cfg["label_sets"],
-                             protocol=cfg["protocol"], npart=cfg["n_sup_part"],
-                             z_margin=cfg["z_margin"], realistic_chunks=cfg["realistic_chunks"])]
+    return build_evaluation(ds, cfg["eval_fold"],
+                            label_group="all" if cfg["setting"] == 1 else cfg["label_sets"],
+                            protocol=cfg["protocol"], npart=cfg["n_sup_part"],
+                            z_margin=cfg["z_margin"], realistic_chunks=cfg["realistic_chunks"])
 
 
-def validate_now(model, ds, sets: list, device: torch.device, batch_size: int) -> dict[str, float]:
+def validate_now(model, ds, evalset, device: torch.device, batch_size: int) -> dict[str, float]:
     """Mean Dice per organ and overall (``mean``) of the current weights; the model is put back
     in train mode. Evaluation draws no random numbers, so the training stream is unchanged."""
-    result = Evaluation()
     model.eval()
     try:
-        for evalset in sets:
-            result.extend(evaluate(model, ds, evalset, device, batch_size))
+        result = evaluate(model, ds, evalset, device, batch_size)
     finally:
         model.train()
     summary = summarize(result.scores)
@@ -192,7 +190,7 @@ def train(_run, _config, _log):
     _log.info("%s fold %d: %d training scans, excluded classes %s", ds.name, cfg["eval_fold"],
               len(fold["train"]), cfg["exclude_labels"])
     # rank 0 validates during training while the other ranks wait
-    val_sets = validation_sets(cfg, ds) if cfg["val_every"] > 0 and rank.is_main else []
+    val_set = validation_set(cfg, ds) if cfg["val_every"] > 0 and rank.is_main else None
 
     # model and optimizer
     resumed = find_resume_checkpoint(cfg["resume"], map_location=device) if cfg["resume"] \
@@ -227,8 +225,8 @@ def train(_run, _config, _log):
 
     def validation() -> None:
         """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
-        if val_sets:
-            dice = validate_now(model, ds, val_sets, device, cfg["eval_batch_size"])
+        if val_set is not None:
+            dice = validate_now(model, ds, val_set, device, cfg["eval_batch_size"])
             logger.summary(step, {f"val/dice/{organ}": d for organ, d in dice.items()})
             curve.add(step, dice)
             _log.info("step %d validation: mean Dice %.2f%% (%s)", step, 100 * dice["mean"],
@@ -240,7 +238,7 @@ def train(_run, _config, _log):
 
     # the step loop: the sampler yields the global steps step .. n_steps - 1
     logger = RunLogger(run_dir, _run, cfg["print_interval"]) if rank.is_main else None
-    curve = LearningCurve(run_dir) if val_sets else None
+    curve = LearningCurve(run_dir) if val_set is not None else None
     loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=step,
                             n_steps=max(cfg["n_steps"] - step, 0),
                             pin_memory=device.type == "cuda", rank=rank.rank,
@@ -293,8 +291,9 @@ def train(_run, _config, _log):
                 rate = (now - window_start) / cfg["print_interval"]
                 window_start = now
                 _log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  "
-                          "%.3f s/step", step, cfg["n_steps"], means["train/loss"], means["train/align_loss"], lr,
-                          means["train/empty_prototype_sets"], rate)
+                          "%.3f s/step", step, cfg["n_steps"], means["train/loss"],
+                          means["train/align_loss"], lr, means["train/empty_prototype_sets"],
+                          rate)
             if step % cfg["image_every"] == 0:
                 pred = out.logits[0].argmax(0)
                 logger.image("train/episode", step, episode_panel(

@@ -99,8 +99,8 @@ def validate(_run, _config, _log):
                          f"{cfg['data_dir']} are {ds.name} ({ds.meta['modality']}); evaluate it "
                          f"on {trained_on} data, or set cross_dataset=True to do this on purpose")
     explicit = set(_run.config_modifications.modified) | set(_run.config_modifications.added)
-    model = build_model(cfg, device, weights, explicit).eval()
-    cfg.update(architecture(cfg, weights))  # what was evaluated, for the summary
+    cfg = architecture(cfg, weights, explicit)  # the checkpoint's architecture, for the summary
+    model = build_model(cfg, device, weights).eval()
     trained = weights.config
 
     # predict and score: prototypes once per class and part, each query volume encoded once

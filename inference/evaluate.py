@@ -32,10 +32,6 @@ class Evaluation:
     scores: list[OrganScore] = field(default_factory=list)
     absent: list[dict] = field(default_factory=list)
 
-    def extend(self, other: Evaluation) -> None:
-        self.scores += other.scores
-        self.absent += other.absent
-
 
 @dataclass(frozen=True)
 class Outputs:
