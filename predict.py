@@ -25,10 +25,11 @@ from data_preprocessing.resample import fmt_spacing
 from dataloaders.evaluation import QueryScan, build_support, plan_query
 from inference.batched import encode_parts, segment
 from models.encoder import ENCODER_NAMES
-from inference.predict import (MODALITIES, binary_mask, check_same_grid, checkpoint_modality,
-                               dataset_info, load_model, orientation, output_path, prepare_mask,
-                               prepare_scan, read_scan, support_volume, target_spacing,
-                               to_original)
+from inference.predict import (MODALITIES, Grid, binary_mask, check_modality, check_same_grid,
+                               checkpoint_modality, checkpoint_warnings, dataset_info,
+                               is_oblique, load_model, orientation, output_path, prepare_mask,
+                               prepare_scan, read_scan, reorient, restore_layout,
+                               support_volume, target_orientation, target_spacing, to_original)
 from util.cli import run_main
 from util.device import resolve_device
 from util.io import ensure_writable_dir, write_image
@@ -46,7 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--query", required=True, nargs="+", type=Path, help="query image(s)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--modality", choices=MODALITIES, default=None,
-                   help="intensity preprocessing (default: the checkpoint's dataset, else MR)")
+                   help="intensity preprocessing (default: the checkpoint's dataset, else MR; "
+                        "a scan that looks like the other modality stops the run unless given)")
+    p.add_argument("--orientation", default="auto", metavar="CODE",
+                   help="axis order scans are segmented in: auto (the training data's, e.g. LAS "
+                        "for CHAOS-T2; else the support's), a code such as LAS, or stored (as "
+                        "each file is); oblique scans are always kept as stored")
     p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
                    help="target spacing x y [z] in mm (default: the training data's)")
     p.add_argument("--n-part", type=int, default=3, help="support parts (odd)")
@@ -75,26 +81,43 @@ def main(argv: list[str] | None = None) -> list[Path]:
     device = resolve_device(args.device)
     model, cfg = load_model(args.checkpoint, args.encoder, device)
     modality = args.modality or checkpoint_modality(cfg)
+    warnings = checkpoint_warnings(cfg, modality, args.checkpoint)
 
     # read, check and preprocess every input before writing anything
     support = read_scan(args.support, "support image")
     mask_image = read_scan(args.support_mask, "support mask")
     check_same_grid(support, mask_image, args.support, args.support_mask)
-    mask = binary_mask(mask_image, args.support_mask, args.label)
     info = dataset_info(modality, cfg.get("dataset"))
+    code = target_orientation(info, support, args.orientation)
+
+    def bring(image: sitk.Image, path: Path) -> sitk.Image:
+        """Check the modality, reorient to ``code`` (oblique scans are kept as stored)."""
+        warnings.append(check_modality(image, modality, args.modality is not None, str(path)))
+        if code is None or orientation(image) == code:
+            return image
+        if is_oblique(image):
+            warnings.append(f"warning: {path} is oblique (closest code {orientation(image)}); "
+                            f"its slices are segmented as stored, not as {code}")
+            return image
+        print(f"{path}: stored {orientation(image)}, segmented as {code}")
+        return reorient(image, code)
+
+    support = bring(support, args.support)
+    mask = binary_mask(reorient(mask_image, orientation(support)), args.support_mask, args.label)
     spacing = target_spacing(info, support, args.spacing)
-    print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
-          f"256 x 256, per-volume z-score; device {device}")
     sup = prepare_scan(support, spacing, modality, info.body_threshold, str(args.support))
     sup_mask = prepare_mask(mask, support, sup, str(args.support_mask))
-    queries = []
+    queries, stored = [], []
     for path in args.query:
         image = read_scan(path, "query image")
-        if orientation(image) != orientation(support):
-            print(f"warning: {path} is stored {orientation(image)}, the support "
-                  f"{orientation(support)}; slices are segmented as stored", file=sys.stderr)
-        queries.append(prepare_scan(image, spacing, modality, info.body_threshold, str(path)))
+        stored.append(Grid.of(image))
+        queries.append(prepare_scan(bring(image, path), spacing, modality, info.body_threshold,
+                                    str(path)))
     del support, mask_image, image  # only the preprocessed scans are kept
+    for line in filter(None, warnings):
+        print(line, file=sys.stderr)
+    print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
+          f"256 x 256, per-volume z-score, orientation {code or 'as stored'}; device {device}")
 
     # support parts: one slice per part, prototypes once
     name = f"label {args.label:g}" if args.label is not None else "mask"
@@ -103,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     prototypes = encode_parts(model, support_set, device)
 
     # per query: segment on the network grid, map back onto the query's grid, write
-    for path, prepared, out in zip(args.query, queries, outputs):
+    for path, prepared, grid, out in zip(args.query, queries, stored, outputs):
         start = time.perf_counter()
         # no query label exists; the realistic plan only records (never uses) the label's extent
         scan = QueryScan(pid=str(path), grey=torch.from_numpy(prepared.image),
@@ -111,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                          body_z=prepared.body_z)
         plan = plan_query(scan, 1, support_set, protocol="realistic")
         pred = segment(model, prototypes, scan, plan, device, args.batch_size)
-        result = to_original(pred, prepared)
+        result = restore_layout(to_original(pred, prepared), grid, str(path))
         write_image(result, out)
         n_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(result)))
         print(f"{path}: {n_voxels} voxels predicted in {time.perf_counter() - start:.1f} s "

@@ -29,6 +29,9 @@ class DatasetInfo:
     target_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm, SPEC §1
     raw_label_values: dict[int, int] = field(default_factory=dict)
     support_idx: int = -1  # index into a fold's val ids of the 1-shot support scan
+    # orientation code of the stored training volumes (predict.py reorients new scans to it);
+    # None where the volumes share none (CMR: oblique short-axis stacks, PSR or LSP)
+    orientation: str | None = None
 
 
 CHAOST2 = DatasetInfo(
@@ -41,6 +44,7 @@ CHAOST2 = DatasetInfo(
     normalization="zscore_volume",
     body_threshold=50.0001,
     target_spacing=(1.25, 1.25, 7.70),
+    orientation="LAS",  # all 20 shared scans
 )
 
 SABS = DatasetInfo(
@@ -80,6 +84,7 @@ PHANTOM = DatasetInfo(
     normalization="zscore_volume",
     body_threshold=50.0001,
     target_spacing=(1.25, 1.25, 7.70),
+    orientation="LAS",  # written so by data_preprocessing.phantom
 )
 
 REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (CHAOST2, SABS, CMR, PHANTOM)}

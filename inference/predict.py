@@ -17,9 +17,17 @@ over the cropped / padded volume, as the loaders z-score the stored 256 x 256 fi
 
 Target spacing: ``--spacing``, else the training dataset's (CHAOS-T2 1.25 x 1.25 x 7.70 mm);
 for CT, which SABS resamples per scan, see :func:`target_spacing`. Every scan of one run uses the
-same spacing. Axes are not reoriented (the cardiac data are oblique short-axis stacks): slices
-are segmented along the stored z axis, and ``predict.py`` warns when a query's orientation code
-differs from the support's.
+same spacing.
+
+Orientation: every scan is reoriented (axes permuted and flipped, :func:`reorient`) to the
+training data's orientation code (CHAOS-T2 LAS; the support's where the dataset has none), so a
+scan stored SAL or RAS is segmented along the same anatomical axes as a LAS one, and its
+prediction is put back into the scan's own layout (:func:`restore_layout`). An oblique scan (an
+axis more than about 26 degrees off every anatomical axis, e.g. cardiac short-axis stacks) is
+kept as stored: its slices are segmented along its own z axis.
+
+Modality: :func:`apparent_modality` reads CT in Hounsfield units from the voxels (air and lung,
+below -200 HU, in at least 0.1 % of them); MR intensities are never that negative.
 
 Masks are binarised (one label value, or any non-zero) and resampled with R2; the body extent
 used by the realistic chunk assignment (SPEC §9.5) is found on the scan's intensities before
@@ -46,6 +54,9 @@ from models.alpnet import ALPNet
 from util.io import array_to_image, read_image
 
 MODALITIES = ("MR", "CT")
+HU_AIR = -200.0  # below this: air or lung on a CT; MR intensities never go there
+CT_AIR_FRACTION = 0.001
+OBLIQUE_COS = 0.9
 # SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
 SABS_FOV_FRACTION = 1 - 2 * BORDER / 512
 
@@ -134,9 +145,68 @@ def output_path(out_dir: str | os.PathLike, query: str | os.PathLike) -> Path:
     return Path(out_dir) / f"{stem}_pred.nii.gz"
 
 
-def orientation(image: sitk.Image) -> str:
-    """The three-letter orientation code of the image axes (e.g. 'LAS')."""
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+def orientation(image: sitk.Image | Grid) -> str:
+    """The three-letter orientation code of the image axes (e.g. 'LAS'); the closest one for an
+    oblique image."""
+    direction = image.direction if isinstance(image, Grid) else image.GetDirection()
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction)
+
+
+def is_oblique(image: sitk.Image) -> bool:
+    """Whether an axis of ``image`` lies more than ~26 degrees (cosine < 0.9) off every
+    anatomical axis."""
+    cosines = np.abs(np.asarray(image.GetDirection(), float).reshape(3, 3))
+    return bool((cosines.max(axis=0) < OBLIQUE_COS).any())
+
+
+def reorient(image: sitk.Image, code: str) -> sitk.Image:
+    """``image`` with its axes permuted and flipped to orientation ``code``: the same voxels at
+    the same physical positions, only stored in another order (``image`` itself if it already
+    is)."""
+    return image if orientation(image) == code else sitk.DICOMOrient(image, code)
+
+
+def restore_layout(result: sitk.Image, stored: Grid, name: str) -> sitk.Image:
+    """Undo :func:`reorient`: ``result`` (on the reoriented grid) in the axis order of the scan
+    as stored, with exactly its geometry."""
+    back = reorient(result, orientation(stored))
+    grid = Grid.of(back)
+    same = np.allclose(grid.direction, stored.direction, atol=GEOMETRY_TOL)
+    if grid.shape != stored.shape or not same:
+        raise RuntimeError(f"{name}: reorienting the prediction back gave size "
+                           f"{tuple(reversed(grid.shape))}, direction {_fmt(grid.direction)}; "
+                           f"expected the scan's {tuple(reversed(stored.shape))}, "
+                           f"{_fmt(stored.direction)}")
+    back.SetOrigin(stored.origin)  # the same point, without the rounding of the permutation
+    back.SetSpacing(stored.spacing)
+    back.SetDirection(stored.direction)
+    return back
+
+
+def apparent_modality(image: sitk.Image) -> tuple[str, float]:
+    """"CT" when at least 0.1 % of the voxels lie below -200 (air or lung in Hounsfield units),
+    else "MR"; and that fraction."""
+    arr = sitk.GetArrayViewFromImage(image)
+    fraction = float(np.count_nonzero(arr < HU_AIR)) / max(arr.size, 1)
+    return ("CT" if fraction >= CT_AIR_FRACTION else "MR"), fraction
+
+
+def check_modality(image: sitk.Image, modality: str, explicit: bool,
+                   name: str) -> str | None:
+    """Stop when ``image`` looks like another modality than ``modality`` (the checkpoint's), or
+    return a warning when ``modality`` was given explicitly; None when they agree."""
+    seen, fraction = apparent_modality(image)
+    if seen == modality:
+        return None
+    found = (f"{100 * fraction:.1f} % of its voxels below {HU_AIR:g}, air in Hounsfield units "
+             f"(a CT)" if seen == "CT" else f"only {100 * fraction:.2f} % of its voxels below "
+             f"{HU_AIR:g}, no air in Hounsfield units (not a CT)")
+    if explicit:
+        return f"WARNING: {name}: segmented as {modality} (--modality), but found {found}"
+    article = "an" if modality == "MR" else "a"
+    raise ValueError(f"{name}: expected {article} {modality} scan for this checkpoint, found "
+                     f"{found}; pass --modality {seen} to preprocess it as {seen}, or --modality "
+                     f"{modality} to keep {modality} preprocessing")
 
 
 # ---------------------------------------------------------------- preprocessing settings
@@ -164,6 +234,37 @@ def checkpoint_modality(cfg: dict) -> str:
         return get_dataset_info(cfg["dataset"]).modality
     except KeyError:
         return "MR"
+
+
+def target_orientation(info: DatasetInfo, support: sitk.Image, code: str = "auto") -> str | None:
+    """The orientation code every scan is brought to: ``code`` itself unless "auto" (the
+    dataset's, else the support's) or "stored" (None: no scan is reoriented)."""
+    if code == "stored":
+        return None
+    if code == "auto":
+        return info.orientation or orientation(support)
+    if len(code) != 3 or {code[0], code[1], code[2]} - set("LRAPSI") or len(
+            {c.translate(str.maketrans("RPI", "LAS")) for c in code}) != 3:
+        raise ValueError(f"--orientation: expected auto, stored or a code of three letters from "
+                         f"L/R, A/P, S/I (one of each pair, e.g. LAS), got {code!r}")
+    return code
+
+
+def checkpoint_warnings(cfg: dict, modality: str, path: str | os.PathLike) -> list[str]:
+    """Loud lines for a checkpoint applied to data unlike its training data: the synthetic
+    phantom, or scans of another modality."""
+    dataset = cfg.get("dataset")
+    if not dataset:
+        return []
+    lines = []
+    if str(dataset).upper() == "PHANTOM":
+        lines.append(f"WARNING: {path} was trained on PHANTOM, the synthetic test data; its masks "
+                     f"on real scans mean nothing")
+    trained = checkpoint_modality(cfg)
+    if trained != modality:
+        lines.append(f"WARNING: {path} was trained on {dataset} ({trained}), but these scans are "
+                     f"preprocessed as {modality}; expect poor masks")
+    return lines
 
 
 def target_spacing(info: DatasetInfo, support: sitk.Image,

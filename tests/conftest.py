@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def make_phantom_dataset(root: Path, seed: int = 0, size: int = 64, n_slices: in
     superpixels.generate(root, workers=2)
     classmap.write_classmap(root, 1)
     return root
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python <args>`` in the project root, output captured."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          encoding="utf-8", timeout=300, env={**os.environ, **(env or {})})
+
+
+def one_line_error(out: subprocess.CompletedProcess, prog: str, message: str) -> None:
+    """Exit status 2, no traceback, one ``<prog>: error:`` line holding ``message``."""
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith(f"{prog}: error: ")]
+    assert len(errors) == 1, out.stderr[-2000:]
+    assert message in errors[0], errors[0]

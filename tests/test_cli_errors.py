@@ -1,18 +1,11 @@
 """Expected errors at the command line: one line naming the file or key, exit status 2, no
 traceback (``--debug`` / ``SSL_DEBUG=1`` bring it back)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_phantom_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import cli, make_phantom_dataset, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +17,6 @@ def setup(tmp_path_factory):
     assert out.returncode == 0, out.stderr[-2000:]
     checkpoint = next((root / "exps").rglob("latest.pth"))
     return {"root": root, "data": data, "checkpoint": checkpoint}
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          encoding="utf-8", timeout=300, env={**os.environ, **(env or {})})
-
-
-def one_line_error(out: subprocess.CompletedProcess, prog: str, message: str) -> None:
-    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
-    assert "Traceback" not in out.stderr, out.stderr[-2000:]
-    errors = [line for line in out.stderr.splitlines() if line.startswith(f"{prog}: error: ")]
-    assert len(errors) == 1, out.stderr[-2000:]
-    assert message in errors[0], errors[0]
 
 
 def validate(setup, *extra: str, env: dict | None = None):

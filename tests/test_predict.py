@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 
 import predict
+from conftest import cli, one_line_error
 from data_preprocessing.resample import crop_or_pad_volume
 from models.alpnet import ALPNet
 from util.checkpoint import save_checkpoint
@@ -228,7 +229,85 @@ def test_missing_checkpoint_and_wrong_encoder_are_reported(checkpoints, scans, t
     assert not (tmp_path / "out").exists()
 
 
-# ---------------------------------------------------------------- (4) the CLI
+# ---------------------------------------------------------------- (4) orientation, modality
+
+def test_permuted_and_flipped_queries_give_the_canonical_mask(checkpoints, scans, tmp_path,
+                                                              capsys):
+    """The same query stored SAL (axes permuted) and RPI (every axis flipped) is reoriented to the
+    training's LAS, segmented, and put back: the same mask as the LAS original."""
+    canonical = sitk.ReadImage(str(scans["query"]))
+    assert predict.orientation(canonical) == "LAS"
+    copies = {}
+    for code in ("SAL", "RPI"):
+        copies[code] = tmp_path / f"query_{code}.nii.gz"
+        sitk.WriteImage(sitk.DICOMOrient(canonical, code), str(copies[code]))
+    out = tmp_path / "out"
+    preds = predict.main(args(checkpoints["ours"], scans["support"], scans["mask"],
+                              [scans["query"], *copies.values()], out))
+    assert f"{copies['SAL']}: stored SAL, segmented as LAS" in capsys.readouterr().out
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(preds[0])))
+    assert 0.01 < reference.mean() < 0.9  # a mask worth comparing
+    for (code, query), pred_path in zip(copies.items(), preds[1:]):
+        pred, ref = sitk.ReadImage(str(pred_path)), sitk.ReadImage(str(query))
+        assert (pred.GetSize(), pred.GetSpacing(), pred.GetOrigin(), pred.GetDirection()) == (
+            ref.GetSize(), ref.GetSpacing(), ref.GetOrigin(), ref.GetDirection())
+        back = sitk.GetArrayFromImage(sitk.DICOMOrient(pred, "LAS"))
+        assert dice(back, reference) >= 0.99, code
+    # as stored, the SAL copy is sliced sagittally: the check above can fail
+    stored, = predict.main(args(checkpoints["ours"], scans["support"], scans["mask"],
+                                [copies["SAL"]], tmp_path / "stored", "--orientation", "stored"))
+    back = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(stored)), "LAS"))
+    assert dice(back, reference) < 0.9
+
+
+def test_oblique_scans_keep_their_slices(cmr_dir):
+    cmr = sitk.ReadImage(str(cmr_dir / "image_1.nii.gz"))
+    assert predict.is_oblique(cmr)
+    assert not predict.is_oblique(sitk.ReadImage(str(cmr_dir.parent / "CHAOST2" /
+                                                     "image_39.nii.gz")))  # 2.4 degrees off
+
+
+def test_hu_scan_into_an_mr_model_and_mr_into_a_ct_model_stop(checkpoints, scans, ct_dir,
+                                                              tmp_path):
+    ct = ct_dir / "image_0.nii.gz"
+    one_line_error(cli("predict.py", *args(checkpoints["ours"], scans["support"], scans["mask"],
+                                           [ct], tmp_path / "out")),
+                   "predict.py", f"{ct}: expected an MR scan for this checkpoint, found 38.4 % "
+                   f"of its voxels below -200, air in Hounsfield units (a CT); pass --modality CT")
+    assert not (tmp_path / "out").exists()
+    state = torch.load(checkpoints["ours"], weights_only=True)
+    state["config"] = {**state["config"], "dataset": "SABS"}
+    ct_model = save_checkpoint(tmp_path / "ct_model.pth", state)
+    liver = sitk.Cast(sitk.ReadImage(str(ct_dir / "label_0.nii.gz")) == 6, sitk.sitkUInt8)
+    sitk.WriteImage(liver, str(tmp_path / "liver.nii.gz"))
+    one_line_error(cli("predict.py", *args(ct_model, ct, tmp_path / "liver.nii.gz",
+                                           [scans["query"]], tmp_path / "out")),
+                   "predict.py", f"{scans['query']}: expected a CT scan for this checkpoint, "
+                   f"found only 0.00 % of its voxels below -200")
+    # given explicitly, the modality is used, with a loud warning per scan that contradicts it
+    forced = cli("predict.py", *args(checkpoints["ours"], ct, tmp_path / "liver.nii.gz",
+                                     [scans["query"]], tmp_path / "out", "--modality", "CT"))
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert f"WARNING: {scans['query']}: segmented as CT (--modality), but found only" in \
+        forced.stderr
+    assert "was trained on CHAOST2 (MR), but these scans are preprocessed as CT" in forced.stderr
+
+
+def test_checkpoint_of_the_phantom_warns_loudly(checkpoints, scans, tmp_path):
+    state = torch.load(checkpoints["ours"], weights_only=True)
+    state["config"] = {**state["config"], "dataset": "PHANTOM"}
+    phantom = save_checkpoint(tmp_path / "phantom.pth", state)
+    done = cli("predict.py", *args(phantom, scans["support"], scans["mask"], [scans["query"]],
+                                   tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"WARNING: {phantom} was trained on PHANTOM, the synthetic test data" in done.stderr
+    bad = cli("predict.py", *args(phantom, scans["support"], scans["mask"], [scans["query"]],
+                                  tmp_path / "out2", "--orientation", "LAR"))
+    one_line_error(bad, "predict.py", "--orientation: expected auto, stored or a code of three "
+                   "letters")
+
+
+# ---------------------------------------------------------------- (5) the CLI
 
 def test_cli_end_to_end_with_a_bare_state_dict(checkpoints, scans, tmp_path):
     cmd = [sys.executable, "predict.py", *args(checkpoints["bare"], scans["support"],
