@@ -94,7 +94,8 @@ KEYS: dict[str, Key] = {
     "encoder": Key("deeplabv3_resnet101", (str,), ENCODER_NAMES),
     "prototypes": Key("alp", (str,), PROTOTYPES, doc="alp, or the ablation 'global': one "
                       "masked-average prototype for foreground and background (PANet)"),
-    "pretrained_weights": Key(None, (str, _NONE), doc="local torchvision DeepLabV3 COCO file"),
+    "pretrained_weights": Key(None, (str, _NONE), doc="coco, imagenet (torchvision's files via the "
+                              "torch hub cache) or the path of a local copy"),
     "reload_model_path": Key(None, (str, _NONE), doc="weights to evaluate: a .pth (ours or the "
                              "original's), a training run folder, 'latest' or 'best'"),
     "usealign": Key(True, (bool,)),

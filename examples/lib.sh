@@ -3,7 +3,7 @@
 # Environment (all optional):
 #   FOLDS="0 1 2 3 4"   folds to run            STAGE=all|train|validate
 #   LOG_DIR=./exps      where runs go           PY=.venv/bin/python
-#   NAMED="supervoxels" extra named configs     EXTRA="pretrained_weights=weights/coco.pth"
+#   NAMED="supervoxels" extra named configs     EXTRA="pretrained_weights=coco"
 #   VAL_EXTRA="protocol=realistic"              extra validation overrides
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

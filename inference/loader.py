@@ -10,19 +10,27 @@ Training (start and resume), validation, ``predict.py`` and the quickstart build
 - the original code's snapshots (bare state dicts, optionally under 'model'/'state_dict' or with
   a DataParallel ``module.`` prefix): no config, so :data:`ORIGINAL_ASSUMED` and the configured
   encoder are assumed, and said;
-- torchvision's DeepLabV3 COCO checkpoint (``pretrained_weights``): its ``backbone.*`` into the
-  trunk.
+- torchvision's DeepLabV3 COCO checkpoint or ImageNet ResNet classifier
+  (``pretrained_weights``): its trunk tensors into the trunk. ``coco`` / ``imagenet`` name
+  torchvision's files (:data:`PRETRAINED`); they are looked up in the torch hub cache,
+  downloaded there when missing, and their SHA-256 checked against the prefix in the file name.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import urllib.error
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import ResNet50_Weights, ResNet101_Weights
+from torchvision.models.segmentation import (DeepLabV3_ResNet50_Weights,
+                                             DeepLabV3_ResNet101_Weights)
 
 from models.alpnet import ALPNet
 from models.encoder import Encoder
@@ -36,6 +44,15 @@ ARCH_KEYS = ("encoder", "feature_hw", "proto_grid_size", "val_wsize", "fg_thresh
              "usealign", "prototypes")
 # keys that checkpoints written before they existed lack, with the value those were trained with
 ARCH_BEFORE = {"prototypes": "alp"}
+# pretrained_weights keywords → torchvision's files per encoder; ImageNet V1 is the trunk the
+# original falls back to without COCO weights
+PRETRAINED = {
+    ("coco", "deeplabv3_resnet101"): DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1.url,
+    ("coco", "deeplabv3_resnet50"): DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.url,
+    ("imagenet", "deeplabv3_resnet101"): ResNet101_Weights.IMAGENET1K_V1.url,
+    ("imagenet", "deeplabv3_resnet50"): ResNet50_Weights.IMAGENET1K_V1.url,
+}
+PRETRAINED_KEYWORDS = ("coco", "imagenet")
 # what a bare state dict of the original code is assumed to have been trained with
 ORIGINAL_ASSUMED = {"feature_hw": [32, 32], "proto_grid_size": 8, "val_wsize": 2,
                     "fg_thresh": 0.95, "bg_thresh": 0.95, "usealign": True, "prototypes": "alp"}
@@ -142,10 +159,9 @@ def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
         raise ValueError(f"config: the 'tiny' encoder has no pretrained weights, got "
                          f"pretrained_weights={cfg['pretrained_weights']!r}; leave it unset or "
                          f"choose a deeplabv3_* encoder")
-    if cfg["pretrained_weights"] is not None and not Path(cfg["pretrained_weights"]).is_file():
-        raise FileNotFoundError(f"{cfg['pretrained_weights']}: expected a torchvision DeepLabV3 "
-                                f"checkpoint (e.g. deeplabv3_resnet101_coco-586e9e4e.pth) for "
-                                f"pretrained_weights, found nothing there")
+    pretrained = None
+    if cfg["pretrained_weights"] is not None and weights.state is None:
+        pretrained = pretrained_file(cfg["pretrained_weights"], cfg["encoder"])
     model = ALPNet(cfg["encoder"], align=cfg["usealign"], fg_threshold=cfg["fg_thresh"],
                    bg_threshold=cfg["bg_thresh"],
                    train_window=cfg["feature_hw"][0] // cfg["proto_grid_size"],
@@ -161,13 +177,12 @@ def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
                              f"as --encoder {cfg['encoder']} / encoder={cfg['encoder']}; give the "
                              f"encoder it was trained with)") from None
         logger.info("loaded weights from %s", weights.path)
-    elif cfg["pretrained_weights"] is not None:
-        load_coco_backbone(model.encoder, cfg["pretrained_weights"])
+    elif pretrained is not None:
+        load_pretrained_trunk(model.encoder, pretrained)
     elif cfg["encoder"] != "tiny":
         logger.warning("encoder %s: no pretrained_weights given, the trunk is randomly "
-                       "initialised (the paper starts from COCO DeepLabV3 weights; pass the local "
-                       "file deeplabv3_resnet101_coco-586e9e4e.pth to reproduce it)",
-                       cfg["encoder"])
+                       "initialised (the paper starts from COCO DeepLabV3 weights: "
+                       "pretrained_weights=coco, or the path of a local copy)", cfg["encoder"])
     return model.to(device)
 
 
@@ -177,15 +192,76 @@ def load_original_checkpoint(model: ALPNet, path: str | os.PathLike) -> None:
     load_checked_state_dict(model, read_state_dict(path, "an SSL-ALPNet checkpoint"), str(path))
 
 
-def load_coco_backbone(encoder: Encoder, path: str | os.PathLike) -> None:
-    """Load the ``backbone.*`` entries of a torchvision DeepLabV3 checkpoint into the trunk."""
-    state = read_state_dict(path, "a torchvision DeepLabV3 checkpoint")
-    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    if not backbone:
+def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
+    """The local file of ``pretrained_weights``: a path as given, or for ``coco`` / ``imagenet``
+    torchvision's file in the torch hub cache (downloaded when missing), its hash checked."""
+    if str(value) not in PRETRAINED_KEYWORDS:
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: expected a torchvision DeepLabV3 COCO checkpoint (e.g. "
+                f"deeplabv3_resnet101_coco-586e9e4e.pth) or ImageNet ResNet file for "
+                f"pretrained_weights, found nothing there; or give pretrained_weights=coco or "
+                f"imagenet")
+        return path
+    url = PRETRAINED.get((str(value), encoder))
+    if url is None:
+        raise ValueError(f"config: pretrained_weights={value} has no torchvision file for "
+                         f"encoder={encoder!r}; expected one of "
+                         f"{sorted({e for _, e in PRETRAINED})}")
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+    prefix = re.search(r"-([a-f0-9]+)\.pth$", path.name).group(1)
+    if not path.is_file():
+        logger.info("pretrained_weights=%s: downloading %s to %s", value, url, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix,
+                                           progress=False)
+        except (urllib.error.URLError, OSError) as err:
+            raise FileNotFoundError(
+                f"pretrained_weights={value}: could not download {url} ({_reason(err)}); "
+                f"without network, fetch that file elsewhere and place it at {path} (SHA-256 "
+                f"starting {prefix}), or give its path as pretrained_weights") from None
+        except RuntimeError as err:  # torch.hub: the downloaded file's hash differs
+            raise ValueError(f"pretrained_weights={value}: {url} downloaded with the wrong "
+                             f"content ({err}); nothing was kept at {path}") from None
+    digest = _sha256(path)
+    if not digest.startswith(prefix):
+        raise ValueError(f"{path}: expected torchvision's file with SHA-256 starting {prefix}, "
+                         f"found {digest[:len(prefix)]}; delete it so that it is downloaded "
+                         f"again, or replace it with the file from {url}")
+    logger.info("pretrained_weights=%s: %s (SHA-256 %s… checked)", value, path, prefix)
+    return path
+
+
+def load_pretrained_trunk(encoder: Encoder, path: str | os.PathLike) -> None:
+    """Load a torchvision file into the trunk: a DeepLabV3 checkpoint's ``backbone.*`` entries,
+    or an ImageNet ResNet classifier without its ``fc.*`` head."""
+    state = read_state_dict(path, "a torchvision DeepLabV3 or ResNet checkpoint")
+    if any(k.startswith("backbone.") for k in state):
+        trunk = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        what = "backbone.* into the trunk"
+    elif "fc.weight" in state and "conv1.weight" in state:
+        trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        what = "ImageNet ResNet without fc.* into the trunk"
+    else:
         raise ValueError(f"{path}: expected a torchvision DeepLabV3 checkpoint with 'backbone.*' "
-                         f"keys, found none; keys found: {_preview(state)}")
-    load_checked_state_dict(encoder.backbone, backbone, f"{path} (backbone.* into the trunk)")
-    logger.info("encoder: loaded %d backbone tensors from %s", len(backbone), path)
+                         f"keys or an ImageNet ResNet with 'conv1.weight' and 'fc.weight', found "
+                         f"neither; keys found: {_preview(state)}")
+    load_checked_state_dict(encoder.backbone, trunk, f"{path} ({what})")
+    logger.info("encoder: loaded %d trunk tensors from %s (%s)", len(trunk), path, what)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reason(err: Exception) -> str:
+    return str(getattr(err, "reason", None) or err)
 
 
 def load_checked_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:

@@ -10,7 +10,7 @@ checkpoints load (through :mod:`inference.loader`):
 Trunks by name: ``'deeplabv3_resnet101'`` (faithful default), ``'deeplabv3_resnet50'`` and
 ``'tiny'`` (three strided convs, for tests and CPU quickstarts). All map [N, 3, H, W] to
 [N, 256, H/8, W/8]. Built randomly initialised; the COCO trunk weights are loaded by
-:func:`inference.loader.load_coco_backbone` from a local file.
+:func:`inference.loader.load_pretrained_trunk` (COCO or ImageNet files).
 """
 from __future__ import annotations
 

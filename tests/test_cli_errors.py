@@ -54,6 +54,21 @@ def test_checkpoint_of_another_dataset_is_refused(setup, tmp_path):
     assert validate(setup, f"reload_model_path={other}", "cross_dataset=True").returncode == 0
 
 
+def test_pretrained_keyword_offline_names_the_url_and_the_cache_path(setup, tmp_path):
+    """An empty torch hub cache and no route out (a refusing proxy): one line saying where the
+    file must go."""
+    offline = {"TORCH_HOME": str(tmp_path), "https_proxy": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9"}
+    out = cli("training.py", "with", "phantom", f"data_dir={setup['data']}",
+              "encoder=deeplabv3_resnet50", "pretrained_weights=imagenet", "n_steps=1",
+              f"log_dir={tmp_path / 'exps'}", env=offline)
+    one_line_error(out, "training.py", "pretrained_weights=imagenet: could not download "
+                   "https://download.pytorch.org/models/resnet50-0676ba61.pth (")
+    assert (f"place it at {tmp_path / 'hub' / 'checkpoints' / 'resnet50-0676ba61.pth'} "
+            f"(SHA-256 starting 0676ba61)") in out.stderr
+    assert not (tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth").exists()
+
+
 def test_output_in_the_way_fails_before_computing(setup, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x", encoding="utf-8")

@@ -1,14 +1,19 @@
-"""Encoder trunks, COCO weights from a local file, and the original checkpoint's key names."""
+"""Encoder trunks, COCO / ImageNet weights (local files and the hub cache), and the original
+checkpoint's key names."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from torchvision.models import segmentation
 
-from inference.loader import build_model, load_coco_backbone, load_original_checkpoint
+from inference import loader
+from inference.loader import build_model, load_original_checkpoint, load_pretrained_trunk
 from models.alpnet import ALPNet
 from models.encoder import build_encoder
 
@@ -106,13 +111,83 @@ def test_missing_or_wrong_coco_file_names_the_path_and_the_keys(tmp_path, r101):
     heads_only = tmp_path / "heads_only.pth"
     torch.save({"classifier.4.weight": torch.zeros(21, 256, 1, 1),
                 "aux_classifier.4.bias": torch.zeros(21)}, heads_only)
-    with pytest.raises(ValueError, match=r"heads_only\.pth.*found none.*classifier\.4\.weight"):
-        load_coco_backbone(r101.encoder, heads_only)
+    with pytest.raises(ValueError, match=r"heads_only\.pth.*found neither.*classifier\.4\.weight"):
+        load_pretrained_trunk(r101.encoder, heads_only)
     not_a_checkpoint = tmp_path / "notes.pth"
     not_a_checkpoint.write_text("not a checkpoint", encoding="utf-8")
     with pytest.raises(ValueError, match=r"notes\.pth: expected a readable torch checkpoint \(a "
                                          r"torchvision DeepLabV3"):
-        load_coco_backbone(r101.encoder, not_a_checkpoint)
+        load_pretrained_trunk(r101.encoder, not_a_checkpoint)
+
+
+# --- pretrained_weights=coco / imagenet through the torch hub cache (no network) ------------
+
+def _cached(hub: Path, stem: str, state: dict) -> str:
+    """Save ``state`` into ``hub``/checkpoints as ``<stem>-<its sha256 prefix>.pth``; its URL."""
+    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
+    tmp = hub / "checkpoints" / "tmp.pth"
+    torch.save(state, tmp)
+    name = f"{stem}-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth"
+    tmp.rename(hub / "checkpoints" / name)
+    return f"https://download.pytorch.org/models/{name}"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache; downloads fail as they do offline."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "hub"
+
+
+def test_keywords_name_torchvisions_files():
+    names = {key: url.rsplit("/", 1)[1] for key, url in loader.PRETRAINED.items()}
+    assert names[("coco", "deeplabv3_resnet101")] == "deeplabv3_resnet101_coco-586e9e4e.pth"
+    assert names[("imagenet", "deeplabv3_resnet101")] == "resnet101-63fe2227.pth"
+    assert set(names) == {(k, e) for k in ("coco", "imagenet")
+                          for e in ("deeplabv3_resnet101", "deeplabv3_resnet50")}
+
+
+@pytest.mark.parametrize("keyword", ["coco", "imagenet"])
+def test_cached_pretrained_weights_load_after_the_hash_check(keyword, hub, monkeypatch):
+    torch.manual_seed(2)
+    if keyword == "coco":
+        source = segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                                  num_classes=21, aux_loss=True)
+        trunk, stem = source.backbone, "deeplabv3_resnet101_coco"
+    else:
+        source = torchvision.models.resnet101()
+        trunk, stem = source, "resnet101"
+    url = _cached(hub, stem, source.state_dict())
+    monkeypatch.setitem(loader.PRETRAINED, (keyword, "deeplabv3_resnet101"), url)
+    encoder = build_model({**BASE, "encoder": "deeplabv3_resnet101",
+                           "pretrained_weights": keyword}, torch.device("cpu")).encoder
+    loaded = encoder.backbone.state_dict()
+    for name, tensor in trunk.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(loaded[name], tensor), name
+    # a cached file whose content does not match its hash is refused, naming it
+    path = hub / "checkpoints" / url.rsplit("/", 1)[1]
+    path.write_bytes(path.read_bytes()[:-1] + b"x")
+    with pytest.raises(ValueError, match=rf"{path}: expected torchvision's file with SHA-256 "
+                                         rf"starting {url[-12:-4]}, found"):
+        build_model({**BASE, "encoder": "deeplabv3_resnet101", "pretrained_weights": keyword},
+                    torch.device("cpu"))
+
+
+def test_offline_without_the_file_names_the_url_and_the_cache_path(hub):
+    with pytest.raises(FileNotFoundError) as err:
+        build_model({**BASE, "encoder": "deeplabv3_resnet101", "pretrained_weights": "coco"},
+                    torch.device("cpu"))
+    assert str(err.value) == (
+        "pretrained_weights=coco: could not download "
+        "https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth ([Errno -3] "
+        "Temporary failure in name resolution); without network, fetch that file elsewhere and "
+        f"place it at {hub / 'checkpoints' / 'deeplabv3_resnet101_coco-586e9e4e.pth'} (SHA-256 "
+        "starting 586e9e4e), or give its path as pretrained_weights")
 
 
 def test_mismatched_coco_file_lists_missing_unexpected_and_misshapen_keys(tmp_path):
@@ -125,7 +200,7 @@ def test_mismatched_coco_file_lists_missing_unexpected_and_misshapen_keys(tmp_pa
     torch.save(state, path)
     before = encoder.backbone.body[0].weight.clone()
     with pytest.raises(ValueError) as err:
-        load_coco_backbone(encoder, path)
+        load_pretrained_trunk(encoder, path)
     message = str(err.value)
     assert "mismatch.pth" in message
     assert "1 missing keys: body.1.running_var" in message
