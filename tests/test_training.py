@@ -2,8 +2,10 @@
 import json
 import os
 import signal
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -310,6 +312,47 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(phantom_dir, 
     assert sorted(got) == list(range(1, 301))  # nothing lost, nothing repeated
     assert len(metrics["steps"]) == 300
     assert all(got[s] == pytest.approx(reference[s], rel=1e-5) for s in got)
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once(tmp_path):
+    """SIGTERM asks for a stop after the step; a SIGINT while that step still runs (ResNet-50 at
+    256 x 256: about a second per step on 2 cores) ends the process there, with 128 + SIGINT,
+    without finishing the step or writing the checkpoint."""
+    data = make_phantom_dataset(tmp_path / "data", seed=0, size=256, n_slices=5)
+    proc = subprocess.Popen(
+        [sys.executable, "training.py", "with", "phantom", "setting1", f"data_dir={data}",
+         "encoder=deeplabv3_resnet50", "num_workers=0", "n_steps=1000", "print_interval=1",
+         "checkpoint_every=1000", "image_every=1000", "device=cpu",
+         f"log_dir={tmp_path / 'exps'}"], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True).start()
+
+    def wait_for(text: str, seen: list) -> None:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                assert proc.poll() is None, "".join(seen)[-2000:]
+                continue
+            if text in seen[-1]:
+                return
+        raise AssertionError(f"no {text!r} in: {''.join(seen)[-2000:]}")
+
+    before: list = []
+    wait_for("step 1/1000", before)  # one step done, the next running
+    proc.send_signal(signal.SIGTERM)
+    wait_for("stopping after this step", before)
+    steps_logged = sum("step " in ln and "/1000" in ln for ln in before)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    time.sleep(0.5)  # the reader thread drains the pipe
+    after = list(lines.queue)
+    assert not any("stopped by" in ln for ln in after), "".join(after)
+    assert sum("step " in ln and "/1000" in ln for ln in after) == 0, (steps_logged, after)
+    assert not list((tmp_path / "exps").rglob("latest.pth"))
 
 
 def test_a_failed_resume_leaves_the_run_as_it_was(phantom_dir, tmp_path):
