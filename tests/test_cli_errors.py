@@ -1,5 +1,8 @@
 """Expected errors at the command line: one line naming the file or key, exit status 2, no
 traceback (``--debug`` / ``SSL_DEBUG=1`` bring it back)."""
+import os
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -81,6 +84,40 @@ def test_output_in_the_way_fails_before_computing(setup, tmp_path):
               "--label", "1", "--query", str(data / "image_1.nii.gz"), "--out", str(blocker))
     one_line_error(out, "predict.py", f"{blocker}: expected a folder (--out), found a file in "
                                       f"the way")
+
+
+def test_read_only_output_folder_fails_before_computing(setup, tmp_path):
+    """A folder nobody may write in: a read-only one, or for root (whom permission bits do not
+    stop) /sys, which refuses new files even to root."""
+    if os.geteuid() == 0:
+        locked = Path("/sys")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+    out_dir = locked / "preds"
+    data = setup["data"]
+    out = cli("predict.py", "--checkpoint", str(setup["checkpoint"]), "--support",
+              str(data / "image_3.nii.gz"), "--support-mask", str(data / "label_3.nii.gz"),
+              "--label", "1", "--query", str(data / "image_1.nii.gz"), "--out", str(out_dir))
+    one_line_error(out, "predict.py", f"{out_dir}: expected a writable folder (--out), cannot "
+                                      f"write in {locked} (Permission denied)")
+    assert "voxels predicted" not in out.stdout
+    one_line_error(cli("training.py", "with", "phantom", f"data_dir={data}", "encoder=tiny",
+                       f"log_dir={out_dir}"), "training.py",
+                   f"{out_dir}: expected a writable folder (log_dir), cannot write in {locked}")
+    assert not out_dir.exists()
+
+
+def test_two_d_query_is_reported_against_the_file(setup, tmp_path):
+    flat = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((64, 64), np.float32), np.eye(4)), flat)
+    data = setup["data"]
+    out = cli("predict.py", "--checkpoint", str(setup["checkpoint"]), "--support",
+              str(data / "image_3.nii.gz"), "--support-mask", str(data / "label_3.nii.gz"),
+              "--label", "1", "--query", str(flat), "--out", str(tmp_path / "preds"))
+    one_line_error(out, "predict.py", f"{flat}: expected a 3-D volume, found a 2-D image of "
+                                      f"shape (64, 64)")
 
 
 def test_nan_voxel_and_zero_byte_file(setup, tmp_path):
