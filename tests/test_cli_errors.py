@@ -28,6 +28,14 @@ def validate(setup, *extra: str, env: dict | None = None):
                *extra, env=env)
 
 
+def predict(setup, query, out_dir):
+    """predict.py with the phantom checkpoint, support scan 3 and its liver."""
+    data = setup["data"]
+    return cli("predict.py", "--checkpoint", str(setup["checkpoint"]), "--support",
+               str(data / "image_3.nii.gz"), "--support-mask", str(data / "label_3.nii.gz"),
+               "--label", "1", "--query", str(query), "--out", str(out_dir))
+
+
 def test_config_errors(setup):
     one_line_error(cli("training.py", "with", "quickstart", "n_step=3"), "training.py",
                    "config: unknown key 'n_step'; did you mean 'n_steps'")
@@ -78,10 +86,7 @@ def test_output_in_the_way_fails_before_computing(setup, tmp_path):
     one_line_error(cli("training.py", "with", "phantom", f"data_dir={setup['data']}",
                        "encoder=tiny", f"log_dir={blocker}"), "training.py",
                    f"{blocker}: expected a folder (log_dir), found a file in the way")
-    data = setup["data"]
-    out = cli("predict.py", "--checkpoint", str(setup["checkpoint"]), "--support",
-              str(data / "image_3.nii.gz"), "--support-mask", str(data / "label_3.nii.gz"),
-              "--label", "1", "--query", str(data / "image_1.nii.gz"), "--out", str(blocker))
+    out = predict(setup, setup["data"] / "image_1.nii.gz", blocker)
     one_line_error(out, "predict.py", f"{blocker}: expected a folder (--out), found a file in "
                                       f"the way")
 
@@ -97,9 +102,7 @@ def test_read_only_output_folder_fails_before_computing(setup, tmp_path):
         locked.chmod(0o555)
     out_dir = locked / "preds"
     data = setup["data"]
-    out = cli("predict.py", "--checkpoint", str(setup["checkpoint"]), "--support",
-              str(data / "image_3.nii.gz"), "--support-mask", str(data / "label_3.nii.gz"),
-              "--label", "1", "--query", str(data / "image_1.nii.gz"), "--out", str(out_dir))
+    out = predict(setup, data / "image_1.nii.gz", out_dir)
     one_line_error(out, "predict.py", f"{out_dir}: expected a writable folder (--out), cannot "
                                       f"write in {locked} (Permission denied)")
     assert "voxels predicted" not in out.stdout
@@ -112,10 +115,7 @@ def test_read_only_output_folder_fails_before_computing(setup, tmp_path):
 def test_two_d_query_is_reported_against_the_file(setup, tmp_path):
     flat = tmp_path / "slice.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((64, 64), np.float32), np.eye(4)), flat)
-    data = setup["data"]
-    out = cli("predict.py", "--checkpoint", str(setup["checkpoint"]), "--support",
-              str(data / "image_3.nii.gz"), "--support-mask", str(data / "label_3.nii.gz"),
-              "--label", "1", "--query", str(flat), "--out", str(tmp_path / "preds"))
+    out = predict(setup, flat, tmp_path / "preds")
     one_line_error(out, "predict.py", f"{flat}: expected a 3-D volume, found a 2-D image of "
                                       f"shape (64, 64)")
 
