@@ -31,6 +31,7 @@ from sacred.observers import FileStorageObserver  # noqa: E402
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
 from dataloaders.episodes import setting_exclusions  # noqa: E402
 from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
+from inference.loader import pretrained_file  # noqa: E402
 from models.alpnet import PROTOTYPES  # noqa: E402
 from models.encoder import ENCODER_NAMES  # noqa: E402
 from util.cli import EXPECTED, debug_requested, fail, message_of  # noqa: E402
@@ -323,6 +324,8 @@ def attach_observer(config, command_name, logger):
         ex.observers[:] = []
         return updates
     ensure_writable_dir(config["log_dir"], "log_dir")  # before any computation
+    if command_name == "train" and not config["resume"] and config["pretrained_weights"]:
+        pretrained_file(config["pretrained_weights"], config["encoder"])  # found or fetched
     folder = resumed_run_folder(config["resume"]) if command_name == "train" else None
     if folder is not None:  # a resumed run goes on in its own folder
         ex.observers[:] = [ContinuingObserver(folder)]

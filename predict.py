@@ -26,7 +26,8 @@ from dataloaders.evaluation import QueryScan, build_support, plan_query
 from inference.batched import encode_parts, segment
 from models.encoder import ENCODER_NAMES
 from inference.predict import (MODALITIES, Grid, binary_mask, check_modality, check_same_grid,
-                               checkpoint_modality, checkpoint_warnings, dataset_info,
+                               checkpoint_modality, checkpoint_warnings, coverage_warning,
+                               dataset_info,
                                is_oblique, load_model, orientation, output_path, prepare_mask,
                                prepare_scan, read_scan, reorient, restore_layout,
                                support_volume, target_orientation, target_spacing, to_original)
@@ -78,28 +79,36 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if clashes:
         raise ValueError(f"--query: expected distinct file names, found several queries writing "
                          f"{clashes}; rename them or predict them in separate runs")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, flag="--device")
     model, cfg = load_model(args.checkpoint, args.encoder, device)
     modality = args.modality or checkpoint_modality(cfg)
     warnings = checkpoint_warnings(cfg, modality, args.checkpoint)
+    source = (f"this checkpoint (trained on {cfg['dataset']})" if cfg.get("dataset") else
+              "a checkpoint that records no dataset (MR assumed)")
 
     # read, check and preprocess every input before writing anything
     support = read_scan(args.support, "support image")
-    mask_image = read_scan(args.support_mask, "support mask")
+    # a mask stored in another axis order on the same physical grid is taken as it is
+    mask_image = reorient(read_scan(args.support_mask, "support mask"), orientation(support))
     check_same_grid(support, mask_image, args.support, args.support_mask)
     info = dataset_info(modality, cfg.get("dataset"))
     code = target_orientation(info, support, args.orientation)
+    if code is None and args.orientation == "auto":
+        warnings.append(f"WARNING: {args.support} is oblique and {info.name} has no common "
+                        f"orientation: every scan is segmented as stored")
 
     def bring(image: sitk.Image, path: Path) -> sitk.Image:
         """Check the modality, reorient to ``code`` (oblique scans are kept as stored)."""
-        warnings.append(check_modality(image, modality, args.modality is not None, str(path)))
-        if code is None or orientation(image) == code:
+        warnings.append(check_modality(image, modality, args.modality is not None, str(path),
+                                       source))
+        if code is None:
             return image
         if is_oblique(image):
-            warnings.append(f"warning: {path} is oblique (closest code {orientation(image)}); "
+            warnings.append(f"WARNING: {path} is oblique (closest code {orientation(image)}); "
                             f"its slices are segmented as stored, not as {code}")
             return image
-        print(f"{path}: stored {orientation(image)}, segmented as {code}")
+        if orientation(image) != code:
+            print(f"{path}: stored {orientation(image)}, segmented as {code}")
         return reorient(image, code)
 
     support = bring(support, args.support)
@@ -113,11 +122,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
         stored.append(Grid.of(image))
         queries.append(prepare_scan(bring(image, path), spacing, modality, info.body_threshold,
                                     str(path)))
+        warnings.append(coverage_warning(queries[-1], str(path)))
     del support, mask_image, image  # only the preprocessed scans are kept
     for line in filter(None, warnings):
         print(line, file=sys.stderr)
+    oblique = code is not None and any("is oblique" in str(w) for w in warnings)
+    kept = " (oblique scans as stored)" if oblique else ""
     print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
-          f"256 x 256, per-volume z-score, orientation {code or 'as stored'}; device {device}")
+          f"256 x 256, per-volume z-score, orientation {code or 'as stored'}{kept}; "
+          f"device {device}")
 
     # support parts: one slice per part, prototypes once
     name = f"label {args.label:g}" if args.label is not None else "mask"

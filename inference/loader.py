@@ -17,6 +17,7 @@ Training (start and resume), validation, ``predict.py`` and the quickstart build
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -100,14 +101,21 @@ def read_weights(path: str | os.PathLike | None) -> Weights:
         return NO_WEIGHTS
     path = Path(path)
     if not path.is_file():
+        found = "a folder" if path.is_dir() else "nothing there"
         raise FileNotFoundError(f"{path}: expected a checkpoint file (ours or the original "
-                                f"code's), found nothing there")
+                                f"code's), found {found}")
     obj = safe_load(path, "cpu", "a checkpoint")
     if isinstance(obj, Mapping) and "format_version" in obj:
         check_training_state(path, obj)
         return Weights(str(path), "ours", obj["model"], dict(obj.get("config", {})),
                        int(obj["step"]))
-    return Weights(str(path), "original", _state_dict(obj, path, "an SSL-ALPNet checkpoint"))
+    state = _state_dict(obj, path, "an SSL-ALPNet checkpoint")
+    if any(k.startswith(("backbone.", "classifier.")) for k in state) or "fc.weight" in state:
+        kind = "DeepLabV3" if any(k.startswith("backbone.") for k in state) else "ResNet"
+        raise ValueError(f"{path}: expected an SSL-ALPNet checkpoint (keys 'encoder.*'), found a "
+                         f"torchvision {kind} file: that is a start for training "
+                         f"(pretrained_weights={path}), not a model to evaluate")
+    return Weights(str(path), "original", state)
 
 
 def weights_of_state(path: str | os.PathLike, state: Mapping) -> Weights:
@@ -116,9 +124,11 @@ def weights_of_state(path: str | os.PathLike, state: Mapping) -> Weights:
                    int(state["step"]))
 
 
-def architecture(cfg: dict, weights: Weights, explicit: Collection[str] = ()) -> dict:
+def architecture(cfg: dict, weights: Weights, explicit: Collection[str] = (),
+                 flags: Mapping[str, str] | None = None) -> dict:
     """``cfg`` with the architecture keys of ``weights``: a checkpoint's own, or the original's
-    assumed ones. A key given explicitly (``explicit``) with another value is an error."""
+    assumed ones. A key given explicitly (``explicit``) with another value is an error, which
+    names the key as given (``flags``, e.g. ``{"encoder": "--encoder"}``; else ``key=``)."""
     if weights.kind == "none":
         return dict(cfg)
     if weights.kind == "original":
@@ -137,28 +147,27 @@ def architecture(cfg: dict, weights: Weights, explicit: Collection[str] = ()) ->
         if value == cfg[key]:
             continue
         if key in explicit:
-            raise ValueError(f"config: {key}={cfg[key]!r} was given, but the checkpoint "
-                             f"{weights.path} was trained with {key}={value!r}; leave {key} "
-                             f"out (the checkpoint's value is used) or give {value!r}")
+            flag = (flags or {}).get(key)
+            given = (lambda v: f"{flag} {v}") if flag else (lambda v: f"{key}={v!r}")
+            raise ValueError(f"{'' if flag else 'config: '}{given(cfg[key])} was given, but the "
+                             f"checkpoint {weights.path} was trained with {given(value)}; leave "
+                             f"{flag or key} out (the checkpoint's value is used) or give "
+                             f"{given(value)}")
         logger.info("%s=%r from the checkpoint %s", key, value, weights.path)
         out[key] = value
     return out
 
 
 def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
-                explicit: Collection[str] = ()) -> ALPNet:
+                explicit: Collection[str] = (), flags: Mapping[str, str] | None = None) -> ALPNet:
     """The configured ALPNet on ``device``, with ``weights`` (ours or the original's) loaded, or
     the trunk from ``pretrained_weights`` (COCO), or randomly initialised (with a warning)."""
-    cfg = architecture(cfg, weights, explicit)
+    cfg = architecture(cfg, weights, explicit, flags)
     bf16 = resolve_switch("bf16", cfg["bf16"], device)
     channels_last = resolve_switch("channels_last", cfg["channels_last"], device)
     if bf16 and device.type == "mps":
         raise ValueError("config bf16=True: bfloat16 autocast is not supported on mps; use "
                          "bf16=False")
-    if cfg["pretrained_weights"] is not None and cfg["encoder"] == "tiny":
-        raise ValueError(f"config: the 'tiny' encoder has no pretrained weights, got "
-                         f"pretrained_weights={cfg['pretrained_weights']!r}; leave it unset or "
-                         f"choose a deeplabv3_* encoder")
     pretrained = None
     if cfg["pretrained_weights"] is not None and weights.state is None:
         pretrained = pretrained_file(cfg["pretrained_weights"], cfg["encoder"])
@@ -195,14 +204,19 @@ def load_original_checkpoint(model: ALPNet, path: str | os.PathLike) -> None:
 def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
     """The local file of ``pretrained_weights``: a path as given, or for ``coco`` / ``imagenet``
     torchvision's file in the torch hub cache (downloaded when missing), its hash checked."""
+    if encoder == "tiny":
+        raise ValueError(f"config: the 'tiny' encoder has no pretrained weights, got "
+                         f"pretrained_weights={str(value)!r}; leave it unset or choose a "
+                         f"deeplabv3_* encoder")
     if str(value) not in PRETRAINED_KEYWORDS:
         path = Path(value)
         if not path.is_file():
+            close = difflib.get_close_matches(str(value).lower(), PRETRAINED_KEYWORDS, n=1)
             raise FileNotFoundError(
-                f"{path}: expected a torchvision DeepLabV3 COCO checkpoint (e.g. "
-                f"deeplabv3_resnet101_coco-586e9e4e.pth) or ImageNet ResNet file for "
-                f"pretrained_weights, found nothing there; or give pretrained_weights=coco or "
-                f"imagenet")
+                f"pretrained_weights={str(value)!r}: expected coco, imagenet or the path of a "
+                f"torchvision DeepLabV3 COCO or ImageNet ResNet file, found "
+                f"{'a folder' if path.is_dir() else 'no such file'}"
+                + (f"; did you mean {close[0]!r}?" if close else ""))
         return path
     url = PRETRAINED.get((str(value), encoder))
     if url is None:
@@ -213,7 +227,13 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
     prefix = re.search(r"-([a-f0-9]+)\.pth$", path.name).group(1)
     if not path.is_file():
         logger.info("pretrained_weights=%s: downloading %s to %s", value, url, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PermissionError(f"pretrained_weights={value}: expected a writable torch hub "
+                                  f"cache for {url}, cannot create {path.parent} "
+                                  f"({err.strerror or err}); set TORCH_HOME to a writable "
+                                  f"folder, or give the file's path") from None
         try:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix,
                                            progress=False)

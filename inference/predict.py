@@ -191,10 +191,11 @@ def apparent_modality(image: sitk.Image) -> tuple[str, float]:
     return ("CT" if fraction >= CT_AIR_FRACTION else "MR"), fraction
 
 
-def check_modality(image: sitk.Image, modality: str, explicit: bool,
-                   name: str) -> str | None:
-    """Stop when ``image`` looks like another modality than ``modality`` (the checkpoint's), or
-    return a warning when ``modality`` was given explicitly; None when they agree."""
+def check_modality(image: sitk.Image, modality: str, explicit: bool, name: str,
+                   source: str = "this checkpoint") -> str | None:
+    """Stop when ``image`` looks like another modality than ``modality`` (that of ``source``,
+    the checkpoint), or return a warning when ``modality`` was given explicitly; None when they
+    agree."""
     seen, fraction = apparent_modality(image)
     if seen == modality:
         return None
@@ -204,7 +205,7 @@ def check_modality(image: sitk.Image, modality: str, explicit: bool,
     if explicit:
         return f"WARNING: {name}: segmented as {modality} (--modality), but found {found}"
     article = "an" if modality == "MR" else "a"
-    raise ValueError(f"{name}: expected {article} {modality} scan for this checkpoint, found "
+    raise ValueError(f"{name}: expected {article} {modality} scan for {source}, found "
                      f"{found}; pass --modality {seen} to preprocess it as {seen}, or --modality "
                      f"{modality} to keep {modality} preprocessing")
 
@@ -238,10 +239,13 @@ def checkpoint_modality(cfg: dict) -> str:
 
 def target_orientation(info: DatasetInfo, support: sitk.Image, code: str = "auto") -> str | None:
     """The orientation code every scan is brought to: ``code`` itself unless "auto" (the
-    dataset's, else the support's) or "stored" (None: no scan is reoriented)."""
+    dataset's, else the support's unless it is oblique) or "stored"; None: no scan is
+    reoriented."""
     if code == "stored":
         return None
-    if code == "auto":
+    if code == "auto":  # an oblique support of a dataset without one orientation: none
+        if info.orientation is None and is_oblique(support):
+            return None
         return info.orientation or orientation(support)
     if len(code) != 3 or {code[0], code[1], code[2]} - set("LRAPSI") or len(
             {c.translate(str.maketrans("RPI", "LAS")) for c in code}) != 3:
@@ -314,6 +318,17 @@ def prepare_scan(image: sitk.Image, spacing: tuple[float, float, float], modalit
                         grid=Grid.of(resampled), source=Grid.of(image))
 
 
+def coverage_warning(prepared: PreparedScan, name: str, least: int = CROP_SIZE // 8) -> str | None:
+    """A warning when a scan covers fewer than ``least`` pixels of the network grid along an
+    in-plane axis (a thin slab, or a slice cut across the body): its mask will be near empty."""
+    rows, cols = prepared.grid.shape[1:]
+    if min(rows, cols) >= least:
+        return None
+    return (f"WARNING: {name} covers only {rows} x {cols} pixels of the {CROP_SIZE} x "
+            f"{CROP_SIZE} network grid after resampling to {_fmt(prepared.grid.spacing)} mm; "
+            f"expect an empty or meaningless mask")
+
+
 def prepare_mask(mask01: np.ndarray, image: sitk.Image, prepared: PreparedScan,
                  name: str = "mask") -> np.ndarray:
     """A binary SITK-array mask on ``image``'s grid → [Z, 256, 256] uint8 on the network grid."""
@@ -381,7 +396,8 @@ def load_model(path: str | os.PathLike, encoder: str | None,
     weights = read_weights(path)
     base = {"encoder": encoder or "deeplabv3_resnet101", **ORIGINAL_ASSUMED,
             "pretrained_weights": None, "bf16": "auto", "channels_last": "auto"}
-    model = build_model(base, device, weights, explicit=("encoder",) if encoder else ())
+    model = build_model(base, device, weights, explicit=("encoder",) if encoder else (),
+                        flags={"encoder": "--encoder"})
     return model.eval(), weights.config
 
 

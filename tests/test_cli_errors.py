@@ -78,6 +78,7 @@ def test_pretrained_keyword_offline_names_the_url_and_the_cache_path(setup, tmp_
     assert (f"place it at {tmp_path / 'hub' / 'checkpoints' / 'resnet50-0676ba61.pth'} "
             f"(SHA-256 starting 0676ba61)") in out.stderr
     assert not (tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth").exists()
+    assert not (tmp_path / "exps").exists()  # found before a run folder is made
 
 
 def test_output_in_the_way_fails_before_computing(setup, tmp_path):

@@ -190,6 +190,23 @@ def test_offline_without_the_file_names_the_url_and_the_cache_path(hub):
         "starting 586e9e4e), or give its path as pretrained_weights")
 
 
+def test_typos_folders_and_an_unwritable_cache_are_named(hub, tmp_path, monkeypatch):
+    def build(value):
+        build_model({**BASE, "encoder": "deeplabv3_resnet101", "pretrained_weights": value},
+                    torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match=r"pretrained_weights='COCO': expected coco, "
+                                                r"imagenet or the path of .* found no such file; "
+                                                r"did you mean 'coco'\?"):
+        build("COCO")
+    with pytest.raises(FileNotFoundError, match=r"found a folder$"):
+        build(str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", "/sys/no_hub_here")
+    with pytest.raises(PermissionError, match=r"pretrained_weights=coco: expected a writable "
+                                              r"torch hub cache .* cannot create "
+                                              r"/sys/no_hub_here/checkpoints .* set TORCH_HOME"):
+        build("coco")
+
+
 def test_mismatched_coco_file_lists_missing_unexpected_and_misshapen_keys(tmp_path):
     encoder = build_encoder("tiny")
     state = {f"backbone.{k}": v for k, v in encoder.backbone.state_dict().items()}

@@ -226,6 +226,11 @@ def test_missing_checkpoint_and_wrong_encoder_are_reported(checkpoints, scans, t
     with pytest.raises(ValueError, match="--encoder deeplabv3_resnet50"):
         predict.main(args(checkpoints["bare"], scans["support"], scans["mask"],
                           [scans["query"]], tmp_path / "out", "--encoder", "deeplabv3_resnet50"))
+    with pytest.raises(ValueError, match=r"^--encoder deeplabv3_resnet50 was given, but the "
+                                         r"checkpoint .*latest.pth was trained with --encoder "
+                                         r"tiny; leave --encoder out"):
+        predict.main(args(checkpoints["ours"], scans["support"], scans["mask"],
+                          [scans["query"]], tmp_path / "out", "--encoder", "deeplabv3_resnet50"))
     assert not (tmp_path / "out").exists()
 
 
@@ -260,19 +265,60 @@ def test_permuted_and_flipped_queries_give_the_canonical_mask(checkpoints, scans
     assert dice(back, reference) < 0.9
 
 
-def test_oblique_scans_keep_their_slices(cmr_dir):
+def test_oblique_scans_keep_their_slices(cmr_dir, checkpoints, scans, tmp_path, capsys):
+    from data_preprocessing.registry import CHAOST2, CMR
+
     cmr = sitk.ReadImage(str(cmr_dir / "image_1.nii.gz"))
     assert predict.is_oblique(cmr)
     assert not predict.is_oblique(sitk.ReadImage(str(cmr_dir.parent / "CHAOST2" /
                                                      "image_39.nii.gz")))  # 2.4 degrees off
+    # CMR has no common orientation: an oblique support leaves every scan as stored
+    assert predict.target_orientation(CMR, cmr) is None
+    assert predict.target_orientation(CHAOST2, cmr) == "LAS"
+    # an oblique query among LAS ones is kept as stored, said loudly, even when its closest
+    # code is already the target's
+    oblique = sitk.DICOMOrient(sitk.ReadImage(str(cmr_dir / "image_2.nii.gz")), "LAS")
+    assert predict.orientation(oblique) == "LAS" and predict.is_oblique(oblique)
+    sitk.WriteImage(oblique, str(tmp_path / "oblique.nii.gz"))
+    out, = predict.main(args(checkpoints["ours"], scans["support"], scans["mask"],
+                             [tmp_path / "oblique.nii.gz"], tmp_path / "out"))
+    printed = capsys.readouterr()
+    assert (f"WARNING: {tmp_path / 'oblique.nii.gz'} is oblique (closest code LAS); its slices "
+            f"are segmented as stored, not as LAS") in printed.err
+    assert "orientation LAS (oblique scans as stored)" in printed.out
+    stored = sitk.ReadImage(str(tmp_path / "oblique.nii.gz"))
+    # equal up to the rounding of NIfTI's quaternion storage of an oblique direction
+    np.testing.assert_allclose(sitk.ReadImage(str(out)).GetDirection(), stored.GetDirection(),
+                               atol=1e-8)
+
+
+def test_support_mask_in_another_axis_order_and_a_thin_query(checkpoints, scans, tmp_path,
+                                                              capsys):
+    mask = sitk.ReadImage(str(scans["mask"]))
+    sitk.WriteImage(sitk.DICOMOrient(mask, "RPI"), str(tmp_path / "mask_RPI.nii.gz"))
+    thin = sitk.ReadImage(str(scans["query"]))[100:101]  # one sagittal slice
+    sitk.WriteImage(thin, str(tmp_path / "thin.nii.gz"))
+    same = predict.main(args(checkpoints["ours"], scans["support"], tmp_path / "mask_RPI.nii.gz",
+                             [scans["query"], tmp_path / "thin.nii.gz"], tmp_path / "out"))[0]
+    reference, = predict.main(args(checkpoints["ours"], scans["support"], scans["mask"],
+                                   [scans["query"]], tmp_path / "ref"))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(same))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(reference))))
+    assert (f"WARNING: {tmp_path / 'thin.nii.gz'} covers only 235 x 2 pixels of the 256 x 256 "
+            f"network grid") in capsys.readouterr().err
 
 
 def test_hu_scan_into_an_mr_model_and_mr_into_a_ct_model_stop(checkpoints, scans, ct_dir,
                                                               tmp_path):
     ct = ct_dir / "image_0.nii.gz"
+    one_line_error(cli("predict.py", *args(checkpoints["bare"], scans["support"], scans["mask"],
+                                           [ct], tmp_path / "out", "--encoder", "tiny")),
+                   "predict.py", f"{ct}: expected an MR scan for a checkpoint that records no "
+                   f"dataset (MR assumed), found 38.4 % ")
     one_line_error(cli("predict.py", *args(checkpoints["ours"], scans["support"], scans["mask"],
                                            [ct], tmp_path / "out")),
-                   "predict.py", f"{ct}: expected an MR scan for this checkpoint, found 38.4 % "
+                   "predict.py", f"{ct}: expected an MR scan for this checkpoint (trained on "
+                   f"CHAOST2), found 38.4 % "
                    f"of its voxels below -200, air in Hounsfield units (a CT); pass --modality CT")
     assert not (tmp_path / "out").exists()
     state = torch.load(checkpoints["ours"], weights_only=True)
@@ -282,8 +328,8 @@ def test_hu_scan_into_an_mr_model_and_mr_into_a_ct_model_stop(checkpoints, scans
     sitk.WriteImage(liver, str(tmp_path / "liver.nii.gz"))
     one_line_error(cli("predict.py", *args(ct_model, ct, tmp_path / "liver.nii.gz",
                                            [scans["query"]], tmp_path / "out")),
-                   "predict.py", f"{scans['query']}: expected a CT scan for this checkpoint, "
-                   f"found only 0.00 % of its voxels below -200")
+                   "predict.py", f"{scans['query']}: expected a CT scan for this checkpoint "
+                   f"(trained on SABS), found only 0.00 % of its voxels below -200")
     # given explicitly, the modality is used, with a loud warning per scan that contradicts it
     forced = cli("predict.py", *args(checkpoints["ours"], ct, tmp_path / "liver.nii.gz",
                                      [scans["query"]], tmp_path / "out", "--modality", "CT"))

@@ -88,8 +88,12 @@ def test_device_resolution():
     with pytest.raises(ValueError, match="expected one of"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available here; use device=auto or "
+                                             "device=cpu"):
             resolve_device("cuda")
+        with pytest.raises(ValueError, match=r"^--device: 'cuda' requested but CUDA is not "
+                                             r"available here; use --device auto or --device cpu"):
+            resolve_device("cuda", flag="--device")
 
 
 def test_episode_rng_depends_on_seed_and_index_only():
@@ -157,6 +161,39 @@ def test_a_text_file_named_pth_is_a_clear_error(tmp_path):
                                          r"\(a checkpoint, saved with torch\.save\), found "
                                          r"something else"):
         read_weights(text)
+
+
+def test_a_folder_or_a_torchvision_file_as_checkpoint_is_named_for_what_it_is(tmp_path):
+    from torchvision.models import resnet18
+
+    from inference.loader import read_weights
+
+    with pytest.raises(FileNotFoundError, match=r"expected a checkpoint file \(ours or the "
+                                                r"original code's\), found a folder"):
+        read_weights(tmp_path)
+    trunk = tmp_path / "resnet.pth"
+    torch.save(resnet18().state_dict(), trunk)
+    with pytest.raises(ValueError, match=r"resnet\.pth: expected an SSL-ALPNet checkpoint "
+                                         r"\(keys 'encoder\.\*'\), found a torchvision ResNet "
+                                         r"file: that is a start for training"):
+        read_weights(trunk)
+
+
+@pytest.mark.parametrize("shape, found", [
+    ((8, 8, 4, 1, 2), "found a 3-D image with 2 components per voxel (shape (8, 8, 4, 1, 2))"),
+    ((8, 8, 4, 3), "found a 4-D image of shape (8, 8, 4, 3)"),
+    ((8, 8), "found a 2-D image of shape (8, 8)")])
+def test_volumes_of_other_dimensions_are_named(tmp_path, shape, found):
+    import nibabel as nib
+
+    from util.io import read_image
+
+    path = tmp_path / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), path)
+    with pytest.raises(ValueError) as err:
+        read_image(path)
+    assert str(err.value).startswith(f"{path}: expected a 3-D volume")
+    assert found in str(err.value)
 
 
 def test_checkpoints_with_numpy_values_convert_to_safe_ones(tmp_path):

@@ -8,7 +8,9 @@ import torch
 CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", flag: str = "device") -> torch.device:
+    """auto (CUDA, else MPS, else CPU) or the named device, which must exist here; errors name
+    ``flag`` as the user gave it (``device`` for a config key, ``--device`` on a command line)."""
     name = str(name).lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -17,15 +19,15 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     base = name.split(":")[0]
+    use = (f"use {flag} auto or {flag} cpu" if flag.startswith("-") else
+           f"use {flag}=auto or {flag}=cpu")
     if base not in CHOICES:
-        raise ValueError(f"device: expected one of {CHOICES} (or cuda:N), got {name!r}")
+        raise ValueError(f"{flag}: expected one of {CHOICES} (or cuda:N), got {name!r}")
     if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available here; use "
-                         f"device=auto or device=cpu")
+        raise ValueError(f"{flag}: {name!r} requested but CUDA is not available here; {use}")
     if base == "mps" and not (getattr(torch.backends, "mps", None) is not None
                               and torch.backends.mps.is_available()):
-        raise ValueError("device: 'mps' requested but MPS is not available here; use "
-                         "device=auto or device=cpu")
+        raise ValueError(f"{flag}: 'mps' requested but MPS is not available here; {use}")
     return torch.device(name)
 
 

@@ -130,6 +130,9 @@ def _check_nifti_payload(path: Path) -> None:
     core = shape
     while len(core) > 3 and core[-1] == 1:
         core = core[:-1]
+    if len(shape) == 5 and shape[3] == 1 and shape[4] > 1:  # NIfTI's vector layout
+        raise ValueError(f"{path}: expected a 3-D volume of one value per voxel, found a 3-D "
+                         f"image with {shape[4]} components per voxel (shape {shape})")
     if len(core) != 3:
         raise ValueError(f"{path}: expected a 3-D volume, found a {len(core)}-D image of shape "
                          f"{shape}")
