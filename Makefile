@@ -23,6 +23,7 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_superpixels.py
+	$(PY) benchmarks/bench_supervoxels.py
 	$(PY) -m benchmarks.bench_model
 	$(PY) benchmarks/bench_episodes.py
 	$(PY) benchmarks/bench_train_step.py

@@ -20,7 +20,8 @@ def run(tmp_path_factory):
     out = cli("training.py", "with", "phantom", "setting1", f"data_dir={data}", "encoder=tiny",
               "num_workers=0", "device=cpu", "n_steps=2", f"log_dir={root / 'exps'}")
     assert out.returncode == 0, out.stderr[-2000:]
-    return {"data": data, "checkpoint": next((root / "exps").rglob("latest.pth"))}
+    return {"data": data, "checkpoint": next((root / "exps").rglob("latest.pth")),
+            "out": root / "notebook_out"}
 
 
 def execute(name: str, monkeypatch, **env: str) -> list[str]:
@@ -55,11 +56,12 @@ def test_walk_dataset(run, monkeypatch):
 def test_episodes_and_validation(run, monkeypatch):
     texts = execute("episodes_and_validation.ipynb", monkeypatch,
                     SSL_NOTEBOOK_CHECKPOINT=str(run["checkpoint"]),
-                    SSL_NOTEBOOK_DATA=str(run["data"]))
+                    SSL_NOTEBOOK_DATA=str(run["data"]), SSL_NOTEBOOK_OUT=str(run["out"]))
     out = "\n".join(texts)
     assert f"{run['checkpoint']}: tiny, trained 2 steps on PHANTOM fold 0, Setting 1" in out
     table = next(t for t in texts if t.startswith("organ"))
     assert [line.split()[0] for line in table.splitlines()[2:]] == [
         "RK", "LK", "LIVER", "SPLEEN", "overall"]
     assert re.search(r"\n[1-9][0-9]* overlays in ", "\n" + out), out
+    assert list((run["out"] / "overlays").glob("*.png"))
     assert texts[-1] == "2 figures"
