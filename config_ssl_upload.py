@@ -35,6 +35,7 @@ from inference.loader import pretrained_file  # noqa: E402
 from models.alpnet import PROTOTYPES  # noqa: E402
 from models.encoder import ENCODER_NAMES  # noqa: E402
 from util.cli import EXPECTED, debug_requested, fail, message_of  # noqa: E402
+from util.device import resolve_device  # noqa: E402
 from util.distributed import env_info  # noqa: E402
 from util.io import ensure_writable_dir  # noqa: E402
 
@@ -324,6 +325,7 @@ def attach_observer(config, command_name, logger):
         ex.observers[:] = []
         return updates
     ensure_writable_dir(config["log_dir"], "log_dir")  # before any computation
+    resolve_device(config["device"])  # a device this machine lacks: no run folder for that
     if command_name == "train" and not config["resume"] and config["pretrained_weights"]:
         pretrained_file(config["pretrained_weights"], config["encoder"])  # found or fetched
     folder = resumed_run_folder(config["resume"]) if command_name == "train" else None

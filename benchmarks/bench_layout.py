@@ -39,16 +39,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+                        help="which to time (bf16 is emulated, and slow, without native bf16)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = torch.randn(2, 3, args.size, args.size)
     models = {}
-    for name, options in VARIANTS.items():
+    for name in dict.fromkeys(["fp32_nchw", *args.variants]):  # the reference is always timed
         torch.manual_seed(0)
-        models[name] = ALPNet(args.encoder, **options).train()
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        models[name] = ALPNet(args.encoder, **VARIANTS[name]).train()
+    times: dict[str, list[float]] = {name: [] for name in models}
     for round_ in range(args.rounds + 1):  # round 0 warms up
         for name, model in models.items():
             model.zero_grad(set_to_none=True)

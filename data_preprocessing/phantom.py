@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from data_preprocessing.contract import register
 from data_preprocessing.registry import PHANTOM
-from util.io import write_image
+from util.io import ensure_writable_dir, write_image
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256, help="in-plane size in px")
     parser.add_argument("--slices", type=int, default=None, help="slices per scan (default 26-34)")
     args = parser.parse_args(argv)
+    ensure_writable_dir(args.out, "--out")
     out = write_phantom(args.out, args.seed, args.n_scans, args.size, args.slices)
     print(f"wrote {args.n_scans} phantom scans to {out}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data_preprocessing import classmap, superpixels, supervoxels, verify
 from data_preprocessing.contract import register
-from util.io import pid_from_path
+from util.io import ensure_writable_dir, pid_from_path
 
 
 def link_scans(src: str | os.PathLike, dst: str | os.PathLike, copy: bool = False) -> list[str]:
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-tp", type=int, nargs="+", default=[1])
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
+    ensure_writable_dir(args.dst, "--dst")
     pids = link_scans(args.src, args.dst, args.copy)
     register(args.dst, args.dataset)
     print(f"{args.dst}: {len(pids)} scans registered as {args.dataset}")

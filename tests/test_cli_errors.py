@@ -81,6 +81,15 @@ def test_pretrained_keyword_offline_names_the_url_and_the_cache_path(setup, tmp_
     assert not (tmp_path / "exps").exists()  # found before a run folder is made
 
 
+def test_a_device_this_machine_lacks_makes_no_run_folder(setup, tmp_path):
+    device = "cuda" if not torch.cuda.is_available() else "mps"
+    for script in ("training.py", "validation.py"):
+        out = cli(script, "with", "phantom", f"data_dir={setup['data']}", "encoder=tiny",
+                  f"device={device}", f"log_dir={tmp_path / 'exps'}")
+        one_line_error(out, script, f"device: {device!r} requested but")
+    assert not (tmp_path / "exps").exists()
+
+
 def test_output_in_the_way_fails_before_computing(setup, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x", encoding="utf-8")
@@ -90,6 +99,14 @@ def test_output_in_the_way_fails_before_computing(setup, tmp_path):
     out = predict(setup, setup["data"] / "image_1.nii.gz", blocker)
     one_line_error(out, "predict.py", f"{blocker}: expected a folder (--out), found a file in "
                                       f"the way")
+    one_line_error(cli("-m", "data_preprocessing.phantom", "--out", str(blocker / "sub")),
+                   "python -m data_preprocessing.phantom",
+                   f"{blocker / 'sub'}: expected a folder (--out), found a file in the way "
+                   f"({blocker})")
+    one_line_error(cli("-m", "data_preprocessing.prepare", "--dataset", "PHANTOM", "--src",
+                       str(setup["data"]), "--dst", str(blocker)),
+                   "python -m data_preprocessing.prepare",
+                   f"{blocker}: expected a folder (--dst), found a file in the way")
 
 
 def test_read_only_output_folder_fails_before_computing(setup, tmp_path):
