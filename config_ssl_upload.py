@@ -31,7 +31,7 @@ from sacred.observers import FileStorageObserver  # noqa: E402
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
 from dataloaders.episodes import setting_exclusions  # noqa: E402
 from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
-from inference.loader import pretrained_file  # noqa: E402
+from inference.loader import check_pretrained  # noqa: E402
 from models.alpnet import PROTOTYPES  # noqa: E402
 from models.encoder import ENCODER_NAMES  # noqa: E402
 from util.cli import EXPECTED, debug_requested, fail, message_of  # noqa: E402
@@ -327,7 +327,7 @@ def attach_observer(config, command_name, logger):
     ensure_writable_dir(config["log_dir"], "log_dir")  # before any computation
     resolve_device(config["device"])  # a device this machine lacks: no run folder for that
     if command_name == "train" and not config["resume"] and config["pretrained_weights"]:
-        pretrained_file(config["pretrained_weights"], config["encoder"])  # found or fetched
+        check_pretrained(config["pretrained_weights"], config["encoder"])  # found or fetched
     folder = resumed_run_folder(config["resume"]) if command_name == "train" else None
     if folder is not None:  # a resumed run goes on in its own folder
         ex.observers[:] = [ContinuingObserver(folder)]

@@ -38,7 +38,7 @@ from data_preprocessing.contract import discover_cases, register
 from data_preprocessing.registry import CHAOST2
 from data_preprocessing.resample import (add_resample_options, normalize_mr_pair,
                                          parse_resample_options, resample_record)
-from util.io import array_to_image, sort_pids, write_image
+from util.io import array_to_image, ensure_writable_dir, sort_pids, write_image
 
 # Grey value of each class in the CHAOS ground-truth PNGs (SPEC §1.2 step 2).
 GREY_TO_CLASS = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip stages 1-2 and normalize the NIfTI already in --niis")
     add_resample_options(parser, CHAOST2.target_spacing)
     args = parse_resample_options(parser, argv)
-    dst = Path(args.dst)
+    dst = ensure_writable_dir(args.dst, "--dst")
     niis = Path(args.niis) if args.niis else dst.parent / "niis" / SEQUENCE
 
     if args.from_niis:

@@ -24,6 +24,7 @@ from data_preprocessing.contract import discover_cases, register
 from data_preprocessing.registry import CMR
 from data_preprocessing.resample import (add_resample_options, normalize_mr_pair,
                                          parse_resample_options, resample_record)
+from util.io import ensure_writable_dir
 
 RAW_LABEL_VALUES = (0, *sorted(CMR.raw_label_values))  # 0, 200, 500, 600
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pids", nargs="+", default=None, help="only these scan ids")
     add_resample_options(parser, CMR.target_spacing)
     args = parse_resample_options(parser, argv)
+    ensure_writable_dir(args.dst, "--dst")
     pids = find_cases(args.src, args.pids)  # checks every pair before anything is written
     for pid in pids:
         print(normalize_mr_pair(args.src, args.dst, pid, CMR.name, args, check_label_values))

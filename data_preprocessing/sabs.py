@@ -29,7 +29,8 @@ from data_preprocessing.contract import discover_cases, register
 from data_preprocessing.registry import SABS
 from data_preprocessing.resample import (BORDER, CROP_SIZE, HU_WINDOW, SIZE_EPS, convert_pair,
                                          resample_label, resample_to_spacing, window_ct)
-from util.io import array_to_image, array_with_geometry, pid_from_path, read_image, write_image
+from util.io import (array_to_image, array_with_geometry, ensure_writable_dir, pid_from_path,
+                     read_image, write_image)
 
 
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=CROP_SIZE,
                         help="in-plane size the cropped extent is resampled to (+1 by R1)")
     args = parser.parse_args(argv)
-    dst = Path(args.dst)
+    dst = ensure_writable_dir(args.dst, "--dst")
     tmp = Path(args.tmp) if args.tmp else dst.parent / "tmp_normalized"
     window = (float(args.window[0]), float(args.window[1]))
 

@@ -58,6 +58,10 @@ PRETRAINED_KEYWORDS = ("coco", "imagenet")
 ORIGINAL_ASSUMED = {"feature_hw": [32, 32], "proto_grid_size": 8, "val_wsize": 2,
                     "fg_thresh": 0.95, "bg_thresh": 0.95, "usealign": True, "prototypes": "alp"}
 _KEYS_SHOWN = 8
+ENCODER_RESNETS = {"deeplabv3_resnet101": "ResNet-101", "deeplabv3_resnet50": "ResNet-50"}
+# torchvision ResNets by (blocks in layer3, bottleneck blocks)
+_RESNETS = {(2, False): "ResNet-18", (6, False): "ResNet-34", (6, True): "ResNet-50",
+            (23, True): "ResNet-101", (36, True): "ResNet-152"}
 
 
 @dataclass(frozen=True)
@@ -182,9 +186,10 @@ def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
         except ValueError as err:
             if weights.kind != "original":
                 raise
+            flag = (flags or {}).get("encoder")
+            built = f"{flag} {cfg['encoder']}" if flag else f"encoder={cfg['encoder']}"
             raise ValueError(f"{err} (a bare state dict records no encoder: the model was built "
-                             f"as --encoder {cfg['encoder']} / encoder={cfg['encoder']}; give the "
-                             f"encoder it was trained with)") from None
+                             f"as {built}; give the encoder it was trained with)") from None
         logger.info("loaded weights from %s", weights.path)
     elif pretrained is not None:
         load_pretrained_trunk(model.encoder, pretrained)
@@ -226,7 +231,6 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
     path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
     prefix = re.search(r"-([a-f0-9]+)\.pth$", path.name).group(1)
     if not path.is_file():
-        logger.info("pretrained_weights=%s: downloading %s to %s", value, url, path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -234,6 +238,7 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
                                   f"cache for {url}, cannot create {path.parent} "
                                   f"({err.strerror or err}); set TORCH_HOME to a writable "
                                   f"folder, or give the file's path") from None
+        logger.info("pretrained_weights=%s: downloading %s to %s", value, url, path)
         try:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix,
                                            progress=False)
@@ -257,19 +262,50 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
 def load_pretrained_trunk(encoder: Encoder, path: str | os.PathLike) -> None:
     """Load a torchvision file into the trunk: a DeepLabV3 checkpoint's ``backbone.*`` entries,
     or an ImageNet ResNet classifier without its ``fc.*`` head."""
+    trunk, what = trunk_of(path, _resnet_depth(encoder.backbone.state_dict()))
+    load_checked_state_dict(encoder.backbone, trunk, f"{path} ({what})")
+    logger.info("encoder: loaded %d trunk tensors from %s (%s)", len(trunk), path, what)
+
+
+def check_pretrained(value: str | os.PathLike, encoder: str) -> Path:
+    """:func:`pretrained_file`, and for a local file its layout and depth, before a run starts."""
+    path = pretrained_file(value, encoder)
+    if str(value) not in PRETRAINED_KEYWORDS:  # torchvision's own files are checked by hash
+        trunk_of(path, ENCODER_RESNETS.get(encoder))
+    return path
+
+
+def trunk_of(path: str | os.PathLike, depth: str | None) -> tuple[dict[str, Tensor], str]:
+    """The trunk tensors of a pretrained file and how they were found; refused unless it is
+    torchvision's DeepLabV3 (``backbone.*``) or ImageNet ResNet (``conv1.weight``, ``fc.weight``)
+    layout, of the ResNet ``depth`` (e.g. 'ResNet-101'; None: any)."""
     state = read_state_dict(path, "a torchvision DeepLabV3 or ResNet checkpoint")
     if any(k.startswith("backbone.") for k in state):
         trunk = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         what = "backbone.* into the trunk"
-    elif "fc.weight" in state and "conv1.weight" in state:
+    elif {"conv1.weight", "fc.weight"} <= set(state):
         trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
         what = "ImageNet ResNet without fc.* into the trunk"
     else:
+        ours = any(k.startswith("encoder.") for k in state)
         raise ValueError(f"{path}: expected a torchvision DeepLabV3 checkpoint with 'backbone.*' "
                          f"keys or an ImageNet ResNet with 'conv1.weight' and 'fc.weight', found "
-                         f"neither; keys found: {_preview(state)}")
-    load_checked_state_dict(encoder.backbone, trunk, f"{path} ({what})")
-    logger.info("encoder: loaded %d trunk tensors from %s (%s)", len(trunk), path, what)
+                         + ("an SSL-ALPNet checkpoint (keys 'encoder.*'): evaluate it with "
+                            "reload_model_path, or continue training it with resume" if ours
+                            else f"neither; keys found: {_preview(state)}"))
+    found = _resnet_depth(trunk)
+    if depth is not None and found != depth:
+        raise ValueError(f"{path}: expected a {depth} trunk for this encoder, found a {found} "
+                         f"one; give the file of the encoder's depth, or the encoder of the file's")
+    return trunk, what
+
+
+def _resnet_depth(keys) -> str:
+    """The ResNet a trunk's key names describe (by its layer3), e.g. 'ResNet-101'."""
+    blocks = {k.split(".")[1] for k in keys if re.fullmatch(r"layer3\.\d+\.conv1\.weight", k)}
+    bottleneck = any(k.startswith("layer3.0.conv3.") for k in keys)
+    return _RESNETS.get((len(blocks), bottleneck),
+                        f"{len(blocks)}-block-layer3 {'bottleneck' if bottleneck else 'basic'}")
 
 
 def _sha256(path: Path) -> str:

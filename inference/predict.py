@@ -318,14 +318,15 @@ def prepare_scan(image: sitk.Image, spacing: tuple[float, float, float], modalit
                         grid=Grid.of(resampled), source=Grid.of(image))
 
 
-def coverage_warning(prepared: PreparedScan, name: str, least: int = CROP_SIZE // 8) -> str | None:
-    """A warning when a scan covers fewer than ``least`` pixels of the network grid along an
-    in-plane axis (a thin slab, or a slice cut across the body): its mask will be near empty."""
+def coverage_warning(prepared: PreparedScan, name: str,
+                     least: int = CROP_SIZE // 8) -> str | None:
+    """A warning when a scan, resampled, spans fewer than ``least`` pixels along an in-plane axis
+    (a thin slab, or a slice cut across the body): its mask will be near empty."""
     rows, cols = prepared.grid.shape[1:]
     if min(rows, cols) >= least:
         return None
-    return (f"WARNING: {name} covers only {rows} x {cols} pixels of the {CROP_SIZE} x "
-            f"{CROP_SIZE} network grid after resampling to {_fmt(prepared.grid.spacing)} mm; "
+    return (f"WARNING: {name} is only {rows} x {cols} pixels in-plane after resampling to "
+            f"{_fmt(prepared.grid.spacing)} mm (the network sees {CROP_SIZE} x {CROP_SIZE}); "
             f"expect an empty or meaningless mask")
 
 

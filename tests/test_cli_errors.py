@@ -79,6 +79,13 @@ def test_pretrained_keyword_offline_names_the_url_and_the_cache_path(setup, tmp_
             f"(SHA-256 starting 0676ba61)") in out.stderr
     assert not (tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth").exists()
     assert not (tmp_path / "exps").exists()  # found before a run folder is made
+    ours = cli("training.py", "with", "phantom", f"data_dir={setup['data']}",
+               "encoder=deeplabv3_resnet50", f"pretrained_weights={setup['checkpoint']}",
+               f"log_dir={tmp_path / 'exps'}")
+    one_line_error(ours, "training.py", f"{setup['checkpoint']}: expected a torchvision "
+                   "DeepLabV3 checkpoint with 'backbone.*' keys or an ImageNet ResNet with "
+                   "'conv1.weight' and 'fc.weight', found an SSL-ALPNet checkpoint")
+    assert not (tmp_path / "exps").exists()
 
 
 def test_a_device_this_machine_lacks_makes_no_run_folder(setup, tmp_path):
@@ -107,6 +114,12 @@ def test_output_in_the_way_fails_before_computing(setup, tmp_path):
                        str(setup["data"]), "--dst", str(blocker)),
                    "python -m data_preprocessing.prepare",
                    f"{blocker}: expected a folder (--dst), found a file in the way")
+    one_line_error(cli("-m", "data_preprocessing.cmr", "--src", str(setup["data"]), "--dst",
+                       str(blocker)), "python -m data_preprocessing.cmr",
+                   f"{blocker}: expected a folder (--dst), found a file in the way")
+    one_line_error(cli("-m", "data_preprocessing.verify", "--dir", str(blocker)),
+                   "python -m data_preprocessing.verify",
+                   f"{blocker}: expected a dataset folder, found a file")
 
 
 def test_read_only_output_folder_fails_before_computing(setup, tmp_path):

@@ -207,6 +207,25 @@ def test_typos_folders_and_an_unwritable_cache_are_named(hub, tmp_path, monkeypa
         build("coco")
 
 
+def test_a_trunk_of_another_depth_or_an_alpnet_checkpoint_is_named(tmp_path):
+    r50 = segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                          aux_loss=True)
+    torch.save(r50.state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(ValueError, match=r"r50\.pth: expected a ResNet-101 trunk for this "
+                                         r"encoder, found a ResNet-50 one"):
+        loader.check_pretrained(str(tmp_path / "r50.pth"), "deeplabv3_resnet101")
+    assert loader.check_pretrained(str(tmp_path / "r50.pth"), "deeplabv3_resnet50") == \
+        tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match="expected a ResNet-50 trunk for this encoder, found a "
+                                         "ResNet-34 one"):
+        loader.check_pretrained(str(tmp_path / "r34.pth"), "deeplabv3_resnet50")
+    torch.save(ALPNet("tiny").state_dict(), tmp_path / "ours.pth")
+    with pytest.raises(ValueError, match=r"found an SSL-ALPNet checkpoint \(keys 'encoder\.\*'\): "
+                                         r"evaluate it with reload_model_path"):
+        loader.check_pretrained(str(tmp_path / "ours.pth"), "deeplabv3_resnet50")
+
+
 def test_mismatched_coco_file_lists_missing_unexpected_and_misshapen_keys(tmp_path):
     encoder = build_encoder("tiny")
     state = {f"backbone.{k}": v for k, v in encoder.backbone.state_dict().items()}

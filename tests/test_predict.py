@@ -304,8 +304,8 @@ def test_support_mask_in_another_axis_order_and_a_thin_query(checkpoints, scans,
                                    [scans["query"]], tmp_path / "ref"))
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(same))),
                           sitk.GetArrayFromImage(sitk.ReadImage(str(reference))))
-    assert (f"WARNING: {tmp_path / 'thin.nii.gz'} covers only 235 x 2 pixels of the 256 x 256 "
-            f"network grid") in capsys.readouterr().err
+    assert (f"WARNING: {tmp_path / 'thin.nii.gz'} is only 235 x 2 pixels in-plane after "
+            f"resampling") in capsys.readouterr().err
 
 
 def test_hu_scan_into_an_mr_model_and_mr_into_a_ct_model_stop(checkpoints, scans, ct_dir,

@@ -171,6 +171,11 @@ def test_a_folder_or_a_torchvision_file_as_checkpoint_is_named_for_what_it_is(tm
     with pytest.raises(FileNotFoundError, match=r"expected a checkpoint file \(ours or the "
                                                 r"original code's\), found a folder"):
         read_weights(tmp_path)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pth: expected a readable torch checkpoint "
+                                         r"\(a checkpoint\), found an empty \(zero-byte\) file"):
+        read_weights(empty)
     trunk = tmp_path / "resnet.pth"
     torch.save(resnet18().state_dict(), trunk)
     with pytest.raises(ValueError, match=r"resnet\.pth: expected an SSL-ALPNet checkpoint "

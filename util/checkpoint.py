@@ -38,6 +38,9 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
               what: str = "a torch file") -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, so a crafted
     pickle cannot run code here. Every failure is a ValueError naming the file."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: expected a readable torch checkpoint ({what}), found an empty "
+                         f"(zero-byte) file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -137,8 +140,8 @@ def find_resume_checkpoint(target: str | os.PathLike,
     if target.suffix == ".pth" or target.is_file():
         return target, load_checkpoint(target, map_location)
     if not target.is_dir():
-        raise FileNotFoundError(f"{target}: expected a run folder or checkpoint file to resume "
-                                f"from, found nothing there")
+        raise FileNotFoundError(f"{target}: expected a run folder or checkpoint file, found "
+                                f"nothing there")
     problems = []
     for path in checkpoint_candidates(target):
         try:
@@ -147,8 +150,7 @@ def find_resume_checkpoint(target: str | os.PathLike,
             problems.append(str(err))
             warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=2)
     detail = "; ".join(problems) if problems else "none found"
-    raise FileNotFoundError(f"{target / SNAPSHOT_DIR}: expected a loadable checkpoint to resume "
-                            f"from, {detail}")
+    raise FileNotFoundError(f"{target / SNAPSHOT_DIR}: expected a loadable checkpoint, {detail}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,7 @@ def message_of(err: BaseException) -> str:
 def run_main(prog: str, main: Callable[[], Any]) -> Any:
     """Run ``main``; an expected error is printed as one line and exits with status 2."""
     debug = debug_requested()
+    sys.argv[0] = prog  # argparse's usage and errors name the command as the user ran it
     try:
         return main()
     except EXPECTED as err:
