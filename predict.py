@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         warnings.append(f"WARNING: {args.support} is oblique and {info.name} has no common "
                         f"orientation: every scan is segmented as stored")
 
+    kept_oblique = []  # scans left as stored although code is set
+
     def bring(image: sitk.Image, path: Path) -> sitk.Image:
         """Check the modality, reorient to ``code`` (oblique scans are kept as stored)."""
         warnings.append(check_modality(image, modality, args.modality is not None, str(path),
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if is_oblique(image):
             warnings.append(f"WARNING: {path} is oblique (closest code {orientation(image)}); "
                             f"its slices are segmented as stored, not as {code}")
+            kept_oblique.append(path)
             return image
         if orientation(image) != code:
             print(f"{path}: stored {orientation(image)}, segmented as {code}")
@@ -126,8 +129,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     del support, mask_image, image  # only the preprocessed scans are kept
     for line in filter(None, warnings):
         print(line, file=sys.stderr)
-    oblique = code is not None and any("is oblique" in str(w) for w in warnings)
-    kept = " (oblique scans as stored)" if oblique else ""
+    kept = " (oblique scans as stored)" if kept_oblique else ""
     print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
           f"256 x 256, per-volume z-score, orientation {code or 'as stored'}{kept}; "
           f"device {device}")

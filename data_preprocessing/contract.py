@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data_preprocessing.registry import DatasetInfo, get_dataset_info, make_folds
-from util.io import pid_from_path, read_json, sort_pids, write_json
+from util.io import found_at, pid_from_path, read_json, sort_pids, write_json
 
 CONTRACT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -37,15 +37,11 @@ FILE_PATTERNS = {
 }
 
 
-def _found(path: Path) -> str:
-    return "a file" if path.exists() else "nothing there"
-
-
 def discover_cases(folder: str | os.PathLike) -> list[str]:
     """Scan ids of the ``image_<pid>.nii.gz`` files in ``folder``, sorted numerically."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: expected a dataset folder, found {_found(folder)}")
+        raise FileNotFoundError(f"{folder}: expected a dataset folder, found {found_at(folder)}")
     return sort_pids(pid_from_path(p) for p in folder.glob("image_*.nii.gz"))
 
 
@@ -240,7 +236,7 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     whose switch was interrupted is completed first (:func:`commit_staged`)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: expected a dataset folder, found {_found(folder)}")
+        raise FileNotFoundError(f"{folder}: expected a dataset folder, found {found_at(folder)}")
     finish_commits(folder)
     meta_path, splits_path = folder / DATASET_JSON, folder / SPLITS_JSON
     for path in (meta_path, splits_path):

@@ -18,6 +18,7 @@ Training (start and resume), validation, ``predict.py`` and the quickstart build
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import logging
 import os
@@ -37,6 +38,7 @@ from models.alpnet import ALPNet
 from models.encoder import Encoder
 from util.checkpoint import check_training_state, safe_load
 from util.device import resolve_switch
+from util.io import found_at
 
 logger = logging.getLogger(__name__)
 
@@ -105,17 +107,16 @@ def read_weights(path: str | os.PathLike | None) -> Weights:
         return NO_WEIGHTS
     path = Path(path)
     if not path.is_file():
-        found = "a folder" if path.is_dir() else "nothing there"
         raise FileNotFoundError(f"{path}: expected a checkpoint file (ours or the original "
-                                f"code's), found {found}")
+                                f"code's), found {found_at(path)}")
     obj = safe_load(path, "cpu", "a checkpoint")
     if isinstance(obj, Mapping) and "format_version" in obj:
         check_training_state(path, obj)
         return Weights(str(path), "ours", obj["model"], dict(obj.get("config", {})),
                        int(obj["step"]))
     state = _state_dict(obj, path, "an SSL-ALPNet checkpoint")
-    if any(k.startswith(("backbone.", "classifier.")) for k in state) or "fc.weight" in state:
-        kind = "DeepLabV3" if any(k.startswith("backbone.") for k in state) else "ResNet"
+    kind = _torchvision_layout(state)
+    if kind is not None:
         raise ValueError(f"{path}: expected an SSL-ALPNet checkpoint (keys 'encoder.*'), found a "
                          f"torchvision {kind} file: that is a start for training "
                          f"(pretrained_weights={path}), not a model to evaluate")
@@ -250,7 +251,7 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
         except RuntimeError as err:  # torch.hub: the downloaded file's hash differs
             raise ValueError(f"pretrained_weights={value}: {url} downloaded with the wrong "
                              f"content ({err}); nothing was kept at {path}") from None
-    digest = _sha256(path)
+    digest = _sha256(path, path.stat().st_size, path.stat().st_mtime_ns)
     if not digest.startswith(prefix):
         raise ValueError(f"{path}: expected torchvision's file with SHA-256 starting {prefix}, "
                          f"found {digest[:len(prefix)]}; delete it so that it is downloaded "
@@ -280,10 +281,11 @@ def trunk_of(path: str | os.PathLike, depth: str | None) -> tuple[dict[str, Tens
     torchvision's DeepLabV3 (``backbone.*``) or ImageNet ResNet (``conv1.weight``, ``fc.weight``)
     layout, of the ResNet ``depth`` (e.g. 'ResNet-101'; None: any)."""
     state = read_state_dict(path, "a torchvision DeepLabV3 or ResNet checkpoint")
-    if any(k.startswith("backbone.") for k in state):
+    kind = _torchvision_layout(state)
+    if kind == "DeepLabV3":
         trunk = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         what = "backbone.* into the trunk"
-    elif {"conv1.weight", "fc.weight"} <= set(state):
+    elif kind == "ResNet":
         trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
         what = "ImageNet ResNet without fc.* into the trunk"
     else:
@@ -300,6 +302,16 @@ def trunk_of(path: str | os.PathLike, depth: str | None) -> tuple[dict[str, Tens
     return trunk, what
 
 
+def _torchvision_layout(state: Mapping[str, Tensor]) -> str | None:
+    """'DeepLabV3' (``backbone.*`` keys), 'ResNet' (an ImageNet classifier: ``conv1.weight`` and
+    ``fc.weight``) or None: which torchvision file ``state`` is."""
+    if any(k.startswith("backbone.") for k in state):
+        return "DeepLabV3"
+    if "conv1.weight" in state and "fc.weight" in state:
+        return "ResNet"
+    return None
+
+
 def _resnet_depth(keys) -> str:
     """The ResNet a trunk's key names describe (by its layer3), e.g. 'ResNet-101'."""
     blocks = {k.split(".")[1] for k in keys if re.fullmatch(r"layer3\.\d+\.conv1\.weight", k)}
@@ -308,7 +320,10 @@ def _resnet_depth(keys) -> str:
                         f"{len(blocks)}-block-layer3 {'bottleneck' if bottleneck else 'basic'}")
 
 
-def _sha256(path: Path) -> str:
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """SHA-256 of ``path``; ``size`` and ``mtime_ns`` key the cache, so a replaced file is hashed
+    again."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -50,6 +50,12 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def found_at(path: str | os.PathLike) -> str:
+    """What is at ``path``, for error messages: 'a folder', 'a file' or 'nothing there'."""
+    path = Path(path)
+    return "a folder" if path.is_dir() else "a file" if path.exists() else "nothing there"
+
+
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output") -> Path:
     """Check, before any long computation, that files can be written in folder ``path``: it is
     a writable folder, or the nearest existing folder above it is (nothing is created here).
