@@ -87,6 +87,9 @@ KEYS: dict[str, Key] = {
                                                 "SV<min_size>"),
     "superpixel_draw": Key("uniform", (str,), ("uniform", "original"), doc="uniform over the "
                            "superpixels present, or the original's UniformInt[1, max-1]"),
+    "slice_draw": Key("uniform", (str,), ("uniform", "original"), doc="uniform over the "
+                      "slices with a drawable pseudolabel, or the original's shuffled epoch of "
+                      "1000 indices modulo the slice count"),
     "min_superpixel_px": Key(DERIVED, (int,), doc="smallest pseudolabel an episode draws; "
                              "default 100 (uniform draw), 1 (original draw)"),
     "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice",
@@ -106,6 +109,9 @@ KEYS: dict[str, Key] = {
     "feature_hw": Key([32, 32], (list,)),
     "val_wsize": Key(2, (int,), low=1),
     "fg_thresh": Key(0.95, (float,), low=0.0),
+    "empty_prototypes": Key("fallback", (str,), ("fallback", "skip"), doc="training: an empty "
+                            "local prototype set uses the mask's global prototype (fallback), "
+                            "or the step is skipped without an update (the original)"),
     "bg_thresh": Key(0.95, (float,), low=0.0),
     # optimisation
     "n_steps": Key(100000, (int,), low=1),
@@ -306,6 +312,10 @@ def check_config(config: dict) -> None:
     if config["superpixel_draw"] == "original" and config["min_superpixel_px"] not in (None, 1):
         raise ValueError(f"config: superpixel_draw='original' has no size check, so "
                          f"min_superpixel_px expects 1, got {config['min_superpixel_px']}")
+    if config["slice_draw"] == "original" and config["pseudolabel"] != "superpixel":
+        raise ValueError(f"config: slice_draw='original' is the 2-D superpixel episodes' "
+                         f"sampling; expects pseudolabel='superpixel', got "
+                         f"{config['pseudolabel']!r}")
     if config["exclude_mode"] == "all" and config["pseudolabel"] != "supervoxel":
         raise ValueError(f"config: exclude_mode='all' is the supervoxel episodes' original "
                          f"rule; expects pseudolabel='supervoxel', got {config['pseudolabel']!r}")

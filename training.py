@@ -41,8 +41,8 @@ from util.seeding import rng_state, seed_everything, set_rng_state
 
 # what decides the episodes, the model or the schedule: a resumed run must keep it
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
-                     "exclude_labels", "exclude_mode", "superpixel_draw", "prototypes",
-                     "which_aug", "min_superpixel_px", "min_fg_px",
+                     "exclude_labels", "exclude_mode", "superpixel_draw", "slice_draw", "prototypes",
+                     "which_aug", "min_superpixel_px", "min_fg_px", "empty_prototypes",
                      "usealign", "use_wce", "proto_grid_size",
                      "feature_hw", "fg_thresh", "bg_thresh", "lr", "lr_step_gamma",
                      "lr_step_size", "momentum", "weight_decay", "world_size")
@@ -50,6 +50,7 @@ RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "
 
 # what checkpoints written before a key existed were trained with
 BEFORE_KEY = {"world_size": 1, "exclude_mode": "any", "superpixel_draw": "uniform",
+              "slice_draw": "uniform", "empty_prototypes": "fallback",
               **ARCH_BEFORE}
 
 
@@ -60,7 +61,8 @@ def build_episodes(cfg: dict, ds, train_pids: list[str]):
     if cfg["pseudolabel"] == "superpixel":
         return SuperpixelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"],
                                   min_superpixel_px=cfg["min_superpixel_px"],
-                                  draw=cfg["superpixel_draw"], **common)
+                                  draw=cfg["superpixel_draw"], slice_draw=cfg["slice_draw"],
+                                  **common)
     if cfg["pseudolabel"] == "supervoxel":
         return SupervoxelEpisodes(ds, train_pids, superpix_scale=cfg["superpix_scale"],
                                   exclude_mode=cfg["exclude_mode"], **common)
@@ -171,6 +173,10 @@ def train(_run, _config, _log):
     run_dir = Path(distributed.from_main(
         _run.observers[0].dir if _run.observers else cfg["log_dir"], rank))
     cfg["world_size"] = rank.world_size  # recorded in checkpoints: it decides the episodes
+    if cfg["empty_prototypes"] == "skip" and rank.world_size > 1:
+        raise ValueError(f"config: empty_prototypes='skip' would leave ranks waiting for the "
+                         f"skipped rank's gradients; expects 'fallback' with {rank.world_size} "
+                         f"processes")
     for key in SWITCHES:  # "auto" chosen for this device, recorded in checkpoints as chosen
         cfg[key] = resolve_switch(key, cfg[key], device)
     seed_everything(cfg["seed"], cfg["deterministic"])
@@ -221,7 +227,8 @@ def train(_run, _config, _log):
             return
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "step": step, "rng": rng_state(), "config": cfg,
-                               "dataset": ds.name, "fold": fold, "best_val": best})
+                               "dataset": ds.name, "dataset_record": ds.info.record(),
+                               "fold": fold, "best_val": best})
 
     def validation() -> None:
         """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
@@ -269,9 +276,12 @@ def train(_run, _config, _log):
             loss = query_loss + out.align_loss
             if not distributed.all_finite(loss, rank):
                 stop_on_nonfinite(run_dir, step, episode, loss, rank)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            # the original skips the update of an episode with an empty prototype set
+            skipped = cfg["empty_prototypes"] == "skip" and out.n_fallback > 0
+            if not skipped:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             step += 1
             if cfg["val_every"] and step % cfg["val_every"] == 0:
                 began = time.perf_counter()
@@ -285,7 +295,8 @@ def train(_run, _config, _log):
             means = logger.scalars(step, {"train/loss": query_loss.item(),
                                           "train/align_loss": out.align_loss.item(),
                                           "train/lr": lr,
-                                          "train/empty_prototype_sets": float(out.n_fallback)})
+                                          "train/empty_prototype_sets": float(out.n_fallback),
+                                          "train/skipped_steps": float(skipped)})
             if means is not None:
                 now = time.perf_counter()
                 rate = (now - window_start) / cfg["print_interval"]

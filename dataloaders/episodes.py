@@ -33,6 +33,7 @@ into tensors of shape [1] and strings into one-element lists.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 
@@ -47,12 +48,15 @@ from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volume
 from util.io import read_json
 
 __all__ = ["EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
-           "setting_exclusions", "training_classes", "excluded_slices_from_classmap",
+           "setting_exclusions", "training_classes", "SLICE_DRAWS", "ORIGINAL_EPOCH", "excluded_slices_from_classmap",
            "make_episode", "supervoxel_pairs", "EpisodeDataset", "SuperpixelEpisodes",
            "SupervoxelEpisodes", "ManualLabelEpisodes"]
 
 EPISODE_TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
 SUPERPIXEL_DRAWS = ("uniform", "original")
+SLICE_DRAWS = ("uniform", "original")
+# the original's epoch length for CHAOS-T2 and CMR (``fix_length``); SABS' epoch is its slice count
+ORIGINAL_EPOCH = 1000
 EXCLUDE_MODES = ("any", "all")
 
 
@@ -264,23 +268,38 @@ class SuperpixelEpisodes(EpisodeDataset):
     never drawn; an absent id gives an empty mask) on slices whose largest id is ≥ 2 (the
     original crashed on a largest id of 1). Support and query are two independent
     augmentations of the same (slice, superpixel mask) pair (``aug=None``: none).
+
+    ``slice_draw='original'`` restores the original's slice sampling (its superpixel dataset's
+    ``__getitem__`` fed by a shuffling ``DataLoader``; measured in docs/episodes.md): every
+    epoch of
+    ``max(1000, n)`` steps is one shuffled pass over the indices ``0 .. L−1``, taken modulo the
+    ``n`` slices of the training scans in scan and slice order; a slice without a drawable
+    superpixel passes to the next slice, and a Setting-2 excluded slice to a uniformly drawn
+    index in ``[0, L − 1)``. With CHAOS-T2's ~540 training slices the indices past
+    ``1000 − n`` appear once per epoch instead of twice, so the last scans are drawn about half
+    as often, and each scan's first slice takes the draws of the previous scan's empty
+    trailing slice.
     """
 
     def __init__(self, dataset: Dataset | str | os.PathLike, pids: Sequence[str], *,
                  superpix_scale: str = "MIDDLE", exclude_labels: Sequence[int] = (),
                  length: int = 1000, seed: int = 1234, aug: str | AugParams | None = "sabs_aug",
                  min_superpixel_px: int = 1, draw: str = "uniform",
-                 stats: NormStats | None = None, crop: int | None = CROP) -> None:
+                 slice_draw: str = "uniform", stats: NormStats | None = None,
+                 crop: int | None = CROP) -> None:
         super().__init__(length, seed, aug)
         ds = as_dataset(dataset)
         if draw not in SUPERPIXEL_DRAWS:
             raise ValueError(f"superpixel draw: expected one of {SUPERPIXEL_DRAWS}, got {draw!r}")
+        if slice_draw not in SLICE_DRAWS:
+            raise ValueError(f"slice draw: expected one of {SLICE_DRAWS}, got {slice_draw!r}")
         if min_superpixel_px < 1:
             raise ValueError(f"min_superpixel_px: expected >= 1, got {min_superpixel_px}")
         if draw == "original" and min_superpixel_px != 1:
             raise ValueError(f"min_superpixel_px: the original draw has no size check, expected 1 "
                              f"with draw='original', got {min_superpixel_px}")
         self.dataset_root, self.draw, self.min_superpixel_px = ds.root, draw, min_superpixel_px
+        self.slice_draw = slice_draw
         self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
         self.volumes = self._load_scans(ds, pids, stats, label=False,
                                         superpix_scale=superpix_scale, crop=crop)
@@ -288,12 +307,13 @@ class SuperpixelEpisodes(EpisodeDataset):
         self.slices: list[tuple[int, int]] = []   # eligible (volume index, z)
         self._choices: list[np.ndarray] = []      # per eligible slice: ids (uniform) or [max]
         self.n_total = self.n_excluded = self.n_without_superpixel = 0
+        # the original's slice table, every slice in scan and z order: its entry in self.slices
+        # (-1: not drawn from), whether it has no drawable superpixel, whether Setting 2
+        # excludes it
+        self._table: list[tuple[int, bool, bool]] = []
         for vi, vol in enumerate(self.volumes):
             for z in range(vol.n_slices):
                 self.n_total += 1
-                if z in excluded[vol.pid]:
-                    self.n_excluded += 1
-                    continue
                 sp = vol.superpix[z]
                 if draw == "uniform":
                     counts = np.bincount(sp.ravel())
@@ -302,11 +322,14 @@ class SuperpixelEpisodes(EpisodeDataset):
                 else:
                     top = int(sp.max())
                     choice = np.array([top]) if top >= 2 else np.zeros(0, int)
-                if choice.size == 0:
-                    self.n_without_superpixel += 1
-                    continue
-                self.slices.append((vi, z))
-                self._choices.append(choice)
+                is_excluded, is_empty = z in excluded[vol.pid], choice.size == 0
+                self.n_excluded += is_excluded
+                self.n_without_superpixel += is_empty and not is_excluded
+                entry = -1 if is_excluded or is_empty else len(self.slices)
+                self._table.append((entry, is_empty, is_excluded))
+                if entry >= 0:
+                    self.slices.append((vi, z))
+                    self._choices.append(choice)
         if not self.slices:
             raise ValueError(f"{ds.root}: expected eligible slices among scans {list(pids)}, "
                              f"found none ({self.n_total} slices, {self.n_excluded} excluded for "
@@ -317,15 +340,42 @@ class SuperpixelEpisodes(EpisodeDataset):
         """Every (scan id, z) an episode can come from."""
         return {(self.volumes[vi].pid, z) for vi, z in self.slices}
 
-    def episode(self, rng: np.random.Generator, step: int) -> dict:
-        k = int(rng.integers(len(self.slices)))
+    @functools.lru_cache(maxsize=4)
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The original's shuffled pass of one epoch, a pure function of (seed, epoch)."""
+        length = max(ORIGINAL_EPOCH, len(self._table))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), 1]))
+        return rng.permutation(length)
+
+    def draw_slice(self, rng: np.random.Generator, step: int) -> int:
+        """The index into ``self.slices`` of the episode of ``step``."""
+        if self.slice_draw == "uniform":
+            return int(rng.integers(len(self.slices)))
+        n = len(self._table)
+        length = max(ORIGINAL_EPOCH, n)
+        epoch, pos = divmod(step, length)
+        i = int(self._epoch_order(epoch)[pos]) % n
+        while True:  # terminates: __init__ checked that some slice is drawable
+            entry, is_empty, is_excluded = self._table[i]
+            if is_empty:                  # the original checks this first: the next slice
+                i = (i + 1) % n
+            elif is_excluded:             # Setting 2: a uniformly drawn index of the epoch
+                i = int(rng.integers(length - 1)) % n
+            else:
+                return entry
+
+    def draw_superpixel(self, rng: np.random.Generator, step: int) -> tuple[int, int, int]:
+        """(volume index, z, superpixel id) of the episode of ``step``, before augmentation."""
+        k = self.draw_slice(rng, step)
         vi, z = self.slices[k]
-        vol = self.volumes[vi]
         choice = self._choices[k]
         if self.draw == "uniform":
-            sp_id = int(choice[rng.integers(choice.size)])
-        else:
-            sp_id = int(rng.integers(1, int(choice[0])))
+            return vi, z, int(choice[rng.integers(choice.size)])
+        return vi, z, int(rng.integers(1, int(choice[0])))
+
+    def episode(self, rng: np.random.Generator, step: int) -> dict:
+        vi, z, sp_id = self.draw_superpixel(rng, step)
+        vol = self.volumes[vi]
         image = vol.image[z]
         mask = (vol.superpix[z] == sp_id).astype(np.int64)
         pairs = []

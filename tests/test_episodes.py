@@ -149,6 +149,61 @@ def test_original_draw_restores_the_biased_id_choice(phantom):
         E.SuperpixelEpisodes(phantom, train, draw="random")
 
 
+def _max_superpixel_px(vol, z: int) -> int:
+    counts = np.bincount(vol.superpix[z].ravel())
+    counts[0] = 0
+    return int(counts.max())
+
+
+def test_original_slice_draw_is_the_epoch_order_modulo_the_slices(phantom):
+    """slice_draw='original': one epoch of 1000 steps visits index i mod n for a permutation of
+    0..999, a slice without a drawable superpixel passes its draws to the next slice."""
+    train = phantom.fold(0)["train"]
+    uniform = E.SuperpixelEpisodes(phantom, train, aug=None, min_superpixel_px=1)
+    sizes = [_max_superpixel_px(v, z) for v in uniform.volumes for z in range(v.n_slices)]
+    floor = int(np.median(sizes)) + 1   # about half of the slices have no superpixel this big
+    ds = E.SuperpixelEpisodes(phantom, train, aug=None, seed=5, min_superpixel_px=floor,
+                              slice_draw="original")
+    table = [(v.pid, z) for v in ds.volumes for z in range(v.n_slices)]
+    n = len(table)
+    empty = [s < floor for s in sizes]
+    assert 0 < sum(empty) < n
+    expected = {key: 0 for key in table}
+    for i in range(n):                   # draws per epoch of table position i, then the skip
+        hits = len(range(i, E.ORIGINAL_EPOCH, n))
+        j = i
+        while empty[j]:
+            j = (j + 1) % n
+        expected[table[j]] += hits
+    drawn = {key: 0 for key in table}
+    for step in range(E.ORIGINAL_EPOCH):
+        vi, z, sp = ds.draw_superpixel(E.episode_rng(5, step), step)
+        drawn[(ds.volumes[vi].pid, z)] += 1
+        assert (ds.volumes[vi].superpix[z] == sp).sum() >= floor
+    assert drawn == expected
+    assert all(drawn[key] == 0 for key, e in zip(table, empty) if e)
+    # a pure function of (seed, step): another epoch is another order, the same counts
+    again = E.SuperpixelEpisodes(phantom, train, aug=None, seed=5, min_superpixel_px=floor,
+                                 slice_draw="original")
+    assert all(_same(ds[s], again[s]) for s in (999, 3, 1000, 1500))
+    later = [ds.draw_superpixel(E.episode_rng(5, s), s)[:2] for s in range(1000, 1010)]
+    first = [ds.draw_superpixel(E.episode_rng(5, s), s)[:2] for s in range(0, 10)]
+    assert later != first
+    with pytest.raises(ValueError, match="slice draw"):
+        E.SuperpixelEpisodes(phantom, train, slice_draw="shuffled")
+
+
+def test_original_slice_draw_redraws_excluded_slices(phantom):
+    train = phantom.fold(0)["train"]
+    ds = E.SuperpixelEpisodes(phantom, train, aug=None, exclude_labels=[2, 3],
+                              slice_draw="original")
+    excluded = E.excluded_slices_from_classmap(phantom, train, [2, 3])
+    assert any(excluded.values())
+    for step in range(300):
+        vi, z, _ = ds.draw_superpixel(E.episode_rng(ds.seed, step), step)
+        assert z not in excluded[ds.volumes[vi].pid]
+
+
 def test_same_seed_same_episodes_any_worker_count(phantom):
     train = phantom.fold(0)["train"]
     ds = E.SuperpixelEpisodes(phantom, train, length=6, seed=11)

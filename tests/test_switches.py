@@ -37,10 +37,12 @@ def cli(script: str, data: Path, log_dir: Path, *overrides: str) -> dict:
 def test_training_switches_from_the_command_line(data, tmp_path):
     run = cli("training.py", data, tmp_path / "a", "setting1", "n_steps=2", "print_interval=1",
               "superpixel_draw=original", "min_superpixel_px=1", "prototypes=global",
-              "channels_last=False", "bf16=False")
+              "channels_last=False", "bf16=False", "slice_draw=original",
+              "empty_prototypes=skip")
     saved = torch.load(run["dir"] / "snapshots" / "latest.pth", weights_only=True)["config"]
     assert (saved["superpixel_draw"], saved["min_superpixel_px"], saved["prototypes"],
             saved["channels_last"], saved["bf16"]) == ("original", 1, "global", False, False)
+    assert (saved["slice_draw"], saved["empty_prototypes"]) == ("original", "skip")
     assert "bf16 False, channels_last False" in run["stderr"]
     # the original draw has no size check: the default becomes 1 with it
     run = cli("training.py", data, tmp_path / "b", "setting1", "n_steps=1",
@@ -74,8 +76,19 @@ def test_bad_switch_values_name_the_key():
     out = subprocess.run([sys.executable, "training.py", "with", "quickstart",
                           "exclude_mode=all"], cwd=ROOT, capture_output=True, text=True,
                          encoding="utf-8", timeout=120)
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert "exclude_mode='all' is the supervoxel episodes' original rule" in out.stderr
+    for override, message in (("slice_draw=shuffled", "slice_draw expects one of"),
+                              ("empty_prototypes=drop", "empty_prototypes expects one of")):
+        out = subprocess.run([sys.executable, "training.py", "with", "quickstart", override],
+                             cwd=ROOT, capture_output=True, text=True, encoding="utf-8",
+                             timeout=120)
+        assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "training.py", "with", "quickstart", "supervoxels",
+                          "superpix_scale=SV200", "slice_draw=original"], cwd=ROOT,
+                         capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert out.returncode == 2
+    assert "slice_draw='original' is the 2-D superpixel episodes' sampling" in out.stderr
     out = subprocess.run([sys.executable, "validation.py", "with", "quickstart",
                           "protocol=qnet"], cwd=ROOT, capture_output=True, text=True,
                          encoding="utf-8", timeout=120)

@@ -54,6 +54,8 @@ def test_train_writes_a_complete_run_folder(phantom_dir, tmp_path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     state = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=True)
     assert state["step"] == 6 and state["config"]["encoder"] == "tiny"
+    from data_preprocessing.registry import PHANTOM, DatasetInfo
+    assert DatasetInfo.from_record(state["dataset_record"]) == PHANTOM  # self-describing
     assert (run_dir / "snapshots" / "4.pth").is_file()
     # a second run in the same process gets its own folder and observer
     run2 = run_train(small(phantom_dir, tmp_path, n_steps=2))
@@ -77,6 +79,30 @@ def test_setting2_and_manual_label_training_run(phantom_dir, tmp_path):
     run = run_train(small(phantom_dir, tmp_path, n_steps=2, min_fg_px=10),
                     named=("phantom", "manual"))
     assert run.result["step"] == 2
+
+
+def test_empty_prototypes_skip_makes_no_update(phantom_dir, tmp_path):
+    """With bg_thresh=1 no background window passes (the test is > 1): every step has an empty local set.
+    empty_prototypes='skip' (the original) then never updates the weights; 'fallback' does."""
+    def parameters(run):
+        state = torch.load(Path(run.observers[0].dir) / "snapshots" / "latest.pth",
+                           weights_only=True)["model"]
+        return {k: v for k, v in state.items()
+                if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+    def skipped(run):
+        metrics = json.loads((Path(run.observers[0].dir) / "metrics.json").read_text("utf-8"))
+        return metrics["train/skipped_steps"]["values"]
+
+    one = run_train(small(phantom_dir, tmp_path / "a", n_steps=1, bg_thresh=1.0,
+                          empty_prototypes="skip"))
+    three = run_train(small(phantom_dir, tmp_path / "b", n_steps=3, bg_thresh=1.0,
+                            empty_prototypes="skip"))
+    fallback = run_train(small(phantom_dir, tmp_path / "c", n_steps=3, bg_thresh=1.0))
+    a, b, c = parameters(one), parameters(three), parameters(fallback)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(b[k], c[k]) for k in b)
+    assert skipped(three) == [1.0, 1.0, 1.0] and skipped(fallback) == [0.0, 0.0, 0.0]
 
 
 def test_resume_continues_at_the_same_step_and_lr(phantom_dir, tmp_path):
