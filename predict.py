@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ValueError(f"--query: expected distinct file names, found several queries writing "
                          f"{clashes}; rename them or predict them in separate runs")
     device = resolve_device(args.device, flag="--device")
-    model, cfg = load_model(args.checkpoint, args.encoder, device)
-    modality = args.modality or checkpoint_modality(cfg)
-    warnings = checkpoint_warnings(cfg, modality, args.checkpoint)
-    source = (f"this checkpoint (trained on {cfg['dataset']})" if cfg.get("dataset") else
+    model, _, trained = load_model(args.checkpoint, args.encoder, device)
+    modality = args.modality or checkpoint_modality(trained)
+    warnings = checkpoint_warnings(trained, modality, args.checkpoint)
+    source = (f"this checkpoint (trained on {trained.name})" if trained is not None else
               "a checkpoint that records no dataset (MR assumed)")
 
     # read, check and preprocess every input before writing anything
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # a mask stored in another axis order on the same physical grid is taken as it is
     mask_image = reorient(read_scan(args.support_mask, "support mask"), orientation(support))
     check_same_grid(support, mask_image, args.support, args.support_mask)
-    info = dataset_info(modality, cfg.get("dataset"))
+    info = dataset_info(modality, trained)
     code = target_orientation(info, support, args.orientation)
     if code is None and args.orientation == "auto":
         warnings.append(f"WARNING: {args.support} is oblique and {info.name} has no common "

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_preprocessing.registry import DatasetInfo, get_dataset_info, make_folds
+from data_preprocessing.registry import REGISTRY, RECORD_KEYS, DatasetInfo, get_dataset_info, \
+    make_folds
 from util.io import found_at, pid_from_path, read_json, sort_pids, write_json
 
 CONTRACT_VERSION = 1
@@ -56,6 +57,11 @@ class Dataset:
     @property
     def name(self) -> str:
         return self.meta["name"]
+
+    @property
+    def info(self) -> DatasetInfo:
+        """The folder's preprocessing record."""
+        return DatasetInfo.from_record(self.meta, str(self.root / DATASET_JSON))
 
     @property
     def cases(self) -> list[str]:
@@ -97,14 +103,8 @@ def build_metadata(info: DatasetInfo, cases: list[str], pseudolabels: dict | Non
                    classmaps: list[int] | None = None, preprocessing: dict | None = None) -> dict:
     return {
         "contract_version": CONTRACT_VERSION,
-        "name": info.name,
-        "modality": info.modality,
-        "normalization": info.normalization,
-        "body_threshold": info.body_threshold,
-        "labels": {str(k): v for k, v in info.labels.items()},
-        "raw_label_values": {str(k): v for k, v in info.raw_label_values.items()},
-        "all_test_labels": list(info.all_test_labels),
-        "label_groups": [list(g) for g in info.label_groups],
+        **info.record(),                    # the preprocessing record (registry.DatasetInfo)
+        "preset": info.name if info.name in REGISTRY else None,
         "cases": list(cases),
         "file_patterns": dict(FILE_PATTERNS),
         "pseudolabels": dict(pseudolabels or {}),
@@ -255,7 +255,10 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
         if obj.get("contract_version") != CONTRACT_VERSION:
             raise ValueError(f"{path}: expected contract_version {CONTRACT_VERSION}, found "
                              f"{obj.get('contract_version')!r}; re-register the folder")
-    get_dataset_info(meta["name"])
+    missing = [k for k in RECORD_KEYS if k not in meta]
+    if missing and meta["name"] in REGISTRY:  # registered before the record was written whole
+        meta = {**REGISTRY[meta["name"]].record(), **meta}
+    DatasetInfo.from_record(meta, str(meta_path))
     return Dataset(folder, meta, splits)
 
 

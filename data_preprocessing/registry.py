@@ -1,11 +1,15 @@
-"""The supported datasets: one definition of labels, label groups, normalisation and folds.
+"""Dataset presets: the preprocessing record of each published dataset.
 
-Everything downstream reads these facts from a dataset folder's ``dataset.json`` / ``splits.json``
-(see :mod:`data_preprocessing.contract`), which are written from the entries here.
+A dataset is described by its record (:class:`DatasetInfo`): modality, labels and their stored
+values, label groups, fold rule, intensity rule, body threshold, target spacing, in-plane size
+and orientation. The record is written into the folder's ``dataset.json`` when the folder is
+registered (see :mod:`data_preprocessing.contract`) and travels in every checkpoint trained on
+it; everything downstream reads it from there. The entries here are only presets that fill the
+record for CHAOS-T2, SABS, CMR and the synthetic phantom.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,43 @@ class DatasetInfo:
     # orientation code of the stored training volumes (predict.py reorients new scans to it);
     # None where the volumes share none (CMR: oblique short-axis stacks, PSR or LSP)
     orientation: str | None = None
+    size: int = 256  # in-plane size of the stored volumes (centre crop or pad)
+    # the intensity step before resampling: MR clips at a percentile, CT windows HU to [0, 255]
+    intensity: dict = field(default_factory=lambda: {"rule": "clip_percentile",
+                                                     "percentile": 99.5})
+
+    def record(self) -> dict:
+        """The JSON record of ``dataset.json`` (class ids and stored values as strings)."""
+        out = asdict(self)
+        out["labels"] = {str(k): v for k, v in self.labels.items()}
+        out["raw_label_values"] = {str(k): v for k, v in self.raw_label_values.items()}
+        out["all_test_labels"] = list(self.all_test_labels)
+        out["label_groups"] = [list(g) for g in self.label_groups]
+        out["fold_sep"] = list(self.fold_sep)
+        out["target_spacing"] = None if self.target_spacing is None else list(self.target_spacing)
+        out["intensity"] = dict(self.intensity)
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict, where: str = "dataset record") -> DatasetInfo:
+        """The inverse of :meth:`record`; a missing key is an error naming it."""
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"{where}: expected the preprocessing record keys {missing}, found "
+                             f"none; re-register the folder")
+        spacing = record["target_spacing"]
+        return cls(name=str(record["name"]), modality=str(record["modality"]),
+                   labels={int(k): str(v) for k, v in record["labels"].items()},
+                   all_test_labels=tuple(int(c) for c in record["all_test_labels"]),
+                   label_groups=tuple(tuple(int(c) for c in g) for g in record["label_groups"]),
+                   fold_sep=tuple(int(i) for i in record["fold_sep"]),
+                   normalization=str(record["normalization"]),
+                   body_threshold=float(record["body_threshold"]),
+                   target_spacing=None if spacing is None else tuple(float(x) for x in spacing),
+                   raw_label_values={int(k): int(v)
+                                     for k, v in record.get("raw_label_values", {}).items()},
+                   support_idx=int(record["support_idx"]), orientation=record["orientation"],
+                   size=int(record["size"]), intensity=dict(record["intensity"]))
 
 
 CHAOST2 = DatasetInfo(
@@ -58,6 +99,7 @@ SABS = DatasetInfo(
     fold_sep=(0, 6, 12, 18, 24, 30),
     normalization="zscore_train_fold",
     body_threshold=1e-4,
+    intensity={"rule": "ct_window", "window": [-125.0, 275.0]},
 )
 
 CMR = DatasetInfo(
@@ -88,6 +130,8 @@ PHANTOM = DatasetInfo(
 )
 
 REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (CHAOST2, SABS, CMR, PHANTOM)}
+# every key of a record (the fields of DatasetInfo)
+RECORD_KEYS = tuple(DatasetInfo.__dataclass_fields__)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -75,6 +75,7 @@ class Weights:
     state: Mapping[str, Tensor] | None = None
     config: dict = field(default_factory=dict)
     step: int | None = None
+    record: dict | None = None  # the dataset's preprocessing record (checkpoints carry it)
 
 
 NO_WEIGHTS = Weights(None, "none")
@@ -113,7 +114,7 @@ def read_weights(path: str | os.PathLike | None) -> Weights:
     if isinstance(obj, Mapping) and "format_version" in obj:
         check_training_state(path, obj)
         return Weights(str(path), "ours", obj["model"], dict(obj.get("config", {})),
-                       int(obj["step"]))
+                       int(obj["step"]), obj.get("dataset_record"))
     state = _state_dict(obj, path, "an SSL-ALPNet checkpoint")
     kind = _torchvision_layout(state)
     if kind is not None:

@@ -212,29 +212,31 @@ def check_modality(image: sitk.Image, modality: str, explicit: bool, name: str,
 
 # ---------------------------------------------------------------- preprocessing settings
 
-def dataset_info(modality: str, dataset: str | None = None) -> DatasetInfo:
-    """The training dataset whose preprocessing a new scan follows.
+def trained_on(cfg: dict, record: dict | None) -> DatasetInfo | None:
+    """The preprocessing record a checkpoint was trained with: its own (checkpoints carry it),
+    else the preset its config names (checkpoints written before they carried it), else None
+    (the original code's snapshots)."""
+    if record:
+        return DatasetInfo.from_record(record, "the checkpoint's dataset record")
+    try:
+        return get_dataset_info(cfg["dataset"]) if cfg.get("dataset") else None
+    except KeyError:
+        return None
 
-    The checkpoint's dataset when it has ``modality``; otherwise CHAOS-T2 for MR, SABS for CT.
-    """
+
+def dataset_info(modality: str, trained: DatasetInfo | None = None) -> DatasetInfo:
+    """The preprocessing a new scan follows: the checkpoint's record when it has ``modality``;
+    otherwise the CHAOS-T2 preset for MR, SABS for CT."""
     if modality not in MODALITIES:
         raise ValueError(f"modality: expected one of {MODALITIES}, got {modality!r}")
-    if dataset:
-        try:
-            info = get_dataset_info(dataset)
-        except KeyError:
-            info = None
-        if info is not None and info.modality == modality:
-            return info
+    if trained is not None and trained.modality == modality:
+        return trained
     return CHAOST2 if modality == "MR" else SABS
 
 
-def checkpoint_modality(cfg: dict) -> str:
-    """The modality of the dataset a checkpoint was trained on; MR when it names none."""
-    try:
-        return get_dataset_info(cfg["dataset"]).modality
-    except KeyError:
-        return "MR"
+def checkpoint_modality(trained: DatasetInfo | None) -> str:
+    """The modality a checkpoint was trained on; MR when it records none."""
+    return trained.modality if trained is not None else "MR"
 
 
 def target_orientation(info: DatasetInfo, support: sitk.Image, code: str = "auto") -> str | None:
@@ -254,20 +256,19 @@ def target_orientation(info: DatasetInfo, support: sitk.Image, code: str = "auto
     return code
 
 
-def checkpoint_warnings(cfg: dict, modality: str, path: str | os.PathLike) -> list[str]:
+def checkpoint_warnings(trained: DatasetInfo | None, modality: str,
+                        path: str | os.PathLike) -> list[str]:
     """Loud lines for a checkpoint applied to data unlike its training data: the synthetic
     phantom, or scans of another modality."""
-    dataset = cfg.get("dataset")
-    if not dataset:
+    if trained is None:
         return []
     lines = []
-    if str(dataset).upper() == "PHANTOM":
+    if trained.name.upper() == "PHANTOM":
         lines.append(f"WARNING: {path} was trained on PHANTOM, the synthetic test data; its masks "
                      f"on real scans mean nothing")
-    trained = checkpoint_modality(cfg)
-    if trained != modality:
-        lines.append(f"WARNING: {path} was trained on {dataset} ({trained}), but these scans are "
-                     f"preprocessed as {modality}; expect poor masks")
+    if trained.modality != modality:
+        lines.append(f"WARNING: {path} was trained on {trained.name} ({trained.modality}), but "
+                     f"these scans are preprocessed as {modality}; expect poor masks")
     return lines
 
 
@@ -388,8 +389,9 @@ def to_original(pred: np.ndarray, prepared: PreparedScan) -> sitk.Image:
 # ---------------------------------------------------------------- the model
 
 def load_model(path: str | os.PathLike, encoder: str | None,
-               device: torch.device) -> tuple[ALPNet, dict]:
-    """The model of a checkpoint in eval mode, and the training config it holds ({} if none),
+               device: torch.device) -> tuple[ALPNet, dict, DatasetInfo | None]:
+    """The model of a checkpoint in eval mode, the training config it holds ({} if none) and the
+    preprocessing record it was trained with (:func:`trained_on`),
     through the one loader: our checkpoints bring their architecture (``encoder``, when given,
     must agree), a bare state dict of the original code is built as ``encoder`` (default
     deeplabv3_resnet101) with the original's defaults. Precision and memory layout are chosen
@@ -399,7 +401,7 @@ def load_model(path: str | os.PathLike, encoder: str | None,
             "pretrained_weights": None, "bf16": "auto", "channels_last": "auto"}
     model = build_model(base, device, weights, explicit=("encoder",) if encoder else (),
                         flags={"encoder": "--encoder"})
-    return model.eval(), weights.config
+    return model.eval(), weights.config, trained_on(weights.config, weights.record)
 
 
 def _fmt(values) -> str:

@@ -115,3 +115,38 @@ def test_too_few_scans_register_without_folds(tmp_path):
     assert ds.splits["folds"] == [] and ds.meta["preprocessing"] == {"a": 1}
     with pytest.raises(ValueError, match="splits.json: expected folds, found none"):
         load_dataset(tmp_path).fold(0)
+
+
+def test_the_preprocessing_record_is_written_read_and_carried(tmp_path):
+    """dataset.json holds the whole record; older folders get it from their preset; a folder
+    whose name is no preset must hold it; predict follows a checkpoint's own record."""
+    from dataclasses import replace
+
+    from data_preprocessing.phantom import write_phantom
+    from data_preprocessing.registry import PHANTOM, RECORD_KEYS, DatasetInfo
+    from inference.predict import checkpoint_modality, dataset_info, trained_on
+
+    write_phantom(tmp_path, seed=0, size=32, n_slices=3)
+    ds = register(tmp_path, "PHANTOM")
+    meta = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
+    assert all(k in meta for k in RECORD_KEYS) and meta["preset"] == "PHANTOM"
+    assert ds.info == PHANTOM and load_dataset(tmp_path).info == PHANTOM
+    assert SABS.record()["intensity"] == {"rule": "ct_window", "window": [-125.0, 275.0]}
+    # a folder registered before the record was written whole
+    for key in ("target_spacing", "intensity", "size", "orientation", "fold_sep"):
+        meta.pop(key)
+    (tmp_path / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert load_dataset(tmp_path).info == PHANTOM
+    meta["name"] = "MYSCANS"
+    (tmp_path / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"dataset.json: expected the preprocessing record keys "
+                                         r"\['fold_sep', 'target_spacing', 'orientation'"):
+        load_dataset(tmp_path)
+    # a checkpoint's record decides predict's preprocessing, not the registry
+    mine = replace(PHANTOM, name="MYSCANS", target_spacing=(2.0, 2.0, 5.0))
+    trained = trained_on({"dataset": "PHANTOM"}, mine.record())
+    assert trained == mine and dataset_info("MR", trained).target_spacing == (2.0, 2.0, 5.0)
+    assert dataset_info("CT", trained).name == "SABS" and checkpoint_modality(trained) == "MR"
+    assert trained_on({"dataset": "CHAOST2"}, None) == CHAOST2     # older checkpoints
+    assert trained_on({}, None) is None and checkpoint_modality(None) == "MR"
+    assert DatasetInfo.from_record(CMR.record()) == CMR
