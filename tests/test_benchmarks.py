@@ -92,3 +92,77 @@ def test_layout_benchmark_and_auto_under_an_avx2_cap():
     assert result["auto_chooses"] == {"channels_last": False, "bf16": False}
     assert set(result["median_s"]) == {"fp32_nchw", "fp32_channels_last", "bf16_channels_last"}
     assert all(t > 0 for t in result["median_s"].values())
+
+
+@pytest.fixture(scope="module")
+def phantom_pair(tmp_path_factory):
+    """Two phantom folders with the same scans: compact and faithful superpixel ids."""
+    from conftest import make_phantom_dataset
+    from data_preprocessing import superpixels
+
+    compact = make_phantom_dataset(tmp_path_factory.mktemp("compact"), seed=4, n_slices=6)
+    faithful = make_phantom_dataset(tmp_path_factory.mktemp("faithful"), seed=4, n_slices=6)
+    superpixels.generate(faithful, relabel_mode="faithful", workers=1)
+    return compact, faithful
+
+
+def test_learning_curve_harness_on_the_phantom(phantom_pair, tmp_path):
+    compact, faithful = phantom_pair
+    out = tmp_path / "curves"
+    cmd = [sys.executable, "benchmarks/learning_curves.py", "--data", str(compact),
+           "--faithful", str(faithful), "--config", "phantom", "--variants", "defaults",
+           "original", "--seeds", "1", "2", "--steps", "4", "--val-every", "2",
+           "--encoder", "tiny", "--jobs", "2", "--threads", "1", "--out", str(out), "lr=1e-2"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = (out / "curves.md").read_text(encoding="utf-8")
+    for variant in ("defaults", "original"):
+        for step in (2, 4):
+            assert f"| {variant} | {step} | 2 | " in table
+    rows = (out / "curves.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "variant,seed,step,organ,dice"
+    assert {tuple(r.split(",")[:3]) for r in rows[1:] if ",mean," in r} == {
+        (v, s, t) for v in ("defaults", "original") for s in ("1", "2") for t in ("2", "4")}
+    assert (out / "curves.png").stat().st_size > 0
+    # the original variant trained with its switches, on the faithful ids
+    config = json.loads(next((out / "runs" / "original_seed1").rglob("config.json")).read_text())
+    assert (config["superpixel_draw"], config["slice_draw"], config["empty_prototypes"]) == (
+        "original", "original", "skip")
+    assert Path(config["data_dir"]) == faithful.resolve()
+    # a second call reads the finished runs instead of training again
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("| defaults |") == 2
+    assert len(list((out / "runs" / "defaults_seed1").rglob("config.json"))) == 1
+    # bad input: one line, exit 2
+    bad = subprocess.run([sys.executable, "benchmarks/learning_curves.py", "--data",
+                          str(compact), "--variants", "fastest"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "--variants: expected names from" in bad.stderr
+
+
+def test_episode_statistics_on_the_phantom(phantom_pair, tmp_path):
+    compact, faithful = phantom_pair
+    out = tmp_path / "stats"
+    run = subprocess.run([sys.executable, "benchmarks/episode_stats.py", "--data", str(compact),
+                          "--faithful", str(faithful), "--episodes", "3000", "--aug-every",
+                          "10", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "episode_stats.json").read_text(encoding="utf-8"))
+    v, meta = result["variants"], result["meta"]
+    assert v["defaults"]["empty_share"] == 0 and v["defaults"]["area_px"]["p5"] >= 100
+    assert v["min1"]["empty_share"] == 0
+    # the original draw's empty episodes: the sampled share agrees with the analytic one
+    expected = meta["expected_empty_share"]
+    share = v["draw_original"]["empty_share"]
+    assert expected > 0
+    assert abs(share - expected) < 4 * (expected * (1 - expected) / 3000) ** 0.5 + 0.01
+    # uniform slices are uniform; the augmentation draws what the original draws
+    assert v["defaults"]["slice_tv_from_uniform"] < 0.15
+    assert all(t["ks_p"] > 1e-3 for k, t in meta["augmentation"].items() if "ks_p" in t)
+    assert "| original |" in (out / "episode_stats.md").read_text(encoding="utf-8")
+    # the compact folder given as --faithful is refused, naming it
+    bad = subprocess.run([sys.executable, "benchmarks/episode_stats.py", "--data", str(compact),
+                          "--faithful", str(compact), "--episodes", "10"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "relabelled 'faithful'" in bad.stderr
