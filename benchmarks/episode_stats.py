@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="benchmarks/results/episode_stats")
     args = parser.parse_args(argv)
+    for name in ("episodes", "aug_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got "
+                             f"{getattr(args, name)}")
     compact, faithful = Path(args.data), Path(args.faithful)
     for root, want in ((compact, "compact"), (faithful, "faithful")):
         record = as_dataset(root).meta.get("pseudolabels", {}).get("MIDDLE", {})

@@ -49,13 +49,8 @@ def run_one(args: argparse.Namespace, variant: str, seed: int) -> dict:
     """Train one (variant, seed), or read it when its folder already holds a finished run."""
     folder = Path(args.out) / "runs" / f"{variant}_seed{seed}"
     done = folder / "done.json"
-    if done.is_file():
-        return json.loads(done.read_text())
     faithful, overrides = VARIANTS[variant]
     data = args.faithful if faithful else args.data
-    if data is None:
-        raise ValueError(f"variant {variant!r}: expects --faithful (a copy with faithful "
-                         f"superpixel ids)")
     cmd = [sys.executable, str(ROOT / "training.py"), "with", args.config, "setting1",
            f"data_dir={Path(data).resolve()}", f"log_dir={folder.resolve()}",
            f"eval_fold={args.fold}", f"seed={seed}", f"encoder={args.encoder}",
@@ -63,6 +58,13 @@ def run_one(args: argparse.Namespace, variant: str, seed: int) -> dict:
            f"bf16={args.precision == 'bf16'}", f"num_workers={args.workers}",
            f"save_snapshot_every={10 ** 7}", f"checkpoint_every={10 ** 7}",
            f"image_every={10 ** 7}", *overrides, *args.extra]
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result.get("command") != cmd[1:]:
+            raise ValueError(f"{done}: expected a finished run of this command, found one with "
+                             f"other settings ({' '.join(result.get('command', [])[2:])}); "
+                             f"choose another --out or remove {folder}")
+        return result
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "SSL_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,7 @@ def run_one(args: argparse.Namespace, variant: str, seed: int) -> dict:
         rows = [{"step": int(r["step"]), "organ": r["organ"], "dice": 100 * float(r["dice"])}
                 for r in csv.DictReader(fh)]
     result = {"variant": variant, "seed": seed, "seconds": seconds, "rows": rows,
+              "command": cmd[1:],
               "overrides": list(overrides), "data": str(data)}
     done.write_text(json.dumps(result, indent=1))
     return result
@@ -123,9 +126,10 @@ def write_outputs(out: Path, results: list[dict], rows: list[dict], title: str) 
              f"per seed |", "|---|---|---|---|---|---|"]
     for row in rows:
         diff = "–" if row["diff"] is None or row["variant"] == first else \
-            f"{row['diff']:+.2f} ± {row['diff_se']:.2f}"
-        lines.append(f"| {row['variant']} | {row['step']} | {row['n']} | {row['mean']:.2f} ± "
-                     f"{row['sd']:.2f} | {diff} | "
+            f"{row['diff']:+.2f}" + (f" ± {row['diff_se']:.2f}" if row["n"] > 1 else "")
+        spread = f" ± {row['sd']:.2f}" if row["n"] > 1 else ""
+        lines.append(f"| {row['variant']} | {row['step']} | {row['n']} | {row['mean']:.2f}"
+                     f"{spread} | {diff} | "
                      f"{' / '.join(f'{v:.2f}' for v in row['values'])} |")
     failed = [res for res in results if "failed" in res]
     lines += [f"\nFailed: {res['variant']} seed {res['seed']}: {res['failed']}" for res in failed]
@@ -193,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got "
                              f"{getattr(args, name)}")
+    if args.faithful is None and any(VARIANTS[v][0] for v in args.variants):
+        raise ValueError(f"--faithful: variants {[v for v in args.variants if VARIANTS[v][0]]} "
+                         f"train on faithful superpixel ids; expected a copy written with "
+                         f"`python -m data_preprocessing.superpixels --dir DIR --relabel "
+                         f"faithful`, got none")
     if args.steps % args.val_every:
         raise ValueError(f"--steps {args.steps}: expected a multiple of --val-every "
                          f"{args.val_every}")

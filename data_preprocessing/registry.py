@@ -58,8 +58,16 @@ class DatasetInfo:
         """The inverse of :meth:`record`; a missing key is an error naming it."""
         missing = [k for k in RECORD_KEYS if k not in record]
         if missing:
-            raise ValueError(f"{where}: expected the preprocessing record keys {missing}, found "
-                             f"none; re-register the folder")
+            raise ValueError(f"{where}: expected the preprocessing record keys {missing}, "
+                             f"missing them")
+        try:
+            return cls._from_complete_record(record)
+        except (AttributeError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: expected a preprocessing record of the types "
+                             f"DatasetInfo declares, found {type(err).__name__}: {err}") from None
+
+    @classmethod
+    def _from_complete_record(cls, record: dict) -> DatasetInfo:
         spacing = record["target_spacing"]
         return cls(name=str(record["name"]), modality=str(record["modality"]),
                    labels={int(k): str(v) for k, v in record["labels"].items()},

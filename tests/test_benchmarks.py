@@ -133,11 +133,18 @@ def test_learning_curve_harness_on_the_phantom(phantom_pair, tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("| defaults |") == 2
     assert len(list((out / "runs" / "defaults_seed1").rglob("config.json"))) == 1
-    # bad input: one line, exit 2
-    bad = subprocess.run([sys.executable, "benchmarks/learning_curves.py", "--data",
-                          str(compact), "--variants", "fastest"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert bad.returncode == 2 and "--variants: expected names from" in bad.stderr
+    # finished runs of other settings are never passed off as this command's
+    other = subprocess.run(cmd[:-1] + ["lr=0.5"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert other.returncode == 2 and "found one with other settings" in other.stderr
+    # bad input: one line, exit 2, before any training
+    for args, message in ((["--variants", "fastest"], "--variants: expected names from"),
+                          (["--variants", "defaults", "original"], "--faithful: variants")):
+        bad = subprocess.run([sys.executable, "benchmarks/learning_curves.py", "--data",
+                              str(compact), "--out", str(tmp_path / "bad"), *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert not (tmp_path / "bad" / "runs").exists()
 
 
 def test_episode_statistics_on_the_phantom(phantom_pair, tmp_path):
@@ -166,3 +173,7 @@ def test_episode_statistics_on_the_phantom(phantom_pair, tmp_path):
                           "--faithful", str(compact), "--episodes", "10"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "relabelled 'faithful'" in bad.stderr
+    zero = subprocess.run([sys.executable, "benchmarks/episode_stats.py", "--data", str(compact),
+                           "--faithful", str(faithful), "--episodes", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert zero.returncode == 2 and "--episodes: expected >= 1, got 0" in zero.stderr

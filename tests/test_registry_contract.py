@@ -137,6 +137,10 @@ def test_the_preprocessing_record_is_written_read_and_carried(tmp_path):
         meta.pop(key)
     (tmp_path / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     assert load_dataset(tmp_path).info == PHANTOM
+    broken = {**meta, "labels": ["BG", "LIVER"]}
+    (tmp_path / "dataset.json").write_text(json.dumps(broken), encoding="utf-8")
+    with pytest.raises(ValueError, match="expected a preprocessing record of the types"):
+        load_dataset(tmp_path)
     meta["name"] = "MYSCANS"
     (tmp_path / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ValueError, match=r"dataset.json: expected the preprocessing record keys "
