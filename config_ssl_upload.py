@@ -29,7 +29,7 @@ from sacred.utils import SacredInterrupt  # noqa: E402  (sacred 0.8.7 imports pk
 from sacred.observers import FileStorageObserver  # noqa: E402
 
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
-from dataloaders.episodes import setting_exclusions  # noqa: E402
+from dataloaders.episodes import SLICE_DRAWS, SUPERPIXEL_DRAWS, setting_exclusions  # noqa: E402
 from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
 from inference.loader import check_pretrained  # noqa: E402
 from models.alpnet import PROTOTYPES  # noqa: E402
@@ -85,9 +85,9 @@ KEYS: dict[str, Key] = {
     "pseudolabel": Key("superpixel", (str,), ("superpixel", "supervoxel", "manual")),
     "superpix_scale": Key("MIDDLE", (str,), doc="pseudolabel variant: MIDDLE, SMALL, LARGE, "
                                                 "SV<min_size>"),
-    "superpixel_draw": Key("uniform", (str,), ("uniform", "original"), doc="uniform over the "
+    "superpixel_draw": Key("uniform", (str,), SUPERPIXEL_DRAWS, doc="uniform over the "
                            "superpixels present, or the original's UniformInt[1, max-1]"),
-    "slice_draw": Key("uniform", (str,), ("uniform", "original"), doc="uniform over the "
+    "slice_draw": Key("uniform", (str,), SLICE_DRAWS, doc="uniform over the "
                       "slices with a drawable pseudolabel, or the original's shuffled epoch of "
                       "1000 indices modulo the slice count"),
     "min_superpixel_px": Key(DERIVED, (int,), doc="smallest pseudolabel an episode draws; "

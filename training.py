@@ -41,8 +41,8 @@ from util.seeding import rng_state, seed_everything, set_rng_state
 
 # what decides the episodes, the model or the schedule: a resumed run must keep it
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
-                     "exclude_labels", "exclude_mode", "superpixel_draw", "slice_draw", "prototypes",
-                     "which_aug", "min_superpixel_px", "min_fg_px", "empty_prototypes",
+                     "exclude_labels", "exclude_mode", "superpixel_draw", "slice_draw",
+                     "prototypes", "which_aug", "min_superpixel_px", "min_fg_px", "empty_prototypes",
                      "usealign", "use_wce", "proto_grid_size",
                      "feature_hw", "fg_thresh", "bg_thresh", "lr", "lr_step_gamma",
                      "lr_step_size", "momentum", "weight_decay", "world_size")
@@ -191,6 +191,7 @@ def train(_run, _config, _log):
         raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
                          f"(config key dataset), found {ds.name!r}")
     fold = ds.fold(cfg["eval_fold"])
+    record = ds.info.record()  # the preprocessing record every checkpoint carries
     cfg["exclude_labels"] = resolve_exclude_labels(cfg, ds)
     episodes = build_episodes(cfg, ds, fold["train"])
     _log.info("%s fold %d: %d training scans, excluded classes %s", ds.name, cfg["eval_fold"],
@@ -227,7 +228,7 @@ def train(_run, _config, _log):
             return
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "step": step, "rng": rng_state(), "config": cfg,
-                               "dataset": ds.name, "dataset_record": ds.info.record(),
+                               "dataset": ds.name, "dataset_record": record,
                                "fold": fold, "best_val": best})
 
     def validation() -> None:

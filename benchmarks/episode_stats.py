@@ -34,13 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from scipy import stats as sstats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dataloaders.augment import PRESETS  # noqa: E402
+from dataloaders.augment import PRESETS, smooth_field  # noqa: E402
 from dataloaders.episodes import SuperpixelEpisodes, episode_rng  # noqa: E402
 from dataloaders.volumes import as_dataset, normalize  # noqa: E402
 from models.alp import MODE_CHECK_WINDOW, THRESHOLD, choose_fg_mode, downsample_mask  # noqa: E402
@@ -109,10 +108,8 @@ def draw_variant(ds_root: Path, pids: list[str], kwargs: dict, n: int, seed: int
         for view in range(2):
             u = rng.uniforms[8 * view: 8 * view + 8]
             post["params"].append([float(x) for x in (*u[:5], u[7])])
-            sigma = PRESETS["sabs_aug"].elastic_sigma
-            ksize = int(4 * sigma) | 1
-            disp = [cv2.GaussianBlur(f, (ksize, ksize), sigma) * PRESETS["sabs_aug"].elastic_alpha
-                    for f in u[5:7]]
+            aug = PRESETS["sabs_aug"]
+            disp = [smooth_field(f, aug.elastic_alpha, aug.elastic_sigma) for f in u[5:7]]
             post["elastic"].append(float(np.sqrt(np.mean(disp[0] ** 2 + disp[1] ** 2) / 2)))
     drawable = episodes.eligible_slices()
     per_slice = {}

@@ -31,7 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["AugParams", "PRESETS", "get_aug_params", "affine_matrix", "random_affine",
-           "elastic_deform", "recover_label", "gamma_transform", "random_gamma", "geometric",
+           "smooth_field", "elastic_deform", "recover_label", "gamma_transform", "random_gamma",
+           "geometric",
            "augment_pair"]
 
 
@@ -120,16 +121,18 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
+def smooth_field(raw: np.ndarray, alpha: float, sigma: float) -> np.ndarray:
+    """One displacement component from its raw ``U(-1, 1)`` draw: Gaussian blur, times α."""
+    ksize = int(4 * sigma) | 1
+    return cv2.GaussianBlur(raw, (ksize, ksize), sigma) * alpha
+
+
 def elastic_deform(stack: np.ndarray, rng: np.random.Generator, alpha: float,
                    sigma: float) -> np.ndarray:
     """Resample every channel of ``stack`` [H, W, C] along one smooth random displacement."""
     h, w = stack.shape[:2]
-    ksize = int(4 * sigma) | 1
-    fields = []
-    for _ in range(2):  # dx (columns), then dy (rows)
-        raw = rng.uniform(-1.0, 1.0, size=(h, w))
-        fields.append(cv2.GaussianBlur(raw, (ksize, ksize), sigma) * alpha)
-    dx, dy = fields
+    # dx (columns), then dy (rows)
+    dx, dy = (smooth_field(rng.uniform(-1.0, 1.0, size=(h, w)), alpha, sigma) for _ in range(2))
     rows, cols = _grid(h, w)
     coords = np.stack([rows + dy, cols + dx])
     out = np.empty_like(stack)

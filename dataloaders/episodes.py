@@ -48,7 +48,8 @@ from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volume
 from util.io import read_json
 
 __all__ = ["EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
-           "setting_exclusions", "training_classes", "SLICE_DRAWS", "ORIGINAL_EPOCH", "excluded_slices_from_classmap",
+           "setting_exclusions", "training_classes", "SLICE_DRAWS", "ORIGINAL_EPOCH",
+           "excluded_slices_from_classmap",
            "make_episode", "supervoxel_pairs", "EpisodeDataset", "SuperpixelEpisodes",
            "SupervoxelEpisodes", "ManualLabelEpisodes"]
 
@@ -271,11 +272,10 @@ class SuperpixelEpisodes(EpisodeDataset):
 
     ``slice_draw='original'`` restores the original's slice sampling (its superpixel dataset's
     ``__getitem__`` fed by a shuffling ``DataLoader``; measured in docs/episodes.md): every
-    epoch of
-    ``max(1000, n)`` steps is one shuffled pass over the indices ``0 .. L−1``, taken modulo the
-    ``n`` slices of the training scans in scan and slice order; a slice without a drawable
-    superpixel passes to the next slice, and a Setting-2 excluded slice to a uniformly drawn
-    index in ``[0, L − 1)``. With CHAOS-T2's ~540 training slices the indices past
+    epoch of ``L = max(1000, n)`` steps is one shuffled pass over the indices ``0 .. L−1``,
+    taken modulo the ``n`` slices of the training scans in scan and slice order; a slice
+    without a drawable superpixel passes to the next slice, and a Setting-2 excluded slice to a
+    uniformly drawn index in ``[0, L − 1)``. With CHAOS-T2's ~540 training slices the indices past
     ``1000 − n`` appear once per epoch instead of twice, so the last scans are drawn about half
     as often, and each scan's first slice takes the draws of the previous scan's empty
     trailing slice.
@@ -311,6 +311,7 @@ class SuperpixelEpisodes(EpisodeDataset):
         # (-1: not drawn from), whether it has no drawable superpixel, whether Setting 2
         # excludes it
         self._table: list[tuple[int, bool, bool]] = []
+        self._epoch_length = max(ORIGINAL_EPOCH, sum(v.n_slices for v in self.volumes))
         for vi, vol in enumerate(self.volumes):
             for z in range(vol.n_slices):
                 self.n_total += 1
@@ -343,16 +344,14 @@ class SuperpixelEpisodes(EpisodeDataset):
     @functools.lru_cache(maxsize=4)
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """The original's shuffled pass of one epoch, a pure function of (seed, epoch)."""
-        length = max(ORIGINAL_EPOCH, len(self._table))
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), 1]))
-        return rng.permutation(length)
+        return rng.permutation(self._epoch_length)
 
     def draw_slice(self, rng: np.random.Generator, step: int) -> int:
         """The index into ``self.slices`` of the episode of ``step``."""
         if self.slice_draw == "uniform":
             return int(rng.integers(len(self.slices)))
-        n = len(self._table)
-        length = max(ORIGINAL_EPOCH, n)
+        n, length = len(self._table), self._epoch_length
         epoch, pos = divmod(step, length)
         i = int(self._epoch_order(epoch)[pos]) % n
         while True:  # terminates: __init__ checked that some slice is drawable

@@ -82,7 +82,8 @@ def test_setting2_and_manual_label_training_run(phantom_dir, tmp_path):
 
 
 def test_empty_prototypes_skip_makes_no_update(phantom_dir, tmp_path):
-    """With bg_thresh=1 no background window passes (the test is > 1): every step has an empty local set.
+    """With bg_thresh=1 no background window passes (the test is > 1): every step has an empty
+    local set.
     empty_prototypes='skip' (the original) then never updates the weights; 'fallback' does."""
     def parameters(run):
         state = torch.load(Path(run.observers[0].dir) / "snapshots" / "latest.pth",
