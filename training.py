@@ -42,7 +42,8 @@ from util.seeding import rng_state, seed_everything, set_rng_state
 # what decides the episodes, the model or the schedule: a resumed run must keep it
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
                      "exclude_labels", "exclude_mode", "superpixel_draw", "slice_draw",
-                     "prototypes", "which_aug", "min_superpixel_px", "min_fg_px", "empty_prototypes",
+                     "prototypes", "which_aug", "min_superpixel_px", "min_fg_px",
+                     "empty_prototypes",
                      "usealign", "use_wce", "proto_grid_size",
                      "feature_hw", "fg_thresh", "bg_thresh", "lr", "lr_step_gamma",
                      "lr_step_size", "momentum", "weight_decay", "world_size")
