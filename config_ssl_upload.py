@@ -37,7 +37,7 @@ from models.encoder import ENCODER_NAMES  # noqa: E402
 from util.cli import EXPECTED, debug_requested, fail, message_of  # noqa: E402
 from util.device import resolve_device  # noqa: E402
 from util.distributed import env_info  # noqa: E402
-from util.io import ensure_writable_dir  # noqa: E402
+from util.io import ensure_writable_dir, read_json  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "no"
 SETTINGS.DISCOVER_SOURCES = "none"
@@ -70,13 +70,16 @@ KEYS: dict[str, Key] = {
                                              "on a CPU)"),
     "num_workers": Key(4, (int,), low=0),
     # data
-    "dataset": Key("CHAOST2", (str,), doc="CHAOST2 | SABS | CMR | PHANTOM"),
+    "dataset": Key(DERIVED, (str,), doc="CHAOST2 | SABS | CMR | PHANTOM, or your own folder's "
+                                        "name; default: the name in data_dir's dataset.json, "
+                                        "else CHAOST2"),
     "data_dir": Key(DERIVED, (str,), doc="default ./data/<dataset>"),
     "eval_fold": Key(0, (int,), low=0),
     "label_sets": Key(0, (int, str), doc="label group whose classes are tested; validation: "
                                          "'all' scores every group in one run"),
-    "setting": Key(2, (int,), (1, 2), doc="1: all slices; 2: slices with any test class never "
-                                          "sampled"),
+    "setting": Key(DERIVED, (int,), (1, 2), doc="1: all slices; 2: slices with any test class "
+                                                "never sampled; default 2 (the original's), 1 "
+                                                "for a folder with unlabelled scans"),
     "exclude_labels": Key(DERIVED, (list,), doc="default: the test classes of label_sets in "
                                                 "Setting 2 (from dataset.json), [] in Setting 1"),
     "exclude_mode": Key("any", (str,), ("any", "all"), doc="supervoxel episodes, Setting 2: a "
@@ -160,17 +163,36 @@ def derive(config: dict) -> dict:
     """Values of the DERIVED keys that were not given (``exclude_labels`` is resolved from
     ``dataset.json`` when the run starts: see :func:`resolve_exclude_labels`)."""
     out = {}
+    facts = folder_facts(config["data_dir"]) if config["data_dir"] is not None else None
+    dataset = config["dataset"]
+    if dataset is None:
+        dataset = out["dataset"] = facts["name"] if facts else "CHAOST2"
     if config["data_dir"] is None:
-        out["data_dir"] = f"./data/{config['dataset']}"
+        out["data_dir"] = f"./data/{dataset}"
+        facts = folder_facts(out["data_dir"])
+    setting = config["setting"]
+    if setting is None:
+        setting = out["setting"] = 1 if facts and not facts["all_labelled"] else 2
     if config["min_superpixel_px"] is None:
         out["min_superpixel_px"] = 100 if config["superpixel_draw"] == "uniform" else 1
     if config["exp_name"] is None:
         # Setting 1 trains one model for every label group: the group is not part of its name
-        parts = (config["exp_prefix"], config["dataset"], f"setting{config['setting']}",
-                 f"group{config['label_sets']}" if config["setting"] == 2 else "",
+        parts = (config["exp_prefix"], dataset, f"setting{setting}",
+                 f"group{config['label_sets']}" if setting == 2 else "",
                  config["pseudolabel"], config["superpix_scale"], f"fold{config['eval_fold']}")
         out["exp_name"] = "_".join(str(p) for p in parts if p != "")
     return out
+
+
+def folder_facts(data_dir: str) -> dict | None:
+    """The name in ``data_dir``'s dataset.json and whether every scan is labelled; None when
+    there is no readable one (the run then stops on it with the loader's message)."""
+    try:
+        meta = read_json(Path(data_dir) / "dataset.json")
+        return {"name": str(meta["name"]),
+                "all_labelled": set(meta.get("labelled", meta["cases"])) >= set(meta["cases"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve_exclude_labels(cfg: dict, ds) -> list[int]:
@@ -287,13 +309,15 @@ def check_config(config: dict) -> None:
                 value < key.low or (key.positive and value <= key.low)):
             bound = f"> {key.low}" if key.positive else f">= {key.low}"
             raise ValueError(f"config: {name} expects a value {bound}, got {value!r}")
-    try:
-        groups = len(get_dataset_info(config["dataset"]).label_groups)
-    except KeyError as err:
-        raise ValueError(f"config: dataset: {err.args[0]}") from None
+    try:  # a preset's groups; a folder of one's own is checked against its dataset.json
+        groups = len(get_dataset_info(config["dataset"]).label_groups) if config["dataset"] \
+            else None
+    except KeyError:
+        groups = None
     if config["label_sets"] != "all" and not (isinstance(config["label_sets"], int)
-                                              and 0 <= config["label_sets"] < groups):
-        raise ValueError(f"config: label_sets for {config['dataset']} expects 0..{groups - 1} "
+                                              and 0 <= config["label_sets"] < (groups or 10**9)):
+        allowed = f"0..{groups - 1}" if groups else "a group index >= 0"
+        raise ValueError(f"config: label_sets for {config['dataset']} expects {allowed} "
                          f"(or 'all' in validation), got {config['label_sets']!r}")
     if config["n_sup_part"] < 1 or config["n_sup_part"] % 2 == 0:
         raise ValueError(f"config: n_sup_part expects a positive odd number, got "

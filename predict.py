@@ -117,14 +117,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     support = bring(support, args.support)
     mask = binary_mask(reorient(mask_image, orientation(support)), args.support_mask, args.label)
     spacing = target_spacing(info, support, args.spacing)
-    sup = prepare_scan(support, spacing, modality, info.body_threshold, str(args.support))
+    sup = prepare_scan(support, spacing, info, str(args.support))
     sup_mask = prepare_mask(mask, support, sup, str(args.support_mask))
     queries, stored = [], []
     for path in args.query:
         image = read_scan(path, "query image")
         stored.append(Grid.of(image))
-        queries.append(prepare_scan(bring(image, path), spacing, modality, info.body_threshold,
-                                    str(path)))
+        queries.append(prepare_scan(bring(image, path), spacing, info, str(path)))
         warnings.append(coverage_warning(queries[-1], str(path)))
     del support, mask_image, image  # only the preprocessed scans are kept
     for line in filter(None, warnings):

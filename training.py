@@ -163,6 +163,27 @@ def stop_on_nonfinite(run_dir: Path, step: int, episode: dict, loss: torch.Tenso
         f"episode saved to {saved}")
 
 
+def check_dataset(cfg: dict, ds) -> None:
+    """The folder is the configured dataset and holds the labels the run needs."""
+    try:
+        expected = get_dataset_info(cfg["dataset"]).name
+    except KeyError:
+        expected = cfg["dataset"]
+    if ds.name.upper() != expected.upper():
+        raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
+                         f"(config key dataset), found {ds.name!r}")
+    needs = [what for what, needed in (("setting=2", cfg["setting"] == 2),
+                                       ("val_every > 0", cfg["val_every"] > 0),
+                                       ("pseudolabel='manual'", cfg["pseudolabel"] == "manual"))
+             if needed]
+    if needs:
+        ds.require_labels(" and ".join(needs))
+    if cfg["setting"] == 2 and len(ds.labelled) < len(ds.cases):
+        raise ValueError(f"{ds.root / 'dataset.json'}: setting=2 removes every slice holding a "
+                         f"test class, which needs every scan labelled; {len(ds.labelled)} of "
+                         f"{len(ds.cases)} are; expects setting=1")
+
+
 @ex.command
 def train(_run, _config, _log):
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
@@ -188,15 +209,14 @@ def train(_run, _config, _log):
 
     # data
     ds = load_dataset(cfg["data_dir"])
-    if ds.name != get_dataset_info(cfg["dataset"]).name:
-        raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
-                         f"(config key dataset), found {ds.name!r}")
-    fold = ds.fold(cfg["eval_fold"])
+    check_dataset(cfg, ds)
+    train_pids, fold = ds.training_cases(cfg["eval_fold"])
     record = ds.info.record()  # the preprocessing record every checkpoint carries
     cfg["exclude_labels"] = resolve_exclude_labels(cfg, ds)
-    episodes = build_episodes(cfg, ds, fold["train"])
-    _log.info("%s fold %d: %d training scans, excluded classes %s", ds.name, cfg["eval_fold"],
-              len(fold["train"]), cfg["exclude_labels"])
+    episodes = build_episodes(cfg, ds, train_pids)
+    _log.info("%s %s: %d training scans, excluded classes %s", ds.name,
+              f"fold {cfg['eval_fold']}" if fold else "(no folds)", len(train_pids),
+              cfg["exclude_labels"])
     # rank 0 validates during training while the other ranks wait
     val_set = validation_set(cfg, ds) if cfg["val_every"] > 0 and rank.is_main else None
 

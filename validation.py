@@ -40,7 +40,7 @@ def fold_scans(ds, cfg: dict) -> dict:
     if cfg["n_shots"] == ds.splits.get("n_shots", 1) and cfg["support_idx"] == [-1]:
         return ds.fold(cfg["eval_fold"])  # splits.json as written
     ds.fold(cfg["eval_fold"])  # checks the fold index
-    return make_folds(ds.cases, tuple(ds.splits["fold_sep"]), cfg["n_shots"],
+    return make_folds(ds.labelled, tuple(ds.splits["fold_sep"]), cfg["n_shots"],
                       cfg["support_idx"][0])[cfg["eval_fold"]]
 
 
@@ -78,6 +78,7 @@ def validate(_run, _config, _log):
 
     # data
     ds = load_dataset(cfg["data_dir"])
+    ds.require_labels("validation")
     split = fold_scans(ds, cfg)
     evalset = build_evaluation(ds, cfg["eval_fold"], label_group=cfg["label_sets"],
                                protocol=cfg["protocol"], npart=cfg["n_sup_part"],
@@ -94,7 +95,7 @@ def validate(_run, _config, _log):
     if weights.kind == "none":
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
     trained_on = weights.config.get("dataset")
-    if trained_on and trained_on.upper() != ds.name and not cfg["cross_dataset"]:
+    if trained_on and trained_on.upper() != ds.name.upper() and not cfg["cross_dataset"]:
         raise ValueError(f"{weights.path}: trained on {trained_on}, but the data in "
                          f"{cfg['data_dir']} are {ds.name} ({ds.meta['modality']}); evaluate it "
                          f"on {trained_on} data, or set cross_dataset=True to do this on purpose")

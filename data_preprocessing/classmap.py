@@ -36,7 +36,7 @@ def slice_index(label: np.ndarray, labels: dict[int, str], min_tp: int = 1) -> d
 def build_classmap(folder: str | os.PathLike, min_tp: int = 1) -> dict[str, dict[str, list[int]]]:
     ds = load_dataset(folder)
     classmap: dict[str, dict[str, list[int]]] = {name: {} for name in ds.labels.values()}
-    for pid in ds.cases:
+    for pid in ds.labelled:
         path = ds.path("label", pid)
         label = map_label_values(read_array(path), ds.raw_label_values, str(path))
         for name, zs in slice_index(label, ds.labels, min_tp).items():
@@ -45,8 +45,9 @@ def build_classmap(folder: str | os.PathLike, min_tp: int = 1) -> dict[str, dict
 
 
 def write_classmap(folder: str | os.PathLike, min_tp: int = 1) -> Path:
-    classmap = build_classmap(folder, min_tp)
     ds = load_dataset(folder)
+    ds.require_labels("a class-slice index")
+    classmap = build_classmap(folder, min_tp)
     path = ds.classmap_path(min_tp)
     write_json(path, classmap)
     update_metadata(folder, classmaps=[min_tp])

@@ -22,7 +22,7 @@ import numpy as np
 
 from data_preprocessing.registry import REGISTRY, RECORD_KEYS, DatasetInfo, get_dataset_info, \
     make_folds
-from util.io import found_at, pid_from_path, read_json, sort_pids, write_json
+from util.io import found_at, read_json, sort_pids, write_json
 
 CONTRACT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -39,11 +39,13 @@ FILE_PATTERNS = {
 
 
 def discover_cases(folder: str | os.PathLike) -> list[str]:
-    """Scan ids of the ``image_<pid>.nii.gz`` files in ``folder``, sorted numerically."""
+    """Case ids of the ``image_<id>.nii.gz`` files in ``folder`` (``<id>`` as written),
+    numeric ids sorted numerically, named ones after them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: expected a dataset folder, found {found_at(folder)}")
-    return sort_pids(pid_from_path(p) for p in folder.glob("image_*.nii.gz"))
+    return sort_pids(p.name[len("image_"):-len(".nii.gz")]
+                     for p in folder.glob("image_?*.nii.gz"))
 
 
 @dataclass
@@ -66,6 +68,26 @@ class Dataset:
     @property
     def cases(self) -> list[str]:
         return list(self.meta["cases"])
+
+    @property
+    def labelled(self) -> list[str]:
+        """The cases with a label (every case of a folder that does not say otherwise)."""
+        return list(self.meta.get("labelled", self.meta["cases"]))
+
+    def training_cases(self, fold: int) -> tuple[list[str], dict | None]:
+        """The scans that train under fold ``fold`` and the fold itself; a folder without folds
+        (no labels, or too few for folds) trains on every scan, with no fold."""
+        if not self.splits["folds"]:
+            return self.cases, None
+        chosen = self.fold(fold)
+        return list(chosen["train"]), chosen
+
+    def require_labels(self, what: str) -> None:
+        """Stop with one line when the folder has no labels and ``what`` needs them."""
+        if not self.labelled:
+            raise ValueError(f"{self.root / DATASET_JSON}: {what} needs labels, and this folder "
+                             f"has none (imported without labels); train with setting=1 and "
+                             f"val_every=0, then segment with predict.py")
 
     @property
     def labels(self) -> dict[int, str]:
@@ -100,7 +122,8 @@ class Dataset:
 
 
 def build_metadata(info: DatasetInfo, cases: list[str], pseudolabels: dict | None = None,
-                   classmaps: list[int] | None = None, preprocessing: dict | None = None) -> dict:
+                   classmaps: list[int] | None = None, preprocessing: dict | None = None,
+                   labelled: list[str] | None = None, sources: dict | None = None) -> dict:
     return {
         "contract_version": CONTRACT_VERSION,
         **info.record(),                    # the preprocessing record (registry.DatasetInfo)
@@ -110,21 +133,29 @@ def build_metadata(info: DatasetInfo, cases: list[str], pseudolabels: dict | Non
         "pseudolabels": dict(pseudolabels or {}),
         "classmaps": sorted(classmaps or []),
         "preprocessing": dict(preprocessing or {}),
+        "labelled": list(cases if labelled is None else labelled),
+        "sources": dict(sources or {}),
     }
 
 
-def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1) -> dict:
-    """Five folds as published; for a folder with another number of scans (a partial download,
-    the 7 shared CMR scans), fold boundaries scaled to the scans present, with a warning."""
+def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1,
+                 unlabelled: list[str] | None = None) -> dict:
+    """Five folds of the labelled ``cases`` as published; for a folder with another number of
+    scans (a partial download, the 7 shared CMR scans), fold boundaries scaled to the scans
+    present, with a warning. ``unlabelled`` scans train in every fold."""
     sep = list(info.fold_sep)
     n_folds = len(sep) - 1
     note = None
-    if len(cases) < n_folds + n_shots:
+    if not sep:
+        sep = []
+        note = (f"{info.name}: no folds ({len(cases)} labelled scans); every scan trains"
+                if cases else f"{info.name}: no labels; every scan trains, nothing validates")
+    elif len(cases) < n_folds + n_shots:
         sep = []
         note = (f"{info.name}: {len(cases)} scans are too few for {n_folds} folds with "
                 f"{n_shots} shot(s) (need {n_folds + n_shots}); no folds written")
         warnings.warn(note, stacklevel=2)
-    elif len(cases) != sep[-1]:
+    elif len(cases) != sep[-1] and info.name in REGISTRY:
         sep = [round(i * len(cases) / n_folds) for i in range(n_folds + 1)]
         note = (f"{info.name} defines folds for {info.fold_sep[-1]} scans, the folder holds "
                 f"{len(cases)}: boundaries scaled to {sep}; results are not comparable with "
@@ -136,13 +167,15 @@ def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1) -> dict:
         "published_fold_sep": list(info.fold_sep),
         "note": note,
         "n_shots": n_shots,
-        "folds": make_folds(cases, tuple(sep), n_shots, info.support_idx) if sep else [],
+        "folds": [{**f, "train": f["train"] + list(unlabelled or [])}
+                  for f in make_folds(cases, tuple(sep), n_shots, info.support_idx)] if sep else [],
     }
 
 
-def register(folder: str | os.PathLike, dataset: str, *, n_shots: int = 1,
+def register(folder: str | os.PathLike, dataset: str | DatasetInfo, *, n_shots: int = 1,
              preprocessing: dict | None = None, force: bool = False,
-             no_folds: bool = False) -> Dataset:
+             no_folds: bool = False, labelled: list[str] | None = None,
+             sources: dict | None = None) -> Dataset:
     """Write ``dataset.json`` and ``splits.json`` for ``folder``, keeping recorded extras.
 
     Pseudolabel variants and class maps already recorded in an existing ``dataset.json`` are kept
@@ -151,7 +184,7 @@ def register(folder: str | os.PathLike, dataset: str, *, n_shots: int = 1,
     then fails unless ``no_folds`` marks the folder as meant for preprocessing only.
     """
     folder = Path(folder)
-    info = get_dataset_info(dataset)
+    info = dataset if isinstance(dataset, DatasetInfo) else get_dataset_info(dataset)
     cases = discover_cases(folder)
     if not cases:
         raise FileNotFoundError(f"{folder}: expected image_<id>.nii.gz files, found none")
@@ -167,10 +200,14 @@ def register(folder: str | os.PathLike, dataset: str, *, n_shots: int = 1,
                  if (folder / FILE_PATTERNS["classmap"].format(min_tp=n)).is_file()]
     prep = dict(old.get("preprocessing", {}))
     prep.update(preprocessing or {})
-    meta = build_metadata(info, cases, pseudo, classmaps, prep)
-    splits = build_splits(info, cases, n_shots)
+    labelled = cases if labelled is None else [c for c in cases if c in set(labelled)]
+    meta = build_metadata(info, cases, pseudo, classmaps, prep, labelled,
+                          sources if sources is not None else old.get("sources"))
+    splits = build_splits(info, labelled, n_shots,
+                          unlabelled=[c for c in cases if c not in set(labelled)])
     if not splits["folds"]:
-        splits["no_folds"] = bool(no_folds)
+        # a folder without labels, or one whose record defines no folds, trains on every scan
+        splits["no_folds"] = bool(no_folds) or not labelled or not info.fold_sep
     write_json(folder / DATASET_JSON, meta)
     write_json(folder / SPLITS_JSON, splits)
     return Dataset(folder, meta, splits)

@@ -168,6 +168,8 @@ def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Seque
        label pad = 0), and get the resampled image's spacing, origin and direction.
     ``name`` (a path or scan id) is used in error messages. Returns (image, label, info).
     """
+    from data_preprocessing.preprocess import preprocess_label, to_network_grid  # uses R1-R3
+
     for what, img in (("image", image), ("label", label)):
         if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(f"{name}: expected a scalar 3-D {what}, found a "
@@ -176,22 +178,12 @@ def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Seque
     if image.GetSize() != label.GetSize():
         raise ValueError(f"{name}: expected the label size to equal the image size "
                          f"{image.GetSize()}, found {label.GetSize()}")
-    target = full_spacing(image, spacing)
-    clipped, clip_value = clip_percentile(sitk.GetArrayFromImage(image), percentile)
-    resampled = resample_to_spacing(array_to_image(clipped, image), target)
-    res_label = resample_label(label, target)
-    if res_label.GetSize() != resampled.GetSize():
-        raise ValueError(f"{name}: resampled label size {res_label.GetSize()} differs from the "
-                         f"resampled image size {resampled.GetSize()}; the label spacing "
-                         f"{label.GetSpacing()} should equal the image spacing "
-                         f"{image.GetSpacing()}")
-    res_arr = sitk.GetArrayFromImage(resampled)
-    pad = float(res_arr.min())
-    img_out = array_with_geometry(crop_or_pad_volume(res_arr, size, pad), resampled)
-    lbl_out = array_with_geometry(crop_or_pad_volume(sitk.GetArrayFromImage(res_label), size,
-                                                     0.0), resampled)
-    info = {"clip_value": clip_value, "resampled_size": resampled.GetSize(), "pad_value": pad}
-    return img_out, lbl_out, info
+    prepared = to_network_grid(image, {"rule": "clip_percentile", "percentile": percentile},
+                               spacing, size, name)
+    lbl_out = preprocess_label(label, prepared, size, name)
+    info = {"clip_value": prepared.clip_value, "resampled_size": prepared.resampled.GetSize(),
+            "pad_value": float(sitk.GetArrayViewFromImage(prepared.resampled).min())}
+    return prepared.image, lbl_out, info
 
 
 def fmt_spacing(spacing: Sequence[float]) -> str:

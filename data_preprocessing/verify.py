@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from data_preprocessing.classmap import slice_index
 from data_preprocessing.contract import GEOMETRY_TOL, Dataset, load_dataset
-from util.io import read_image, read_json
+from util.io import read_image, read_json, sort_pids
 
 
 
@@ -67,11 +67,12 @@ def _allowed_label_values(ds: Dataset) -> set[int]:
     return {0, *raw} if raw else set(ds.labels)
 
 
-def _check_case(ds: Dataset, pid: str, problems: list[str]) -> np.ndarray | None:
+def _check_case(ds: Dataset, pid: str, problems: list[str],
+                labelled: bool = True) -> np.ndarray | None:
     """Check one case; return its class-id label array [Z, H, W] when readable."""
     image_path, label_path = ds.path("image", pid), ds.path("label", pid)
     image = _try_read(image_path, problems)
-    label = _try_read(label_path, problems)
+    label = _try_read(label_path, problems) if labelled else None
     # non-finite voxels, truncation, empty files and non-3-D images fail read_image (listed)
     if image is not None:
         arr = sitk.GetArrayViewFromImage(image)
@@ -152,7 +153,7 @@ def _check_splits(ds: Dataset, problems: list[str]) -> None:
             unknown = [p for p in fold.get(role, []) if p not in known]
             if unknown:
                 problems.append(f"{ds.root / 'splits.json'}: fold {fold.get('fold')} {role} "
-                                f"names unknown case(s) {unknown}; known: {sorted(known, key=int)}")
+                                f"names unknown case(s) {unknown}; known: {sort_pids(known)}")
 
 
 def verify_dataset(folder: str | os.PathLike) -> Dataset:
@@ -161,8 +162,9 @@ def verify_dataset(folder: str | os.PathLike) -> Dataset:
     ds = load_dataset(folder)
     problems: list[str] = []
     on_disk = {p.name for p in folder.glob("image_*.nii.gz")}
+    labelled = set(ds.labelled)
     for pid in ds.cases:
-        for kind in ("image", "label"):
+        for kind in ("image", "label") if pid in labelled else ("image",):
             if not ds.path(kind, pid).exists():
                 problems.append(f"{ds.path(kind, pid)}: expected the {kind} of case {pid} "
                                 f"(listed in dataset.json), found nothing there")
@@ -173,12 +175,12 @@ def verify_dataset(folder: str | os.PathLike) -> Dataset:
     label_ids = {}
     for pid in ds.cases:
         if ds.path("image", pid).exists() or ds.path("label", pid).exists():
-            lab = _check_case(ds, pid, problems)
+            lab = _check_case(ds, pid, problems, pid in labelled)
             if lab is not None:
                 label_ids[pid] = lab
     _check_classmaps(ds, label_ids, problems)
     _check_splits(ds, problems)
-    if label_ids and len(label_ids) == len(ds.cases):
+    if label_ids and len(label_ids) == len(labelled):
         present = set().union(*(np.unique(lab).tolist() for lab in label_ids.values()))
         missing = [ds.labels[c] for c in ds.meta["all_test_labels"] if c not in present]
         if missing:

@@ -46,6 +46,7 @@ import torch
 from data_preprocessing.contract import Dataset
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
     normalization_stats, tile_slices
+from util.io import sort_pids
 
 __all__ = ["PROTOCOLS", "part_percentiles", "support_slice", "chunk_index", "count_chunks",
            "SupportPart", "SupportSet", "QueryScan", "QueryPlan", "EvaluationSet",
@@ -318,7 +319,7 @@ def build_evaluation(dataset: Dataset | str | os.PathLike, fold: int, *, label_g
     if not sup or not queries:
         raise ValueError(f"{ds.root}: fold {fold}: expected support and query scans, got "
                          f"support {sup}, query {queries}")
-    both = sorted(set(sup) & set(queries), key=int)
+    both = sort_pids(set(sup) & set(queries))
     if both:
         raise ValueError(f"{ds.root}: fold {fold}: scans {both} are both support and query; "
                          f"expected disjoint sets")

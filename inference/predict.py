@@ -45,9 +45,10 @@ import torch
 
 from data_preprocessing.contract import GEOMETRY_TOL
 from data_preprocessing.registry import CHAOST2, SABS, DatasetInfo, get_dataset_info
-from data_preprocessing.resample import (BORDER, CROP_SIZE, clip_percentile, crop_or_pad_volume,
-                                         crop_windows, full_spacing, resample_label,
-                                         resample_to_spacing, window_ct)
+from data_preprocessing.preprocess import is_oblique, preprocess, reorient
+from data_preprocessing.preprocess import orientation as orientation_code
+from data_preprocessing.resample import (BORDER, CROP_SIZE, crop_or_pad_volume, crop_windows,
+                                         full_spacing, resample_label)
 from dataloaders.volumes import Volume, body_extent, normalize
 from inference.loader import ORIGINAL_ASSUMED, build_model, read_weights
 from models.alpnet import ALPNet
@@ -56,7 +57,6 @@ from util.io import array_to_image, read_image
 MODALITIES = ("MR", "CT")
 HU_AIR = -200.0  # below this: air or lung on a CT; MR intensities never go there
 CT_AIR_FRACTION = 0.001
-OBLIQUE_COS = 0.9
 # SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
 SABS_FOV_FRACTION = 1 - 2 * BORDER / 512
 
@@ -148,22 +148,7 @@ def output_path(out_dir: str | os.PathLike, query: str | os.PathLike) -> Path:
 def orientation(image: sitk.Image | Grid) -> str:
     """The three-letter orientation code of the image axes (e.g. 'LAS'); the closest one for an
     oblique image."""
-    direction = image.direction if isinstance(image, Grid) else image.GetDirection()
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction)
-
-
-def is_oblique(image: sitk.Image) -> bool:
-    """Whether an axis of ``image`` lies more than ~26 degrees (cosine < 0.9) off every
-    anatomical axis."""
-    cosines = np.abs(np.asarray(image.GetDirection(), float).reshape(3, 3))
-    return bool((cosines.max(axis=0) < OBLIQUE_COS).any())
-
-
-def reorient(image: sitk.Image, code: str) -> sitk.Image:
-    """``image`` with its axes permuted and flipped to orientation ``code``: the same voxels at
-    the same physical positions, only stored in another order (``image`` itself if it already
-    is)."""
-    return image if orientation(image) == code else sitk.DICOMOrient(image, code)
+    return orientation_code(image.direction if isinstance(image, Grid) else image.GetDirection())
 
 
 def restore_layout(result: sitk.Image, stored: Grid, name: str) -> sitk.Image:
@@ -294,29 +279,15 @@ def target_spacing(info: DatasetInfo, support: sitk.Image,
 
 # ---------------------------------------------------------------- to the network grid and back
 
-def intensity_step(image: sitk.Image, modality: str, name: str) -> sitk.Image:
-    """MR: clip at the 99.5th percentile (dtype kept). CT: HU window [-125, 275] → [0, 255]."""
-    arr = sitk.GetArrayFromImage(image)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: expected finite intensities, found NaN or inf")
-    if modality == "MR":
-        out, _ = clip_percentile(arr)
-    elif modality == "CT":
-        out = window_ct(arr, name=name)
-    else:
-        raise ValueError(f"modality: expected one of {MODALITIES}, got {modality!r}")
-    return array_to_image(out, image)
-
-
-def prepare_scan(image: sitk.Image, spacing: tuple[float, float, float], modality: str,
-                 body_threshold: float, name: str = "scan") -> PreparedScan:
-    """Intensity step, R1 to ``spacing``, centre crop / pad to 256 x 256, per-volume z-score."""
-    resampled = resample_to_spacing(intensity_step(image, modality, name), spacing)
-    arr = sitk.GetArrayFromImage(resampled)
-    cropped = crop_or_pad_volume(arr, CROP_SIZE, float(arr.min())).astype(np.float32)
-    body_z = body_extent(cropped, body_threshold) or (0, cropped.shape[0] - 1)
+def prepare_scan(image: sitk.Image, spacing: tuple[float, float, float], info: DatasetInfo,
+                 name: str = "scan") -> PreparedScan:
+    """:func:`data_preprocessing.preprocess.preprocess` (the importers' own step) at
+    ``spacing``, then the per-volume z-score of the loaders."""
+    prepared = preprocess(image, info, spacing, name)
+    cropped = sitk.GetArrayFromImage(prepared.image).astype(np.float32)
+    body_z = body_extent(cropped, info.body_threshold) or (0, cropped.shape[0] - 1)
     return PreparedScan(image=normalize(cropped, "zscore_volume", where=name), body_z=body_z,
-                        grid=Grid.of(resampled), source=Grid.of(image))
+                        grid=Grid.of(prepared.resampled), source=Grid.of(image))
 
 
 def coverage_warning(prepared: PreparedScan, name: str,
@@ -341,10 +312,11 @@ def prepare_mask(mask01: np.ndarray, image: sitk.Image, prepared: PreparedScan,
         raise ValueError(f"{name}: expected the support mask to survive resampling to "
                          f"{_fmt(prepared.grid.spacing)} mm, found it empty afterwards (the "
                          f"structure is smaller than half a voxel); choose a finer --spacing")
-    out = crop_or_pad_volume(resampled, CROP_SIZE, 0.0).astype(np.uint8)
+    size = prepared.image.shape[-1]
+    out = crop_or_pad_volume(resampled, size, 0.0).astype(np.uint8)
     if not out.any():
         raise ValueError(f"{name}: expected the support mask inside the central "
-                         f"{CROP_SIZE} x {CROP_SIZE} field of view at {_fmt(prepared.grid.spacing)}"
+                         f"{size} x {size} field of view at {_fmt(prepared.grid.spacing)}"
                          f" mm, found it entirely outside; use a larger --spacing")
     return out
 

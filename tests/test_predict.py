@@ -13,12 +13,12 @@ from conftest import cli, one_line_error
 from data_preprocessing.resample import crop_or_pad_volume
 from models.alpnet import ALPNet
 from util.checkpoint import save_checkpoint
+from data_preprocessing.registry import CHAOST2, SABS
 from inference.predict import prepare_mask, prepare_scan, to_original, uncrop_volume
 from util.seeding import rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAOS_SPACING = (1.25, 1.25, 7.70)
-MR_BODY = 50.0001
 MODEL_CONFIG = {"encoder": "tiny", "feature_hw": [32, 32], "proto_grid_size": 8, "val_wsize": 2,
                 "fg_thresh": 0.95, "bg_thresh": 0.95, "usealign": True, "bf16": False,
                 "channels_last": False, "pretrained_weights": None, "reload_model_path": None,
@@ -108,7 +108,7 @@ def test_ct_scan_is_windowed_and_mapped_back(checkpoints, ct_dir, tmp_path):
     assert out.name == "ct_query_pred.nii.gz"
     assert (pred.GetSize(), pred.GetSpacing(), pred.GetOrigin(), pred.GetDirection()) == (
         query.GetSize(), query.GetSpacing(), query.GetOrigin(), query.GetDirection())
-    prepared = prepare_scan(query, (1.25, 1.25, 3.0), "CT", 1e-4, "ct")
+    prepared = prepare_scan(query, (1.25, 1.25, 3.0), SABS, "ct")
     assert abs(float(prepared.image.mean())) < 1e-3 and abs(float(prepared.image.std()) - 1) < 1e-3
 
 
@@ -124,7 +124,7 @@ def test_uncrop_inverts_the_centre_crop_or_pad(shape):
 
 
 def _round_trip(image, mask01, spacing):
-    prepared = prepare_scan(image, spacing, "MR", MR_BODY, "scan")
+    prepared = prepare_scan(image, spacing, CHAOST2, "scan")
     on_grid = prepare_mask(mask01, image, prepared, "mask")
     assert on_grid.shape == prepared.image.shape == (on_grid.shape[0], 256, 256)
     out = to_original(on_grid, prepared)

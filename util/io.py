@@ -215,6 +215,12 @@ def pid_from_path(path: str | os.PathLike) -> str:
     return str(int(runs[-1]))
 
 
+def pid_key(pid: str) -> tuple:
+    """Sort key of a scan id: numeric ids by their integer value, before any named ones."""
+    pid = str(pid)
+    return (0, int(pid), "") if pid.isdigit() else (1, 0, pid)
+
+
 def sort_pids(pids) -> list[str]:
-    """Scan ids sorted by their integer value, as strings."""
-    return sorted((str(p) for p in pids), key=int)
+    """Scan ids sorted by :func:`pid_key` (the published ids numerically), as strings."""
+    return sorted((str(p) for p in pids), key=pid_key)
