@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         print(line, file=sys.stderr)
     kept = " (oblique scans as stored)" if kept_oblique else ""
     print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
-          f"256 x 256, per-volume z-score, orientation {code or 'as stored'}{kept}; "
+          f"{info.size} x {info.size}, per-volume z-score, orientation {code or 'as stored'}{kept}; "
           f"device {device}")
 
     # support parts: one slice per part, prototypes once

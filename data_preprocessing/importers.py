@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from data_preprocessing.preprocess import (is_oblique, orientation, preprocess, preprocess_label,
-                                           reorient)
+from data_preprocessing.preprocess import (HU_AIR, apparent_modality, is_oblique, orientation,
+                                           preprocess, preprocess_label, reorient)
 from data_preprocessing.registry import DatasetInfo, get_dataset_info
 from data_preprocessing.resample import HU_WINDOW, CROP_SIZE, fmt_spacing
 from util.io import read_image, read_image_info, read_json, write_image
@@ -440,6 +440,10 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
     if not source.cases:
         raise FileNotFoundError(f"{source.root}: expected scans, found none")
     if preset:
+        if test_labels is not None or label_groups is not None:
+            raise ValueError(f"--test-labels / --label-groups: the {preset} preset keeps its "
+                             f"published classes and groups; expected them only without "
+                             f"--preset")
         base = get_dataset_info(preset)
         modality = modality or base.modality
         if modality != base.modality:
@@ -628,10 +632,11 @@ def import_scans(plan: Plan, dst: str | os.PathLike, log=print) -> dict:
         shutil.rmtree(staging)
     staging.mkdir()
     info = plan.info
-    sources = {}
+    sources, seen = {}, {}
     try:
         for case in plan.cases:
             image = read_case_image(case)
+            seen[case.name] = apparent_modality(image)[0]
             stored, label = prepare_case(image, case, info)
             write_image(stored, staging / FILE_PATTERNS["image"].format(pid=case.name))
             if label is not None:
@@ -641,11 +646,26 @@ def import_scans(plan: Plan, dst: str | os.PathLike, log=print) -> dict:
             log(f"{case.name}: {image.GetSize()} @ {fmt_spacing(image.GetSpacing())} mm -> "
                 f"{stored.GetSize()} @ {fmt_spacing(stored.GetSpacing())} mm"
                 f"{'' if case.label is None else ', labelled'}")
+        check_intensities(seen, info.modality, plan.cases[0].source, log)
         for path in sorted(staging.iterdir()):
             os.replace(path, dst / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sources
+
+
+def check_intensities(seen: dict[str, str], modality: str, where: str, log=print) -> None:
+    """Refuse a folder whose scans look like two modalities (some hold air in Hounsfield units,
+    others not); warn when all look like the other one (CT already windowed, for example)."""
+    looks = {m: sorted(n for n, s in seen.items() if s == m) for m in MODALITIES}
+    if looks["CT"] and looks["MR"]:
+        raise ValueError(f"{Path(where).parent}: expected one modality, found scans that look "
+                         f"like CT (air below {HU_AIR:g} HU: {looks['CT'][:3]}) and others "
+                         f"that do not ({looks['MR'][:3]}); import each modality on its own")
+    other = "MR" if modality == "CT" else "CT"
+    if looks[other]:
+        log(f"WARNING: every scan looks like {other} by its intensities, imported as {modality} "
+            f"as the folder or --modality says")
 
 
 def prepare_case(image: sitk.Image, case: Case, info: DatasetInfo

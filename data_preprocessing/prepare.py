@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> None:
                              "image_/label_ files with --dataset)")
     parser.add_argument("--dst", required=True, help="dataset folder to create")
     how = parser.add_mutually_exclusive_group()
-    how.add_argument("--dataset", choices=sorted(REGISTRY),
+    how.add_argument("--dataset", type=str.upper, choices=sorted(REGISTRY),
                      help="link already-preprocessed published files as they are")
-    how.add_argument("--preset", choices=sorted(REGISTRY),
+    how.add_argument("--preset", type=str.upper, choices=sorted(REGISTRY),
                      help="preprocess raw scans with a published dataset's record")
-    parser.add_argument("--modality", choices=importers.MODALITIES,
+    parser.add_argument("--modality", type=str.upper, choices=importers.MODALITIES,
                         help="CT or MR, required where the folder does not say it")
     parser.add_argument("--name", help="dataset name (default: the --dst folder's name)")
     parser.add_argument("--spacing", type=float, nargs="+", metavar="MM",

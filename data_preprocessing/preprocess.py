@@ -24,13 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from data_preprocessing.registry import DatasetInfo
+from data_preprocessing.registry import INTENSITY_PARAMETERS, DatasetInfo
 from data_preprocessing.resample import (clip_percentile, crop_or_pad_volume, full_spacing,
                                          resample_label, resample_to_spacing, window_ct)
 from util.io import array_to_image, array_with_geometry
 
-INTENSITY_RULES = ("clip_percentile", "ct_window")
+INTENSITY_RULES = tuple(INTENSITY_PARAMETERS)
 OBLIQUE_COS = 0.9
+HU_AIR = -200.0  # below this: air or lung on a CT; MR intensities never go there
+CT_AIR_FRACTION = 0.001
 
 
 @dataclass
@@ -124,3 +126,11 @@ def reorient(image: sitk.Image, code: str) -> sitk.Image:
     the same physical positions, only stored in another order (``image`` itself if it already
     is)."""
     return image if orientation(image.GetDirection()) == code else sitk.DICOMOrient(image, code)
+
+
+def apparent_modality(image: sitk.Image) -> tuple[str, float]:
+    """"CT" when at least 0.1 % of the voxels lie below -200 (air or lung in Hounsfield units),
+    else "MR"; and that fraction."""
+    arr = sitk.GetArrayViewFromImage(image)
+    fraction = float(np.count_nonzero(arr < HU_AIR)) / max(arr.size, 1)
+    return ("CT" if fraction >= CT_AIR_FRACTION else "MR"), fraction

@@ -12,6 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+# the intensity rules a record may name, with the parameter each needs (preprocess.py applies
+# them): MR clips at a percentile (optionally rescaling), CT windows Hounsfield units
+INTENSITY_PARAMETERS = {"clip_percentile": "percentile", "ct_window": "window"}
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Static description of one dataset.
@@ -68,6 +73,14 @@ class DatasetInfo:
 
     @classmethod
     def _from_complete_record(cls, record: dict) -> DatasetInfo:
+        rule = dict(record["intensity"])
+        needs = INTENSITY_PARAMETERS.get(rule.get("rule"))
+        if needs is None or needs not in rule:
+            raise ValueError(f"intensity expects one of "
+                             f"{[{'rule': r, p: '...'} for r, p in INTENSITY_PARAMETERS.items()]}, "
+                             f"found {rule}")
+        if int(record["size"]) < 32:
+            raise ValueError(f"size expects at least 32 pixels, found {record['size']}")
         spacing = record["target_spacing"]
         return cls(name=str(record["name"]), modality=str(record["modality"]),
                    labels={int(k): str(v) for k, v in record["labels"].items()},

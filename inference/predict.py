@@ -45,7 +45,8 @@ import torch
 
 from data_preprocessing.contract import GEOMETRY_TOL
 from data_preprocessing.registry import CHAOST2, SABS, DatasetInfo, get_dataset_info
-from data_preprocessing.preprocess import is_oblique, preprocess, reorient
+from data_preprocessing.preprocess import HU_AIR, apparent_modality, is_oblique, preprocess, \
+    reorient
 from data_preprocessing.preprocess import orientation as orientation_code
 from data_preprocessing.resample import (BORDER, CROP_SIZE, crop_or_pad_volume, crop_windows,
                                          full_spacing, resample_label)
@@ -55,8 +56,6 @@ from models.alpnet import ALPNet
 from util.io import array_to_image, read_image
 
 MODALITIES = ("MR", "CT")
-HU_AIR = -200.0  # below this: air or lung on a CT; MR intensities never go there
-CT_AIR_FRACTION = 0.001
 # SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
 SABS_FOV_FRACTION = 1 - 2 * BORDER / 512
 
@@ -166,14 +165,6 @@ def restore_layout(result: sitk.Image, stored: Grid, name: str) -> sitk.Image:
     back.SetSpacing(stored.spacing)
     back.SetDirection(stored.direction)
     return back
-
-
-def apparent_modality(image: sitk.Image) -> tuple[str, float]:
-    """"CT" when at least 0.1 % of the voxels lie below -200 (air or lung in Hounsfield units),
-    else "MR"; and that fraction."""
-    arr = sitk.GetArrayViewFromImage(image)
-    fraction = float(np.count_nonzero(arr < HU_AIR)) / max(arr.size, 1)
-    return ("CT" if fraction >= CT_AIR_FRACTION else "MR"), fraction
 
 
 def check_modality(image: sitk.Image, modality: str, explicit: bool, name: str,

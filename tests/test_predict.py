@@ -369,3 +369,28 @@ def test_cli_end_to_end_with_a_bare_state_dict(checkpoints, scans, tmp_path):
     failed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert failed.returncode != 0 and "missing_mask.nii.gz" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_the_checkpoints_record_decides_the_preprocessing(checkpoints, scans, tmp_path):
+    """A record of 128 x 128 at 2.5 mm is followed (and said); one predict.py cannot honour
+    (an unknown intensity rule) stops in one line before anything is written."""
+    from data_preprocessing.registry import CHAOST2
+
+    state = torch.load(checkpoints["ours"], weights_only=True)
+    record = {**CHAOST2.record(), "name": "MINE", "size": 128,
+              "target_spacing": [2.5, 2.5, 7.7]}
+    small = save_checkpoint(tmp_path / "small.pth", {**state, "dataset_record": record})
+    done = cli("predict.py", *args(small, scans["support"], scans["mask"], [scans["query"]],
+                                   tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MR preprocessing as MINE: spacing 2.5x2.5x7.7 mm, 128 x 128" in done.stdout
+    pred = sitk.ReadImage(str(tmp_path / "out" / "query_a_pred.nii.gz"))
+    assert pred.GetSize() == sitk.ReadImage(str(scans["query"])).GetSize()
+    record["intensity"] = {"rule": "histogram_match"}
+    odd = save_checkpoint(tmp_path / "odd.pth", {**state, "dataset_record": record})
+    one_line_error(cli("predict.py", *args(odd, scans["support"], scans["mask"],
+                                           [scans["query"]], tmp_path / "out2")),
+                   "predict.py", "the checkpoint's dataset record: expected a preprocessing "
+                   "record of the types DatasetInfo declares, found ValueError: intensity "
+                   "expects one of")
+    assert not (tmp_path / "out2").exists()
