@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +120,7 @@ def write_phantom(out: str | os.PathLike, seed: int = 0, n_scans: int = 10, size
         lab.CopyInformation(img)
         write_image(img, out / f"image_{pid}.nii.gz")
         write_image(lab, out / f"label_{pid}.nii.gz")
-    register(out, "PHANTOM", preprocessing={"generator": "phantom", "seed": seed,
+    register(out, replace(PHANTOM, size=size), preprocessing={"generator": "phantom", "seed": seed,
                                             "n_scans": n_scans, "size": size,
                                             "n_slices": n_slices})
     return out

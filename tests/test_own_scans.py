@@ -127,6 +127,7 @@ def test_nnunet_defaults_record_the_median_spacing_and_names(nnunet_copy, tmp_pa
     out = prepare(nnunet_copy, tmp_path / "abd", "--label-groups", "1,4", "2,3")
     assert out.returncode == 0, out.stderr[-3000:]
     ds = load_dataset(tmp_path / "abd")
+    assert ds.meta["preset"] is None
     assert ds.name == "abd" and ds.info.modality == "MR"
     assert ds.info.target_spacing == pytest.approx((1.25, 1.25, 7.7))
     assert ds.labels[2] == "right kidney" and ds.info.orientation == "LAS"
@@ -280,3 +281,22 @@ def test_bad_sources_are_refused_before_anything_is_written(chaos_dir, nnunet_co
     (broken / "dataset.json").write_text(json.dumps(meta))
     _refused(broken, tmp_path, "--channel: expected one of the channels [0]", "--channel", "1")
     _refused(broken, tmp_path, "--modality CT: ", "--modality", "CT")
+
+
+def test_own_labelled_folder_has_folds_and_validates(nnunet_copy, tmp_path):
+    """--folds 4 over the 5 labelled scans: 4 folds of one support and the rest queries, the
+    unlabelled scan training in each; validation.py scores the folder's own classes."""
+    dst = tmp_path / "abd4"
+    out = prepare(nnunet_copy, dst, "--folds", "4", "--test-labels", "1", "4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ds = load_dataset(dst)
+    folds = ds.splits["folds"]
+    assert len(folds) == 4 and ds.meta["all_test_labels"] == [1, 4]
+    for fold in folds:
+        assert len(fold["support"]) == 1 and fold["support"][0] not in fold["train"]
+        assert "abd_010" in fold["train"] and not set(fold["query"]) & set(fold["train"])
+    out = cli("validation.py", "with", f"data_dir={dst}", "encoder=tiny", "label_sets=all",
+              "eval_fold=1", "device=cpu", "num_workers=0", f"log_dir={tmp_path / 'v'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "evaluating an UNTRAINED model" in out.stderr
+    assert "liver" in out.stdout + out.stderr and "spleen" in out.stdout + out.stderr
