@@ -425,6 +425,17 @@ def resumed_run_folder(resume: str | None) -> Path | None:
         else None
 
 
+# the keys given on this command line (``with key=value``), even where the value equals the
+# default, which sacred does not count as a modification
+GIVEN_KEYS: set[str] = set()
+
+
+def given_keys(run) -> set[str]:
+    """Keys this run was given: on the command line, by a named config or by ``ex.run``."""
+    mods = run.config_modifications
+    return set(GIVEN_KEYS) | set(mods.modified) | set(mods.added)
+
+
 def _check_cli_keys(args: list[str]) -> None:
     """Fail early, with a suggestion, on ``with key=value`` naming no config key."""
     if "with" not in args:
@@ -463,6 +474,8 @@ def run_cli(command: str, argv: list[str]) -> None:
         ex.run_commandline([argv[0], *args])
         return
     updates, named = get_config_updates(args[args.index("with") + 1:] if "with" in args else [])
+    GIVEN_KEYS.clear()
+    GIVEN_KEYS.update(updates)
     try:
         ex.run(command, config_updates=updates, named_configs=named)
     except SacredInterrupt as err:  # training.Preempted: checkpoint written, run INTERRUPTED

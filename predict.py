@@ -123,15 +123,20 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for path in args.query:
         image = read_scan(path, "query image")
         stored.append(Grid.of(image))
-        queries.append(prepare_scan(bring(image, path), spacing, info, str(path)))
+        image = bring(image, path)
+        if image.GetSize()[2] < args.n_part:
+            raise ValueError(f"{path}: expected a query volume of at least {args.n_part} slices "
+                             f"(one per support part, --n-part), found "
+                             f"{image.GetSize()[2]}; segment the slice within its volume")
+        queries.append(prepare_scan(image, spacing, info, str(path)))
         warnings.append(coverage_warning(queries[-1], str(path)))
     del support, mask_image, image  # only the preprocessed scans are kept
     for line in filter(None, warnings):
         print(line, file=sys.stderr)
     kept = " (oblique scans as stored)" if kept_oblique else ""
     print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
-          f"{info.size} x {info.size}, per-volume z-score, orientation {code or 'as stored'}{kept}; "
-          f"device {device}")
+          f"{info.size} x {info.size}, per-volume z-score, orientation "
+          f"{code or 'as stored'}{kept}; device {device}")
 
     # support parts: one slice per part, prototypes once
     name = f"label {args.label:g}" if args.label is not None else "mask"

@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 # config_ssl_upload first: it silences sacred's pkg_resources warning before importing sacred
-from config_ssl_upload import SacredInterrupt, ex, resolve_exclude_labels, run_cli
+from config_ssl_upload import SacredInterrupt, ex, given_keys, resolve_exclude_labels, run_cli
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
@@ -225,7 +225,8 @@ def train(_run, _config, _log):
         else None
     if resumed is not None:
         check_resume_config(resumed[0], resumed[1].get("config", {}), cfg)
-    model = build_model(cfg, device, weights_of_state(*resumed) if resumed else NO_WEIGHTS)
+    model = build_model(cfg, device, weights_of_state(*resumed) if resumed else NO_WEIGHTS,
+                        explicit=given_keys(_run))
     if cfg["compile"]:
         model.encoder.compile()  # in place: state-dict keys stay those of the original
     # DDP averages the gradients of the ranks' episodes (effective batch: world_size episodes)
@@ -297,7 +298,7 @@ def train(_run, _config, _log):
             query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], weights)
             loss = query_loss + out.align_loss
             if not distributed.all_finite(loss, rank):
-                stop_on_nonfinite(run_dir, step, episode, loss, rank)
+                stop_on_nonfinite(run_dir, step + 1, episode, loss, rank)  # counted as logged
             # the original skips the update of an episode with an empty prototype set
             skipped = cfg["empty_prototypes"] == "skip" and out.n_fallback > 0
             if not skipped:

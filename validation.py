@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-from config_ssl_upload import ex, run_cli
+from config_ssl_upload import ex, given_keys, run_cli
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import make_folds
 from dataloaders.evaluation import build_evaluation
@@ -99,7 +99,7 @@ def validate(_run, _config, _log):
         raise ValueError(f"{weights.path}: trained on {trained_on}, but the data in "
                          f"{cfg['data_dir']} are {ds.name} ({ds.meta['modality']}); evaluate it "
                          f"on {trained_on} data, or set cross_dataset=True to do this on purpose")
-    explicit = set(_run.config_modifications.modified) | set(_run.config_modifications.added)
+    explicit = given_keys(_run)
     cfg = architecture(cfg, weights, explicit)  # the checkpoint's architecture, for the summary
     model = build_model(cfg, device, weights).eval()
     trained = weights.config

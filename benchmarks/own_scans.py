@@ -1,4 +1,4 @@
-"""Your own scans, end to end on real data: unlabelled import → self-supervised training → predict.
+"""Your own scans on real data: unlabelled import → self-supervised training → predict.
 
 The shared CHAOS-T2 scans stand in for a user's folder. The 15 training scans of fold 0 are
 imported **without labels** (a plain folder, names ``scan_<id>.nii.gz``), a model is trained on
@@ -6,9 +6,10 @@ their superpixels only, and ``predict.py`` segments each organ of the 4 held-bac
 of fold 0 from the one labelled support scan of that fold (scan 8). Dice per organ is measured
 against the queries' labels on their own grid, beside the same pipeline with an untrained model
 (a checkpoint of 1 step at lr 1e-12: the initialisation, saved). Every step is the command a
-user runs (the four commands of the README's "Your own scans").
+user runs (the four commands of the README's "Your own scans"). ``--published`` adds the same
+training on the same scans as the published preprocessed files.
 
-    python benchmarks/own_scans.py --out benchmarks/results/own_scans [--steps 1000]
+    python benchmarks/own_scans.py --out benchmarks/results/own_scans [--steps 1000] [--published]
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--encoder", default="tiny")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--published", action="store_true",
+                        help="also train on the same 15 scans as the published files "
+                             "(prepare --dataset CHAOST2, labels present but unread) and predict "
+                             "alike: the import's preprocessing against the original's")
     args = parser.parse_args()
     chaos = (ROOT / args.shared / "CHAOST2").resolve()
     out = (ROOT / args.out).resolve()
@@ -71,14 +76,28 @@ def main() -> None:
     run(py, "-m", "data_preprocessing.prepare", "--src", str(scans), "--dst", str(data),
         "--modality", "MR", "--name", "MYSCANS", log=log)
     prepared = time.perf_counter() - start
-    common = [f"data_dir={data}", f"encoder={args.encoder}", "num_workers=0", "device=cpu",
+    common = [f"encoder={args.encoder}", "num_workers=0", "device=cpu",
               f"seed={args.seed}", "bf16=False"]
+    runs = [("untrained", 1, 1e-12, data), ("trained", args.steps, args.lr, data)]
+    if args.published:
+        published = out / "published_src"
+        published.mkdir(exist_ok=True)
+        for pid in fold["train"]:
+            for kind in ("image", "label"):
+                link = published / f"{kind}_{pid}.nii.gz"
+                if not link.exists():
+                    link.symlink_to(chaos / f"{kind}_{pid}.nii.gz")
+        run(py, "-m", "data_preprocessing.prepare", "--dataset", "CHAOST2", "--src",
+            str(published), "--dst", str(out / "published"), log=log)
+        runs.append(("published files", args.steps, args.lr, out / "published"))
     checkpoints = {}
-    for tag, steps, lr in (("untrained", 1, 1e-12), ("trained", args.steps, args.lr)):
+    for tag, steps, lr, folder in runs:
         t0 = time.perf_counter()
-        run(py, "training.py", "with", *common, f"n_steps={steps}", f"lr={lr}",
-            f"log_dir={out / 'exps' / tag}", "print_interval=100", log=log)
-        checkpoints[tag] = next((out / "exps" / tag).glob("train/*/*/snapshots/latest.pth"))
+        run(py, "training.py", "with", *common, f"data_dir={folder}", f"n_steps={steps}",
+            f"lr={lr}", "setting=1", f"log_dir={out / 'exps' / tag.replace(' ', '_')}",
+            "print_interval=100", log=log)
+        checkpoints[tag] = next((out / "exps" / tag.replace(" ", "_")).glob(
+            "train/*/*/snapshots/latest.pth"))
         if tag == "trained":
             train_time = time.perf_counter() - t0
     support = fold["support"][0]
@@ -87,7 +106,7 @@ def main() -> None:
         for cid, organ in CHAOST2.labels.items():
             if cid == 0:
                 continue
-            pred_dir = out / "preds" / tag / organ
+            pred_dir = out / "preds" / tag.replace(" ", "_") / organ
             run(py, "predict.py", "--checkpoint", str(ckpt),
                 "--support", str(chaos / f"image_{support}.nii.gz"),
                 "--support-mask", str(chaos / f"label_{support}.nii.gz"), "--label", str(cid),
@@ -108,8 +127,9 @@ def main() -> None:
              f"trained {args.steps} steps ({args.encoder} encoder, lr {args.lr}, "
              f"{train_time / 60:.1f} min on CPU); support scan {support}, queries "
              f"{', '.join(fold['query'])}; Dice (%) on the queries' own grids:", "",
-             "| organ | untrained | trained |", "|---|---|---|"]
-    lines += [f"| {organ} | {r['untrained']:.2f} | {r['trained']:.2f} |"
+             "| organ | " + " | ".join(checkpoints) + " |",
+             "|---" * (len(checkpoints) + 1) + "|"]
+    lines += [f"| {organ} | " + " | ".join(f"{r[tag]:.2f}" for tag in checkpoints) + " |"
               for organ, r in rows.items()]
     (out / "own_scans.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "own_scans.json").write_text(json.dumps({"rows": rows, "steps": args.steps,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_preprocessing.contract import load_dataset, map_label_values, update_metadata
+from data_preprocessing.contract import check_writable_dataset, load_dataset, map_label_values, \
+    update_metadata
 from util.io import read_array, write_json
 
 
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.min_tp:
         if n < 1:
             raise ValueError(f"--min-tp: expected a positive pixel count, got {n}")
+    check_writable_dataset(args.dir)
+    for n in args.min_tp:
         print(f"wrote {write_classmap(args.dir, n)}")
 
 

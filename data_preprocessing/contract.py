@@ -12,9 +12,11 @@ Register a folder (write both JSON files) with::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
-import warnings
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from data_preprocessing.registry import REGISTRY, RECORD_KEYS, DatasetInfo, get_dataset_info, \
     make_folds
-from util.io import found_at, read_json, sort_pids, write_json
+from util.io import ensure_writable_dir, found_at, read_json, sort_pids, write_json
 
 CONTRACT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -76,8 +78,9 @@ class Dataset:
 
     def training_cases(self, fold: int) -> tuple[list[str], dict | None]:
         """The scans that train under fold ``fold`` and the fold itself; a folder without folds
-        (no labels, or too few for folds) trains on every scan, with no fold."""
-        if not self.splits["folds"]:
+        (no labels, or too few for folds) trains on every scan, with no fold, unless it was
+        registered as preprocessing-only (``--no-folds``)."""
+        if not self.splits["folds"] and not self.splits.get("no_folds"):
             return self.cases, None
         chosen = self.fold(fold)
         return list(chosen["train"]), chosen
@@ -154,13 +157,13 @@ def build_splits(info: DatasetInfo, cases: list[str], n_shots: int = 1,
         sep = []
         note = (f"{info.name}: {len(cases)} scans are too few for {n_folds} folds with "
                 f"{n_shots} shot(s) (need {n_folds + n_shots}); no folds written")
-        warnings.warn(note, stacklevel=2)
+        print(f"NOTE: {note}", file=sys.stderr)
     elif len(cases) != sep[-1] and info.name in REGISTRY:
         sep = [round(i * len(cases) / n_folds) for i in range(n_folds + 1)]
         note = (f"{info.name} defines folds for {info.fold_sep[-1]} scans, the folder holds "
                 f"{len(cases)}: boundaries scaled to {sep}; results are not comparable with "
                 f"published numbers")
-        warnings.warn(note, stacklevel=2)
+        print(f"NOTE: {note}", file=sys.stderr)
     return {
         "contract_version": CONTRACT_VERSION,
         "fold_sep": sep,
@@ -206,8 +209,7 @@ def register(folder: str | os.PathLike, dataset: str | DatasetInfo, *, n_shots: 
     splits = build_splits(info, labelled, n_shots,
                           unlabelled=[c for c in cases if c not in set(labelled)])
     if not splits["folds"]:
-        # a folder without labels, or one whose record defines no folds, trains on every scan
-        splits["no_folds"] = bool(no_folds) or not labelled or not info.fold_sep
+        splits["no_folds"] = bool(no_folds)  # preprocessing only: training refuses it
     write_json(folder / DATASET_JSON, meta)
     write_json(folder / SPLITS_JSON, splits)
     return Dataset(folder, meta, splits)
@@ -241,6 +243,16 @@ def staging_folder(folder: str | os.PathLike, name: str) -> Path:
     finish_commits(folder)
     staging.mkdir()
     return staging
+
+
+@contextlib.contextmanager
+def discard_on_error(staging: Path) -> Iterator[None]:
+    """Remove ``staging`` when the block fails or is stopped (nothing of it was committed)."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def commit_staged(folder: str | os.PathLike, staging: Path, metadata: dict) -> None:
@@ -297,6 +309,13 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
         meta = {**REGISTRY[meta["name"]].record(), **meta}
     DatasetInfo.from_record(meta, str(meta_path))
     return Dataset(folder, meta, splits)
+
+
+def check_writable_dataset(folder: str | os.PathLike, flag: str = "--dir") -> Dataset:
+    """A registered dataset folder that files can be written in (checked before any work)."""
+    if Path(folder).is_dir():
+        ensure_writable_dir(folder, f"{flag}, the dataset folder")
+    return load_dataset(folder)
 
 
 def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],

@@ -27,7 +27,7 @@ from data_preprocessing import classmap, importers, superpixels, supervoxels, ve
 from data_preprocessing.contract import load_dataset, register
 from data_preprocessing.registry import REGISTRY
 from data_preprocessing.resample import fmt_spacing
-from util.io import ensure_writable_dir, pid_from_path
+from util.io import ensure_writable_dir
 
 
 def link_scans(src: str | os.PathLike, dst: str | os.PathLike, copy: bool = False) -> list[str]:
@@ -42,7 +42,7 @@ def link_scans(src: str | os.PathLike, dst: str | os.PathLike, copy: bool = Fals
     dst.mkdir(parents=True, exist_ok=True)
     pids = []
     for image in images:
-        pid = pid_from_path(image)
+        pid = image.name[len("image_"):-len(".nii.gz")]  # the id as written: 01 is not 1
         label = src / f"label_{pid}.nii.gz"
         if not label.is_file():
             raise FileNotFoundError(f"{label}: expected the label of {image.name}, "
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         pids = link_scans(args.src, args.dst, args.copy)
         register(args.dst, args.dataset)
         print(f"{args.dst}: {len(pids)} scans registered as {args.dataset}")
+        check_sources(args.src, args.dst, pids)
     else:
         import_source(args)
     ds = load_dataset(args.dst)
@@ -127,6 +128,20 @@ def main(argv: list[str] | None = None) -> None:
               f"volume")
     verify.verify_dataset(args.dst)
     print(f"{args.dst}: verified")
+
+
+def check_sources(src: str, dst: str, pids: list[str]) -> None:
+    """Verify the linked scans (readability, grids, label values, folds) before the long steps;
+    problems name the user's files in ``src``, not their links in ``dst``."""
+    try:
+        verify.verify_dataset(dst, pseudolabels=False)
+    except verify.DatasetVerificationError as err:
+        message = str(err)
+        for pid in pids:
+            for kind in ("image", "label"):
+                name = f"{kind}_{pid}.nii.gz"
+                message = message.replace(str(Path(dst) / name), str(Path(src) / name))
+        raise ValueError(message) from None
 
 
 def import_source(args) -> None:

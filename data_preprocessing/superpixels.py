@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,8 +21,10 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import felzenszwalb
 
-from data_preprocessing.contract import commit_staged, load_dataset, staging_folder
+from data_preprocessing.contract import check_writable_dataset, commit_staged, discard_on_error, \
+    load_dataset, staging_folder
 from util.cli import progress
+from util.workers import worker_pool
 from util.io import array_to_image, read_image, write_image
 
 
@@ -125,7 +126,7 @@ def run_jobs(fn, jobs: list[tuple], workers: int | None = None, desc: str = "vol
     workers = min(workers or default_workers(), len(jobs)) or 1
     if workers == 1:
         return [fn(*job) for job in progress(jobs, desc=desc, unit="vol")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         return list(progress(pool.map(fn, *zip(*jobs)), total=len(jobs), desc=desc, unit="vol"))
 
 
@@ -149,7 +150,8 @@ def generate(folder: str | os.PathLike, scale: str = "MIDDLE", relabel_mode: str
     jobs = [(ds.path("image", p), staging / ds.path("pseudolabel", p, scale).name,
              staging / ds.path("fgmask", p).name, params, threshold, relabel_mode)
             for p in ds.cases]
-    stats = run_jobs(_process_case, jobs, workers, desc=f"superpixels {scale}")
+    with discard_on_error(staging):
+        stats = run_jobs(_process_case, jobs, workers, desc=f"superpixels {scale}")
     commit_staged(folder, staging, {"pseudolabels": {scale: record}})
     return stats
 
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="compact (fixed, default) or faithful (the original's id bug)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers: expected a positive number of processes, got {args.workers}")
+    check_writable_dataset(args.dir)
     start = time.perf_counter()
     stats = generate(args.dir, args.scale, args.relabel, args.workers)
     summary = summarize(stats)

@@ -25,7 +25,8 @@ import SimpleITK as sitk
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from data_preprocessing.contract import commit_staged, load_dataset, staging_folder
+from data_preprocessing.contract import check_writable_dataset, commit_staged, discard_on_error, \
+    load_dataset, staging_folder
 from data_preprocessing.superpixels import body_mask, relabel, run_jobs
 from util.io import array_to_image, read_image, write_image
 
@@ -161,7 +162,8 @@ def generate(folder: str | os.PathLike, min_size: int = 5000, workers: int | Non
     staging = staging_folder(folder, f"superpix-{name}")
     jobs = [(ds.path("image", p), staging / ds.path("pseudolabel", p, name).name, min_size)
             for p in ds.cases]
-    counts = run_jobs(_process_case, jobs, workers, desc=f"supervoxels {name}")
+    with discard_on_error(staging):
+        counts = run_jobs(_process_case, jobs, workers, desc=f"supervoxels {name}")
     commit_staged(folder, staging, {"pseudolabels": {name: {
         "method": "felzenszwalb3d", "min_size": min_size, "sigma": 0.0, "scale": 1.0,
         "body_threshold": BODY_THRESHOLD, "intensity": "minmax_0_255", "relabel": "compact",
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="voxels (5000 for CHAOS-T2, 1000 for CMR as in SPEC §9.2)")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers: expected a positive number of processes, got {args.workers}")
+    check_writable_dataset(args.dir)
     start = time.perf_counter()
     counts = generate(args.dir, args.min_size, args.workers)
     print(f"supervoxels {scale_name(args.min_size)} for {len(counts)} volumes in "

@@ -142,7 +142,9 @@ def _check_classmaps(ds: Dataset, label_ids: dict[str, np.ndarray],
 
 
 def _check_splits(ds: Dataset, problems: list[str]) -> None:
-    if not ds.splits["folds"] and not ds.splits.get("no_folds"):
+    # a published dataset needs its folds; a folder of one's own without (enough) labels trains
+    # on every scan without them
+    if not ds.splits["folds"] and not ds.splits.get("no_folds") and ds.meta.get("preset"):
         problems.append(f"{ds.root / 'splits.json'}: expected folds for training and validation, "
                         f"found none ({ds.splits.get('note') or f'{len(ds.cases)} scans'}); "
                         f"bring the dataset's scans, or re-register with --no-folds to mark the "
@@ -156,11 +158,17 @@ def _check_splits(ds: Dataset, problems: list[str]) -> None:
                                 f"names unknown case(s) {unknown}; known: {sort_pids(known)}")
 
 
-def verify_dataset(folder: str | os.PathLike) -> Dataset:
-    """Verify ``folder``; raise :class:`DatasetVerificationError` listing every problem."""
+def verify_dataset(folder: str | os.PathLike, pseudolabels: bool = True) -> Dataset:
+    """Verify ``folder``; raise :class:`DatasetVerificationError` listing every problem. With
+    ``pseudolabels`` (the default) the folder must hold a pseudolabel set to train on."""
     folder = Path(folder)
     ds = load_dataset(folder)
     problems: list[str] = []
+    if pseudolabels and not ds.meta.get("pseudolabels"):
+        problems.append(f"{folder / 'dataset.json'}: expected a pseudolabel set to train on, "
+                        f"found none; generate it with `python -m data_preprocessing.superpixels "
+                        f"--dir {folder}`, or verify with --without-pseudolabels for validation "
+                        f"or manual-label training only")
     on_disk = {p.name for p in folder.glob("image_*.nii.gz")}
     labelled = set(ds.labelled)
     for pid in ds.cases:
@@ -195,8 +203,11 @@ def verify_dataset(folder: str | os.PathLike) -> Dataset:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True, help="registered dataset folder")
+    parser.add_argument("--without-pseudolabels", action="store_true",
+                        help="the folder is for validation or manual-label training only: no "
+                             "pseudolabel set is needed")
     args = parser.parse_args(argv)
-    ds = verify_dataset(args.dir)
+    ds = verify_dataset(args.dir, pseudolabels=not args.without_pseudolabels)
     folds = (f"{len(ds.splits['folds'])} folds" if ds.splits["folds"]
              else "no folds (preprocessing only)")
     print(f"{args.dir}: {ds.name} ({ds.meta['modality']}), {len(ds.cases)} cases verified, {folds} "

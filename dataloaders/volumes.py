@@ -174,9 +174,10 @@ def load_volume(dataset: Dataset | str | os.PathLike, pid: str, *, stats: NormSt
         if lab.shape != raw.shape:
             raise ValueError(f"{path}: expected the image's shape {raw.shape}, found {lab.shape}")
         lab = map_label_values(lab, ds.raw_label_values, str(path))
-        if lab.min(initial=0) < 0 or lab.max(initial=0) > 255:
-            raise ValueError(f"{path}: expected class ids in 0..255, found "
-                             f"{lab.min()}..{lab.max()}")
+        unknown = sorted(set(np.unique(lab).tolist()) - set(ds.labels))
+        if unknown:
+            raise ValueError(f"{path}: expected the label values of {ds.root / 'dataset.json'} "
+                             f"{sorted(ds.labels)}, found unknown {unknown}")
         vol.label = _crop(lab.astype(np.uint8), crop)
     if superpix_scale is not None:
         path = ds.path("pseudolabel", pid, superpix_scale)

@@ -45,6 +45,7 @@ import torch
 
 from data_preprocessing.contract import GEOMETRY_TOL
 from data_preprocessing.registry import CHAOST2, SABS, DatasetInfo, get_dataset_info
+from data_preprocessing.importers import is_dicom, read_dicom_series
 from data_preprocessing.preprocess import HU_AIR, apparent_modality, is_oblique, preprocess, \
     reorient
 from data_preprocessing.preprocess import orientation as orientation_code
@@ -58,6 +59,7 @@ from util.io import array_to_image, read_image
 MODALITIES = ("MR", "CT")
 # SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
 SABS_FOV_FRACTION = 1 - 2 * BORDER / 512
+MAX_MASK_VALUES = 64  # more distinct values than this: an image, not a label map
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,17 @@ class PreparedScan:
 # ---------------------------------------------------------------- reading and checking inputs
 
 def read_scan(path: str | os.PathLike, what: str = "image") -> sitk.Image:
-    """A scalar 3-D image; missing, unreadable, truncated or other-dimensional files raise."""
-    image = read_image(path)
+    """A scalar 3-D image; missing, unreadable, truncated or other-dimensional files raise. A
+    folder holding one DICOM series is read as that volume; one DICOM file of a series is
+    refused with the folder to give instead."""
+    path = Path(path)
+    if path.is_dir():
+        image = read_dicom_folder(path, what)
+    elif path.is_file() and is_dicom(path):
+        raise ValueError(f"{path}: expected a volume, found one DICOM slice; give its series "
+                         f"folder {path.parent} as the {what}")
+    else:
+        image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{path}: expected a scalar 3-D {what}, found a {image.GetDimension()}-D "
                          f"image with {image.GetNumberOfComponentsPerPixel()} component(s) per "
@@ -103,6 +114,23 @@ def read_scan(path: str | os.PathLike, what: str = "image") -> sitk.Image:
             raise ValueError(f"{path}: expected a {what} with varying intensities, found a "
                              f"constant image (every voxel {float(arr.min()):g})")
     return image
+
+
+def read_dicom_folder(folder: Path, what: str) -> sitk.Image:
+    """The one DICOM series of ``folder`` (several: an error listing them)."""
+    from data_preprocessing.chaos import keep_locale
+
+    with keep_locale():
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
+        raise FileNotFoundError(f"{folder}: expected an image file or a folder of one DICOM "
+                                f"series as the {what}, found a folder without DICOM series")
+    if len(uids) > 1:
+        raise ValueError(f"{folder}: expected one DICOM series as the {what}, found "
+                         f"{len(uids)}: {', '.join(uids)}; put each series in its own folder")
+    with keep_locale():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uids[0])
+    return read_dicom_series(tuple(Path(f) for f in files), str(folder))
 
 
 def check_same_grid(image: sitk.Image, mask: sitk.Image, image_path: str | os.PathLike,
@@ -124,6 +152,12 @@ def binary_mask(mask: sitk.Image, path: str | os.PathLike,
     """SITK array (Z, Y, X) uint8: 1 where the mask equals ``label`` (None: is non-zero)."""
     arr = sitk.GetArrayViewFromImage(mask)
     if label is None:
+        values = np.unique(arr)
+        if not np.array_equal(values, np.rint(values)) or values.size > MAX_MASK_VALUES:
+            shown = ", ".join(f"{v:g}" for v in values[:8])
+            raise ValueError(f"{path}: expected a label map (a few integer values) as the "
+                             f"support mask, found {values.size} distinct values ({shown} ...), "
+                             f"an image; give the organ's mask, or --label to choose its value")
         out = arr != 0
         if not out.any():
             raise ValueError(f"{path}: expected a support mask with some non-zero voxels, found "

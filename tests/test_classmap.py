@@ -46,10 +46,10 @@ def test_cmr_raw_values_are_mapped():
         map_label_values(np.array([0.5]), {})
 
 
-def test_cmr_classmap_from_shared_scans(cmr_dir, tmp_path):
+def test_cmr_classmap_from_shared_scans(cmr_dir, tmp_path, capsys):
     link_scans(cmr_dir, tmp_path)
-    with pytest.warns(UserWarning, match="scaled"):
-        register(tmp_path, "CMR")
+    register(tmp_path, "CMR")
+    assert "NOTE: CMR defines folds for 35 scans" in capsys.readouterr().err
     cm = json.loads(write_classmap(tmp_path, 1).read_text(encoding="utf-8"))
     assert set(cm) == {"BG", "LV-MYO", "LV-BP", "RV"}
     assert sorted(cm["RV"], key=int) == [str(i) for i in range(1, 8)]

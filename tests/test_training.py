@@ -176,10 +176,11 @@ def test_nonfinite_loss_stops_and_saves_the_episode(phantom_dir, tmp_path, monke
         loss = real(logits, target, weights)
         return loss * float("nan") if calls["n"] == 3 else loss
     monkeypatch.setattr(training, "weighted_cross_entropy", poisoned)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 2: scan \d+, "
+    # the third episode is step 3, as the log counts steps
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3: scan \d+, "
                                                  r"slice \d+, superpixel \d+"):
         run_train(small(phantom_dir, tmp_path))
-    saved = list(Path(tmp_path).rglob("nonfinite_episode_step2.pt"))
+    saved = list(Path(tmp_path).rglob("nonfinite_episode_step3.pt"))
     assert len(saved) == 1
     assert torch.load(saved[0], weights_only=True)["episode"]["support_images"].shape[-1] == 64
 

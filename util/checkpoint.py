@@ -72,8 +72,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         with torch.serialization.safe_globals(allowed):
             state = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{src}: holds objects other than tensors, plain values and NumPy "
-                         f"arrays; not converted ({str(err).splitlines()[0]})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "other objects"
+        raise ValueError(f"{src}: expected tensors, plain values and NumPy arrays, found {what}; "
+                         f"not converted, since loading it would run that code (do not load "
+                         f"it unless you trust where it came from)") from None
     with atomic_path(dst, suffix=".pth") as tmp:
         torch.save(_plain(state), tmp)
     safe_load(dst, "cpu", "the converted checkpoint")

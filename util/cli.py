@@ -36,11 +36,19 @@ def message_of(err: BaseException) -> str:
 
 
 def run_main(prog: str, main: Callable[[], Any]) -> Any:
-    """Run ``main``; an expected error is printed as one line and exits with status 2."""
+    """Run ``main``; an expected error is printed as one line and exits with status 2. SIGTERM
+    and SIGINT stop it (:mod:`util.workers`): one line, exit status 128 + the signal number."""
+    from util.workers import Stopped, stop_on_signals
+
     debug = debug_requested()
     sys.argv[0] = prog  # argparse's usage and errors name the command as the user ran it
     try:
-        return main()
+        with stop_on_signals():
+            return main()
+    except Stopped as stop:
+        print(f"{prog}: {stop}; the files being written were discarded, those already in place "
+              f"(a previous pseudolabel set, the dataset files) are intact", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except EXPECTED as err:
         if debug:
             raise

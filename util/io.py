@@ -109,7 +109,7 @@ def _check_nifti_payload(path: Path) -> None:
     nonfinite = 0
     try:
         with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as fh:
-            header = nib.Nifti1Header.from_fileobj(fh)
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)  # zero pixdim as stored
             dtype = header.get_data_dtype()
             offset = int(header.get_data_offset())
             found = fh.tell()
@@ -145,6 +145,16 @@ def _check_nifti_payload(path: Path) -> None:
     if nonfinite:
         raise ValueError(f"{path}: expected finite voxel values, found {nonfinite} NaN/inf "
                          f"voxel(s)")
+    _check_spacing(path, [float(v) for v in header["pixdim"][1:4]])
+
+
+def _check_spacing(path: Path, spacing) -> None:
+    """Every voxel spacing positive and finite (readers would silently take 1 mm for 0)."""
+    for axis, value in zip("xyz", spacing):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{path}: expected a positive voxel spacing along {axis}, found "
+                             f"{value:g} (spacing {tuple(float(v) for v in spacing)}); fix the "
+                             f"file's header")
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
@@ -154,7 +164,9 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise FileNotFoundError(f"{path}: expected an image file, found nothing there")
     _check_nifti_payload(path)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
+        _check_spacing(path, image.GetSpacing())
+        return image
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
         raise ValueError(f"{path}: expected a readable image (NIfTI/DICOM), reading failed: "
