@@ -28,7 +28,7 @@ from sacred.arg_parser import get_config_updates  # noqa: E402
 from sacred.utils import SacredInterrupt  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
 from sacred.observers import FileStorageObserver  # noqa: E402
 
-from data_preprocessing.registry import get_dataset_info  # noqa: E402
+from data_preprocessing.registry import REGISTRY, get_dataset_info  # noqa: E402
 from dataloaders.episodes import SLICE_DRAWS, SUPERPIXEL_DRAWS, setting_exclusions  # noqa: E402
 from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
 from inference.loader import check_pretrained  # noqa: E402
@@ -171,8 +171,9 @@ def derive(config: dict) -> dict:
         out["data_dir"] = f"./data/{dataset}"
         facts = folder_facts(out["data_dir"])
     setting = config["setting"]
-    if setting is None:
-        setting = out["setting"] = 1 if facts and not facts["all_labelled"] else 2
+    if setting is None:  # the original's Setting 2 on the published datasets, else Setting 1
+        setting = out["setting"] = 2 if facts is None or (facts["preset"]
+                                                           and facts["all_labelled"]) else 1
     if config["min_superpixel_px"] is None:
         out["min_superpixel_px"] = 100 if config["superpixel_draw"] == "uniform" else 1
     if config["exp_name"] is None:
@@ -189,10 +190,33 @@ def folder_facts(data_dir: str) -> dict | None:
     there is no readable one (the run then stops on it with the loader's message)."""
     try:
         meta = read_json(Path(data_dir) / "dataset.json")
-        return {"name": str(meta["name"]),
-                "all_labelled": set(meta.get("labelled", meta["cases"])) >= set(meta["cases"])}
+        labelled = set(meta.get("labelled", meta["cases"]))
+        return {"name": str(meta["name"]), "n_cases": len(meta["cases"]),
+                "n_labelled": len(labelled), "all_labelled": labelled >= set(meta["cases"]),
+                "preset": bool(meta.get("preset") or meta["name"] in REGISTRY),
+                "where": str(Path(data_dir) / "dataset.json")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def check_labels_needed(cfg: dict, command: str, n_labelled: int, n_cases: int,
+                        where: str) -> None:
+    """Stop in one line when the run needs labels that the folder lacks: Setting 2 (every scan),
+    val_every, manual episodes and validation (some)."""
+    needs = [what for what, needed in (
+        ("validation", command == "validate"),
+        ("setting=2", command == "train" and cfg["setting"] == 2),
+        ("val_every > 0", command == "train" and cfg["val_every"] > 0),
+        ("pseudolabel='manual'", command == "train" and cfg["pseudolabel"] == "manual"))
+        if needed]
+    if needs and n_labelled == 0:
+        raise ValueError(f"{where}: {' and '.join(needs)} needs labels, and this folder has "
+                         f"none (imported without labels); train with setting=1 and "
+                         f"val_every=0, then segment with predict.py")
+    if "setting=2" in needs and n_labelled < n_cases:
+        raise ValueError(f"{where}: setting=2 removes every slice holding a test class, which "
+                         f"needs every scan labelled; {n_labelled} of {n_cases} are; expects "
+                         f"setting=1")
 
 
 def resolve_exclude_labels(cfg: dict, ds) -> list[int]:
@@ -355,6 +379,10 @@ def attach_observer(config, command_name, logger):
     if command_name == "print_config":
         return updates
     config = {**config, **updates}
+    facts = folder_facts(config["data_dir"])
+    if facts is not None:  # before a run folder is made for a run that cannot start
+        check_labels_needed(config, command_name, facts["n_labelled"], facts["n_cases"],
+                            facts["where"])
     if env_info().rank > 0:  # under torchrun only rank 0 writes the run folder
         ex.observers[:] = []
         return updates

@@ -21,7 +21,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 # config_ssl_upload first: it silences sacred's pkg_resources warning before importing sacred
-from config_ssl_upload import SacredInterrupt, ex, given_keys, resolve_exclude_labels, run_cli
+from config_ssl_upload import (SacredInterrupt, check_labels_needed, ex, given_keys,
+                               resolve_exclude_labels, run_cli)
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
@@ -172,16 +173,8 @@ def check_dataset(cfg: dict, ds) -> None:
     if ds.name.upper() != expected.upper():
         raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
                          f"(config key dataset), found {ds.name!r}")
-    needs = [what for what, needed in (("setting=2", cfg["setting"] == 2),
-                                       ("val_every > 0", cfg["val_every"] > 0),
-                                       ("pseudolabel='manual'", cfg["pseudolabel"] == "manual"))
-             if needed]
-    if needs:
-        ds.require_labels(" and ".join(needs))
-    if cfg["setting"] == 2 and len(ds.labelled) < len(ds.cases):
-        raise ValueError(f"{ds.root / 'dataset.json'}: setting=2 removes every slice holding a "
-                         f"test class, which needs every scan labelled; {len(ds.labelled)} of "
-                         f"{len(ds.cases)} are; expects setting=1")
+    check_labels_needed(cfg, "train", len(ds.labelled), len(ds.cases),
+                        str(ds.root / "dataset.json"))
 
 
 @ex.command

@@ -23,8 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import locale
 import os
 import re
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data_preprocessing.contract import discover_cases, register
+from data_preprocessing.dicom import keep_locale
 from data_preprocessing.registry import CHAOST2
 from data_preprocessing.resample import (add_resample_options, normalize_mr_pair,
                                          parse_resample_options, resample_record)
@@ -48,16 +47,6 @@ SEQUENCE = "T2SPIR"
 _PNG_INDEX = re.compile(r"-(\d+)$")
 
 
-
-@contextlib.contextmanager
-def keep_locale():
-    """GDCM resets the process locale to "C" (Python's default text encoding becomes ASCII);
-    restore it afterwards."""
-    saved = locale.setlocale(locale.LC_ALL)
-    try:
-        yield
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
 
 @dataclass(frozen=True)
 class RawScan:

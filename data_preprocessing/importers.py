@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from data_preprocessing.dicom import dicom_files, is_dicom, keep_locale, read_dicom_series
 from data_preprocessing.preprocess import (HU_AIR, apparent_modality, is_oblique, orientation,
                                            preprocess, preprocess_label, reorient)
 from data_preprocessing.registry import DatasetInfo, get_dataset_info
@@ -47,7 +48,9 @@ MR_RESCALE = (0.0, 1000.0)
 MR_BODY_THRESHOLD = 50.0001
 CT_BODY_THRESHOLD = 1e-4  # SABS: the window maps the lowest HU to 0
 SPACING_SPREAD = 4.0      # warn about scans whose spacing differs more from the median
-CASE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+CASE_CHARS = re.compile(r"[^\w.-]+")  # \w: letters (accented ones too), digits, _
+# name endings of label files kept beside their images (refused unless --label-suffix says so)
+LABEL_ENDINGS = ("_seg", "_label", "_labels", "_mask", "_gt", "-seg", "-label", "-mask")
 DICOM_MODALITY_TAG = "0008|0060"
 DICOM_UID_TAG = "0020|000e"
 
@@ -81,8 +84,8 @@ class Source:
 
 
 def case_name(text: str) -> str:
-    """A case id from a file or folder name: characters other than letters, digits, ``.``,
-    ``_`` and ``-`` become ``_``."""
+    """A case id from a file or folder name: characters other than letters (accented ones
+    included), digits, ``.``, ``_`` and ``-`` become ``_``."""
     return CASE_CHARS.sub("_", text).strip("_") or "case"
 
 
@@ -203,6 +206,14 @@ def plain_source(root: Path, label_suffix: str | None = None, volumes=None, othe
         if unmatched:
             raise ValueError(f"{root}: expected an image_<id> beside every label_<id>, found "
                              f"labels without an image: {unmatched[:5]}")
+    if not labels:
+        looks = [(stem, end) for stem in images for end in LABEL_ENDINGS
+                 if stem.endswith(end) and stem[: -len(end)] in images]
+        if looks:
+            shown = ", ".join(f"{stem} (beside {stem[: -len(end)]})" for stem, end in looks[:5])
+            raise ValueError(f"{root}: found files named like the labels of other scans: "
+                             f"{shown}; pass --label-suffix {looks[0][1]} to import them as "
+                             f"labels, or move them out of --src")
     cases = [Case(case_name(stem), path, labels.get(stem)) for stem, path in images.items()]
     return Source("plain", root, _unique(cases, root), notes=notes)
 
@@ -302,24 +313,8 @@ def msd_source(root: Path, channel: int = 0) -> Source:
     return Source("MSD", root, _unique(cases, root), modality, labels, notes)
 
 
-def is_dicom(path: Path) -> bool:
-    """A DICOM part-10 file: the ``DICM`` marker after the 128-byte preamble."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def dicom_files(root: Path) -> list[Path]:
-    return [p for p in sorted(root.rglob("*")) if p.is_file() and is_dicom(p)]
-
-
 def dicom_source(root: Path) -> Source:
     """Every DICOM series under ``root``, one case each (read with GDCM's series reader)."""
-    from data_preprocessing.chaos import keep_locale
-
     cases, ignored = [], 0
     folders = sorted({p.parent for p in dicom_files(root)})
     for folder in folders:
@@ -371,33 +366,6 @@ def read_case_image(case: Case) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         image = sitk.VectorIndexSelectionCast(image, case.channel)
     return image
-
-
-def read_dicom_series(files: tuple[Path, ...], where: str) -> sitk.Image:
-    """One series; slices must be evenly spaced along the slice normal (a gap is a missing
-    slice)."""
-    from data_preprocessing.chaos import keep_locale
-
-    if len(files) < 2:
-        raise ValueError(f"{where}: expected a DICOM series of several slices, found "
-                         f"{len(files)} file")
-    positions = []
-    for path in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        positions.append(np.asarray(reader.GetOrigin(), float))
-        normal = np.asarray(reader.GetDirection(), float).reshape(3, 3)[:, 2]
-    steps = np.diff(np.asarray(positions) @ normal)
-    if steps.size and (np.abs(steps).min() <= 1e-6
-                       or np.abs(steps).max() - np.abs(steps).min() > 0.01 * np.abs(steps).max()):
-        raise ValueError(f"{where}: expected evenly spaced DICOM slices, found steps from "
-                         f"{np.abs(steps).min():.3g} to {np.abs(steps).max():.3g} mm "
-                         f"(a missing or repeated slice)")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in files])
-    with keep_locale():
-        return reader.Execute()
 
 
 # ---------------------------------------------------------------- checking and planning
@@ -584,12 +552,13 @@ def _check_labels(source: Source, headers: dict) -> list[int]:
 
 def _label_table(source: Source, values: list[int]) -> tuple[dict[int, str], dict[int, int]]:
     """Class ids and names, and the stored-value map when the values are not 0..K."""
-    if source.labels is not None:
-        return dict(sorted(source.labels.items())), {}
-    fg = [v for v in values if v != 0]
+    names = dict(sorted(source.labels.items())) if source.labels is not None else \
+        {0: "background", **{v: f"label{v}" for v in values if v != 0}}
+    fg = [v for v in names if v != 0]
     if fg == list(range(1, len(fg) + 1)):
-        return {0: "background", **{v: f"label{v}" for v in fg}}, {}
-    return ({0: "background", **{i + 1: f"label{v}" for i, v in enumerate(fg)}},
+        return names, {}
+    # stored values such as 200/500/600 stay on disk; the record maps them to 1..K
+    return ({0: names.get(0, "background"), **{i + 1: names[v] for i, v in enumerate(fg)}},
             {v: i + 1 for i, v in enumerate(fg)})
 
 

@@ -45,7 +45,7 @@ import torch
 
 from data_preprocessing.contract import GEOMETRY_TOL
 from data_preprocessing.registry import CHAOST2, SABS, DatasetInfo, get_dataset_info
-from data_preprocessing.importers import is_dicom, read_dicom_series
+from data_preprocessing.dicom import is_dicom, keep_locale, read_dicom_series
 from data_preprocessing.preprocess import HU_AIR, apparent_modality, is_oblique, preprocess, \
     reorient
 from data_preprocessing.preprocess import orientation as orientation_code
@@ -118,8 +118,6 @@ def read_scan(path: str | os.PathLike, what: str = "image") -> sitk.Image:
 
 def read_dicom_folder(folder: Path, what: str) -> sitk.Image:
     """The one DICOM series of ``folder`` (several: an error listing them)."""
-    from data_preprocessing.chaos import keep_locale
-
     with keep_locale():
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not uids:
@@ -151,13 +149,13 @@ def binary_mask(mask: sitk.Image, path: str | os.PathLike,
                 label: float | None = None) -> np.ndarray:
     """SITK array (Z, Y, X) uint8: 1 where the mask equals ``label`` (None: is non-zero)."""
     arr = sitk.GetArrayViewFromImage(mask)
+    values = np.unique(arr)
+    if not np.array_equal(values, np.rint(values)) or values.size > MAX_MASK_VALUES:
+        shown = ", ".join(f"{v:g}" for v in values[:8])
+        raise ValueError(f"{path}: expected a label map (a few integer values) as the support "
+                         f"mask, found {values.size} distinct values ({shown} ...), an image; "
+                         f"give the organ's mask (with --label for a multi-organ map)")
     if label is None:
-        values = np.unique(arr)
-        if not np.array_equal(values, np.rint(values)) or values.size > MAX_MASK_VALUES:
-            shown = ", ".join(f"{v:g}" for v in values[:8])
-            raise ValueError(f"{path}: expected a label map (a few integer values) as the "
-                             f"support mask, found {values.size} distinct values ({shown} ...), "
-                             f"an image; give the organ's mask, or --label to choose its value")
         out = arr != 0
         if not out.any():
             raise ValueError(f"{path}: expected a support mask with some non-zero voxels, found "

@@ -227,7 +227,7 @@ def test_reading_dicom_keeps_the_process_locale(tmp_path):
 
     import SimpleITK as sitk
 
-    from data_preprocessing.chaos import keep_locale
+    from data_preprocessing.dicom import keep_locale
 
     before = locale.getpreferredencoding(False)
     img = sitk.GetImageFromArray(np.zeros((2, 8, 8), np.int16))

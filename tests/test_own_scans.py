@@ -140,7 +140,8 @@ def test_nnunet_defaults_record_the_median_spacing_and_names(nnunet_copy, tmp_pa
 
 @pytest.fixture(scope="module")
 def msd_copy(cmr_dir, tmp_path_factory) -> Path:
-    """A Decathlon-style task of 4 CMR scans (3 labelled, one in imagesTs), labels 1/2/3."""
+    """A Decathlon-style task of 4 CMR scans (3 labelled, one in imagesTs): labels 1/2/3, but
+    heart_3 keeps the challenge's 200/500/600 in a copy (``raw_copy``)."""
     root = tmp_path_factory.mktemp("msd") / "Task99_Heart"
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (root / sub).mkdir(parents=True)
@@ -160,6 +161,13 @@ def msd_copy(cmr_dir, tmp_path_factory) -> Path:
     (root / "dataset.json").write_text(json.dumps({
         "name": "Heart", "modality": {"0": "MRI"}, "numTraining": 3,
         "labels": {"0": "background", "1": "LV-MYO", "2": "LV-BP", "3": "RV"}}))
+    raw = root.parent / "Task98_HeartRaw"
+    shutil.copytree(root, raw)
+    for k in range(1, 4):
+        shutil.copy(cmr_dir / f"label_{k}.nii.gz", raw / "labelsTr" / f"heart_{k}.nii.gz")
+    (raw / "dataset.json").write_text(json.dumps({
+        "name": "Heart", "modality": {"0": "MRI"}, "numTraining": 3,
+        "labels": {"0": "background", "200": "LV-MYO", "500": "LV-BP", "600": "RV"}}))
     return root
 
 
@@ -175,6 +183,14 @@ def test_msd_task_trains_and_predicts(msd_copy, cmr_dir, tmp_path):
                                              cmr_dir / "label_5.nii.gz"),
                              cmr_dir / "image_6.nii.gz", label=500)
     assert pred.GetSize() == sitk.ReadImage(str(cmr_dir / "image_6.nii.gz")).GetSize()
+    # stored values 200/500/600 are kept on disk and mapped to class ids 1/2/3 by the record
+    out = prepare(msd_copy.parent / "Task98_HeartRaw", tmp_path / "raw")
+    assert out.returncode == 0, out.stderr[-3000:]
+    raw = load_dataset(tmp_path / "raw")
+    assert raw.raw_label_values == {200: 1, 500: 2, 600: 3}
+    assert raw.labels == {0: "background", 1: "LV-MYO", 2: "LV-BP", 3: "RV"}
+    from dataloaders.volumes import load_volume
+    assert set(np.unique(load_volume(raw, "heart_1").label)) == {0, 1, 2, 3}
 
 
 def test_plain_unlabelled_folder_trains_and_refuses_what_needs_labels(chaos_dir, tmp_path):
@@ -210,6 +226,7 @@ def test_plain_unlabelled_folder_trains_and_refuses_what_needs_labels(chaos_dir,
     out = cli("validation.py", "with", f"data_dir={dst}", "encoder=tiny",
               f"log_dir={tmp_path / 'x'}")
     one_line_error(out, "validation.py", "validation needs labels, and this folder has none")
+    assert not (tmp_path / "x").exists()  # refused before any run folder was made
 
 
 def test_dicom_export_of_two_scans(chaos_dir, tmp_path):
@@ -268,6 +285,15 @@ def test_bad_sources_are_refused_before_anything_is_written(chaos_dir, nnunet_co
     (plain / "flat.nii.gz").unlink()
     sitk.WriteImage(image, str(plain / "a.nrrd"))
     _refused(plain, tmp_path, "found a.nii.gz and a.nrrd both named 'a'", "--modality", "MR")
+    (plain / "a.nrrd").unlink()
+    sitk.WriteImage(label, str(plain / "a_seg.nii.gz"))
+    _refused(plain, tmp_path, "found files named like the labels of other scans: a_seg (beside "
+             "a); pass --label-suffix _seg", "--modality", "MR")
+    (plain / "a_seg.nii.gz").unlink()
+    for name, content in (("b.nii.gz", b""), ("c.nrrd", b"not an image")):
+        (plain / name).write_bytes(content)
+        _refused(plain, tmp_path, str(plain / name), "--modality", "MR")
+        (plain / name).unlink()
     # an nnU-Net dataset.json that disagrees with its files; label values outside its table
     broken = tmp_path / "nnunet"
     shutil.copytree(nnunet_copy, broken)
@@ -295,6 +321,10 @@ def test_own_labelled_folder_has_folds_and_validates(nnunet_copy, tmp_path):
     for fold in folds:
         assert len(fold["support"]) == 1 and fold["support"][0] not in fold["train"]
         assert "abd_010" in fold["train"] and not set(fold["query"]) & set(fold["train"])
+    out = cli("training.py", "with", f"data_dir={dst}", "encoder=tiny", "n_steps=2",
+              "num_workers=0", "device=cpu", f"log_dir={tmp_path / 't'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert list((tmp_path / "t" / "train").glob("abd4_setting1_*"))  # own folders: Setting 1
     out = cli("validation.py", "with", f"data_dir={dst}", "encoder=tiny", "label_sets=all",
               "eval_fold=1", "device=cpu", "num_workers=0", f"log_dir={tmp_path / 'v'}")
     assert out.returncode == 0, out.stderr[-3000:]

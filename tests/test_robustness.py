@@ -158,8 +158,9 @@ def test_predict_refuses_degenerate_inputs(model, chaos_dir, tmp_path):
     query = chaos_dir / "image_1.nii.gz"
     out = tmp_path / "out"
     # the support image given as its own mask
-    one_line_error(predict(model, support, support, [query], out), "predict.py",
-                   "expected a label map (a few integer values) as the support mask, found")
+    for extra in ([], ["--label", "1"]):
+        one_line_error(predict(model, support, support, [query], out, *extra), "predict.py",
+                       "expected a label map (a few integer values) as the support mask, found")
     # zero and NaN spacing
     img = nib.load(str(query))
     for value, axis in ((0.0, "z"), (float("nan"), "x")):

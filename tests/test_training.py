@@ -54,8 +54,10 @@ def test_train_writes_a_complete_run_folder(phantom_dir, tmp_path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     state = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=True)
     assert state["step"] == 6 and state["config"]["encoder"] == "tiny"
+    from dataclasses import replace
+
     from data_preprocessing.registry import PHANTOM, DatasetInfo
-    assert DatasetInfo.from_record(state["dataset_record"]) == PHANTOM  # self-describing
+    assert DatasetInfo.from_record(state["dataset_record"]) == replace(PHANTOM, size=64)
     assert (run_dir / "snapshots" / "4.pth").is_file()
     # a second run in the same process gets its own folder and observer
     run2 = run_train(small(phantom_dir, tmp_path, n_steps=2))

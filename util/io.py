@@ -185,10 +185,34 @@ def read_image_info(path: str | os.PathLike) -> sitk.ImageFileReader:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: expected an image file, found nothing there")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
+        raise ValueError(f"{path}: expected a readable image, reading its header failed: "
+                         f"{first}") from None
+    _check_spacing(path, reader.GetSpacing())
     return reader
+
+
+def _check_nifti_header(path: Path) -> None:
+    """A NIfTI file's header alone: not empty, readable, positive voxel spacing."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: expected a NIfTI volume, found an empty (zero-byte) file")
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz")
+              else open(path, "rb")) as fh:
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)
+    except (OSError, EOFError, ValueError, nib.spatialimages.HeaderDataError,
+            nib.wrapstruct.WrapStructError) as err:
+        raise ValueError(f"{path}: expected a NIfTI header, reading it failed: {err}; the file "
+                         f"is truncated or damaged") from None
+    ndim = min(max(int(header["dim"][0]), 1), 3)
+    _check_spacing(path, [float(v) for v in header["pixdim"][1:1 + ndim]])
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
