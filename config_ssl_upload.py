@@ -38,6 +38,7 @@ from util.cli import EXPECTED, debug_requested, fail, message_of  # noqa: E402
 from util.device import resolve_device  # noqa: E402
 from util.distributed import env_info  # noqa: E402
 from util.io import ensure_writable_dir, read_json  # noqa: E402
+from util.errors import InputError  # noqa: E402
 
 SETTINGS.CAPTURE_MODE = "no"
 SETTINGS.DISCOVER_SOURCES = "none"
@@ -210,11 +211,11 @@ def check_labels_needed(cfg: dict, command: str, n_labelled: int, n_cases: int,
         ("pseudolabel='manual'", command == "train" and cfg["pseudolabel"] == "manual"))
         if needed]
     if needs and n_labelled == 0:
-        raise ValueError(f"{where}: {' and '.join(needs)} needs labels, and this folder has "
+        raise InputError(f"{where}: {' and '.join(needs)} needs labels, and this folder has "
                          f"none (imported without labels); train with setting=1 and "
                          f"val_every=0, then segment with predict.py")
     if "setting=2" in needs and n_labelled < n_cases:
-        raise ValueError(f"{where}: setting=2 removes every slice holding a test class, which "
+        raise InputError(f"{where}: setting=2 removes every slice holding a test class, which "
                          f"needs every scan labelled; {n_labelled} of {n_cases} are; expects "
                          f"setting=1")
 
@@ -325,14 +326,14 @@ def check_config(config: dict) -> None:
             ok = True
         if not ok:
             names = " or ".join("None" if t is _NONE else t.__name__ for t in key.types)
-            raise ValueError(f"config: {name} expects {names}, got {value!r} "
+            raise InputError(f"config: {name} expects {names}, got {value!r} "
                              f"({type(value).__name__})")
         if key.choices is not None and value not in key.choices:
-            raise ValueError(f"config: {name} expects one of {list(key.choices)}, got {value!r}")
+            raise InputError(f"config: {name} expects one of {list(key.choices)}, got {value!r}")
         if key.low is not None and isinstance(value, (int, float)) and (
                 value < key.low or (key.positive and value <= key.low)):
             bound = f"> {key.low}" if key.positive else f">= {key.low}"
-            raise ValueError(f"config: {name} expects a value {bound}, got {value!r}")
+            raise InputError(f"config: {name} expects a value {bound}, got {value!r}")
     try:  # a preset's groups; a folder of one's own is checked against its dataset.json
         groups = len(get_dataset_info(config["dataset"]).label_groups) if config["dataset"] \
             else None
@@ -341,31 +342,31 @@ def check_config(config: dict) -> None:
     if config["label_sets"] != "all" and not (isinstance(config["label_sets"], int)
                                               and 0 <= config["label_sets"] < (groups or 10**9)):
         allowed = f"0..{groups - 1}" if groups else "a group index >= 0"
-        raise ValueError(f"config: label_sets for {config['dataset']} expects {allowed} "
+        raise InputError(f"config: label_sets for {config['dataset']} expects {allowed} "
                          f"(or 'all' in validation), got {config['label_sets']!r}")
     if config["n_sup_part"] < 1 or config["n_sup_part"] % 2 == 0:
-        raise ValueError(f"config: n_sup_part expects a positive odd number, got "
+        raise InputError(f"config: n_sup_part expects a positive odd number, got "
                          f"{config['n_sup_part']}")
     if config["feature_hw"][0] % config["proto_grid_size"]:
-        raise ValueError(f"config: proto_grid_size {config['proto_grid_size']} must divide "
+        raise InputError(f"config: proto_grid_size {config['proto_grid_size']} must divide "
                          f"feature_hw {config['feature_hw']}")
     if config["n_shots"] > 1 and config["support_idx"] != [-1]:
-        raise ValueError(f"config: support_idx chooses the one support scan of 1-shot "
+        raise InputError(f"config: support_idx chooses the one support scan of 1-shot "
                          f"evaluation; with n_shots={config['n_shots']} the last "
                          f"{config['n_shots']} validation scans are the support, so expects "
                          f"support_idx=[-1], got {config['support_idx']}")
     if len(config["support_idx"]) != 1 or not isinstance(config["support_idx"][0], int):
-        raise ValueError(f"config: support_idx expects one scan index in a list, e.g. [-1], got "
+        raise InputError(f"config: support_idx expects one scan index in a list, e.g. [-1], got "
                          f"{config['support_idx']}")
     if config["superpixel_draw"] == "original" and config["min_superpixel_px"] not in (None, 1):
-        raise ValueError(f"config: superpixel_draw='original' has no size check, so "
+        raise InputError(f"config: superpixel_draw='original' has no size check, so "
                          f"min_superpixel_px expects 1, got {config['min_superpixel_px']}")
     if config["slice_draw"] == "original" and config["pseudolabel"] != "superpixel":
-        raise ValueError(f"config: slice_draw='original' is the 2-D superpixel episodes' "
+        raise InputError(f"config: slice_draw='original' is the 2-D superpixel episodes' "
                          f"sampling; expects pseudolabel='superpixel', got "
                          f"{config['pseudolabel']!r}")
     if config["exclude_mode"] == "all" and config["pseudolabel"] != "supervoxel":
-        raise ValueError(f"config: exclude_mode='all' is the supervoxel episodes' original "
+        raise InputError(f"config: exclude_mode='all' is the supervoxel episodes' original "
                          f"rule; expects pseudolabel='supervoxel', got {config['pseudolabel']!r}")
 
 
@@ -472,14 +473,14 @@ def _check_cli_keys(args: list[str]) -> None:
         if "=" not in token:
             if token not in ex.named_configs:
                 close = difflib.get_close_matches(token, list(ex.named_configs), n=3)
-                raise ValueError(f"config: no named config {token!r}"
+                raise InputError(f"config: no named config {token!r}"
                                  + (f"; did you mean {' or '.join(map(repr, close))}?" if close
                                     else f"; known: {sorted(ex.named_configs)}"))
             continue
         key = token.split("=", 1)[0].split(".", 1)[0]
         if key not in KEYS:
             close = difflib.get_close_matches(key, list(KEYS), n=3)
-            raise ValueError(f"config: unknown key {key!r}"
+            raise InputError(f"config: unknown key {key!r}"
                              + (f"; did you mean {' or '.join(map(repr, close))}?" if close
                                 else "; see `python training.py print_config`"))
 

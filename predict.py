@@ -34,6 +34,7 @@ from inference.predict import (MODALITIES, Grid, binary_mask, check_modality, ch
 from util.cli import run_main
 from util.device import resolve_device
 from util.io import ensure_writable_dir, write_image
+from util.errors import InputError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,14 +71,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     # setup
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size: expected a positive number, got {args.batch_size}")
+        raise InputError(f"--batch-size: expected a positive number, got {args.batch_size}")
     if args.n_part < 1 or args.n_part % 2 == 0:
-        raise ValueError(f"--n-part: expected a positive odd number, got {args.n_part}")
+        raise InputError(f"--n-part: expected a positive odd number, got {args.n_part}")
     ensure_writable_dir(args.out, "--out")  # before any computation
     outputs = [output_path(args.out, q) for q in args.query]
     clashes = sorted({str(o) for o in outputs if outputs.count(o) > 1})
     if clashes:
-        raise ValueError(f"--query: expected distinct file names, found several queries writing "
+        raise InputError(f"--query: expected distinct file names, found several queries writing "
                          f"{clashes}; rename them or predict them in separate runs")
     device = resolve_device(args.device, flag="--device")
     model, _, trained = load_model(args.checkpoint, args.encoder, device)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         stored.append(Grid.of(image))
         image = bring(image, path)
         if image.GetSize()[2] < args.n_part:
-            raise ValueError(f"{path}: expected a query volume of at least {args.n_part} slices "
+            raise InputError(f"{path}: expected a query volume of at least {args.n_part} slices "
                              f"(one per support part, --n-part), found "
                              f"{image.GetSize()[2]}; segment the slice within its volume")
         queries.append(prepare_scan(image, spacing, info, str(path)))

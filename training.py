@@ -39,6 +39,7 @@ from util.logger import LearningCurve, RunLogger, episode_panel
 from util.metrics import summarize
 from util.schedule import lr_at
 from util.seeding import rng_state, seed_everything, set_rng_state
+from util.errors import InputError, NonFiniteLoss
 
 # what decides the episodes, the model or the schedule: a resumed run must keep it
 RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
@@ -98,7 +99,7 @@ def validate_now(model, ds, evalset, device: torch.device, batch_size: int) -> d
 def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
     for key in RESUME_MUST_MATCH:
         if saved.get(key, BEFORE_KEY.get(key)) != cfg[key]:
-            raise ValueError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
+            raise InputError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
                              f"expected {saved.get(key)!r}, got {cfg[key]!r}")
 
 
@@ -156,9 +157,9 @@ def stop_on_nonfinite(run_dir: Path, step: int, episode: dict, loss: torch.Tenso
     saved = None if finite else save_bad_episode(run_dir, step, episode, loss.item(), rank)
     distributed.barrier(rank)
     if saved is None:
-        raise FloatingPointError(f"non-finite loss on another rank at step {step}; its episode "
+        raise NonFiniteLoss(f"non-finite loss on another rank at step {step}; its episode "
                                  f"is saved in {run_dir}")
-    raise FloatingPointError(
+    raise NonFiniteLoss(
         f"non-finite loss {loss.item()} at step {step}: scan {episode['scan_id'][0]}, "
         f"slice {int(episode['z'][0])}, superpixel {int(episode['superpixel_id'][0])}; "
         f"episode saved to {saved}")
@@ -171,7 +172,7 @@ def check_dataset(cfg: dict, ds) -> None:
     except KeyError:
         expected = cfg["dataset"]
     if ds.name.upper() != expected.upper():
-        raise ValueError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
+        raise InputError(f"{ds.root / 'dataset.json'}: expected dataset {cfg['dataset']!r} "
                          f"(config key dataset), found {ds.name!r}")
     check_labels_needed(cfg, "train", len(ds.labelled), len(ds.cases),
                         str(ds.root / "dataset.json"))
@@ -181,7 +182,7 @@ def check_dataset(cfg: dict, ds) -> None:
 def train(_run, _config, _log):
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
     if cfg["label_sets"] == "all":
-        raise ValueError("config: label_sets='all' is for validation; training takes one label "
+        raise InputError("config: label_sets='all' is for validation; training takes one label "
                          "group (Setting 2) or trains for every group at once (Setting 1)")
     rank, device = distributed.init(resolve_device(cfg["device"]))
     # rank 0's run folder (only rank 0 has an observer), so every rank writes beside it
@@ -189,7 +190,7 @@ def train(_run, _config, _log):
         _run.observers[0].dir if _run.observers else cfg["log_dir"], rank))
     cfg["world_size"] = rank.world_size  # recorded in checkpoints: it decides the episodes
     if cfg["empty_prototypes"] == "skip" and rank.world_size > 1:
-        raise ValueError(f"config: empty_prototypes='skip' would leave ranks waiting for the "
+        raise InputError(f"config: empty_prototypes='skip' would leave ranks waiting for the "
                          f"skipped rank's gradients; expects 'fallback' with {rank.world_size} "
                          f"processes")
     for key in SWITCHES:  # "auto" chosen for this device, recorded in checkpoints as chosen

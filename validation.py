@@ -30,6 +30,7 @@ from util.io import atomic_path, write_json
 from util.logger import RunLogger
 from util.metrics import METRICS, format_table, summarize
 from util.seeding import seed_everything
+from util.errors import InputError, MissingInput
 
 
 KEYWORDS = ("latest", "best")  # reload_model_path keywords
@@ -54,11 +55,11 @@ def resolve_weights(cfg: dict) -> Weights:
         ids = sorted((int(p.name) for p in runs.glob("*") if p.name.isdigit()), reverse=True)
         found = [runs / str(i) for i in ids if (runs / str(i) / SNAPSHOT_DIR).is_dir()]
         if not found:
-            raise FileNotFoundError(f"{runs}: expected a training run with checkpoints for "
+            raise MissingInput(f"{runs}: expected a training run with checkpoints for "
                                     f"reload_model_path={target}, found none; train first or "
                                     f"name the checkpoint")
         if target == "best" and not (found[0] / SNAPSHOT_DIR / BEST).is_file():
-            raise FileNotFoundError(f"{found[0] / SNAPSHOT_DIR / BEST}: expected the best "
+            raise MissingInput(f"{found[0] / SNAPSHOT_DIR / BEST}: expected the best "
                                     f"checkpoint of the newest run (written when training with "
                                     f"val_every > 0), found nothing there")
         target = found[0] if target == "latest" else found[0] / SNAPSHOT_DIR / BEST
@@ -96,7 +97,7 @@ def validate(_run, _config, _log):
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
     trained_on = weights.config.get("dataset")
     if trained_on and trained_on.upper() != ds.name.upper() and not cfg["cross_dataset"]:
-        raise ValueError(f"{weights.path}: trained on {trained_on}, but the data in "
+        raise InputError(f"{weights.path}: trained on {trained_on}, but the data in "
                          f"{cfg['data_dir']} are {ds.name} ({ds.meta['modality']}); evaluate it "
                          f"on {trained_on} data, or set cross_dataset=True to do this on purpose")
     explicit = given_keys(_run)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import synchronizer, tf32_settings, time_calls  # noqa: E402
 from util.device import resolve_device  # noqa: E402
+from util.errors import InputError  # noqa: E402
 
 # (channels, dilation, occurrences) of the stride-1 3×3 convolutions of the OS-8 ResNet-101 trunk
 # at 32×32 for a 256×256 input: layer2 blocks 2-4, layer3 block 1 (dilation 1) and blocks 2-23,
@@ -69,7 +70,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, dilation: int, m: in
     k = weight.shape[0]
     d = dilation
     if h % d or w % d:
-        raise ValueError(f"winograd_conv3x3: map {h}×{w} is not divisible by dilation {d}")
+        raise InputError(f"winograd_conv3x3: map {h}×{w} is not divisible by dilation {d}")
     # a dilated conv is a plain conv on each of the d² interleaved sub-maps
     sub = x.reshape(n, c, h // d, d, w // d, d).permute(0, 3, 5, 1, 2, 4)
     sub = sub.reshape(n * d * d, c, h // d, w // d)

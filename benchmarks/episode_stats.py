@@ -44,6 +44,7 @@ from dataloaders.episodes import SuperpixelEpisodes, episode_rng  # noqa: E402
 from dataloaders.volumes import as_dataset, normalize  # noqa: E402
 from models.alp import MODE_CHECK_WINDOW, THRESHOLD, choose_fg_mode, downsample_mask  # noqa: E402
 from util.io import read_array  # noqa: E402
+from util.errors import InputError  # noqa: E402
 
 SMALL_PX = 100
 VARIANTS = {  # name: (faithful ids?, episode keyword arguments)
@@ -232,13 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for name in ("episodes", "aug_every"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got "
+            raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got "
                              f"{getattr(args, name)}")
     compact, faithful = Path(args.data), Path(args.faithful)
     for root, want in ((compact, "compact"), (faithful, "faithful")):
         record = as_dataset(root).meta.get("pseudolabels", {}).get("MIDDLE", {})
         if record.get("relabel", "compact") != want:
-            raise ValueError(f"{root}: expected MIDDLE superpixels relabelled {want!r}, found "
+            raise InputError(f"{root}: expected MIDDLE superpixels relabelled {want!r}, found "
                              f"{record.get('relabel')!r}")
     ds = as_dataset(compact)
     pids = ds.fold(args.fold)["train"]

@@ -28,6 +28,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from util.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,7 +62,7 @@ def run_one(args: argparse.Namespace, variant: str, seed: int) -> dict:
     if done.is_file():
         result = json.loads(done.read_text())
         if result.get("command") != cmd[1:]:
-            raise ValueError(f"{done}: expected a finished run of this command, found one with "
+            raise InputError(f"{done}: expected a finished run of this command, found one with "
                              f"other settings ({' '.join(result.get('command', [])[2:])}); "
                              f"choose another --out or remove {folder}")
         return result
@@ -190,20 +191,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"--variants: expected names from {sorted(VARIANTS)}, got {unknown}")
+        raise InputError(f"--variants: expected names from {sorted(VARIANTS)}, got {unknown}")
     if args.data is None:
-        raise ValueError("--data: expected a prepared dataset folder, got none")
+        raise InputError("--data: expected a prepared dataset folder, got none")
     for name in ("jobs", "threads", "steps", "val_every"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got "
+            raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got "
                              f"{getattr(args, name)}")
     if args.faithful is None and any(VARIANTS[v][0] for v in args.variants):
-        raise ValueError(f"--faithful: variants {[v for v in args.variants if VARIANTS[v][0]]} "
+        raise InputError(f"--faithful: variants {[v for v in args.variants if VARIANTS[v][0]]} "
                          f"train on faithful superpixel ids; expected a copy written with "
                          f"`python -m data_preprocessing.superpixels --dir DIR --relabel "
                          f"faithful`, got none")
     if args.steps % args.val_every:
-        raise ValueError(f"--steps {args.steps}: expected a multiple of --val-every "
+        raise InputError(f"--steps {args.steps}: expected a multiple of --val-every "
                          f"{args.val_every}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

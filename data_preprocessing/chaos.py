@@ -38,6 +38,7 @@ from data_preprocessing.registry import CHAOST2
 from data_preprocessing.resample import (add_resample_options, normalize_mr_pair,
                                          parse_resample_options, resample_record)
 from util.io import array_to_image, ensure_writable_dir, sort_pids, write_image
+from util.errors import InputError, MissingInput
 
 # Grey value of each class in the CHAOS ground-truth PNGs (SPEC §1.2 step 2).
 GREY_TO_CLASS = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
@@ -63,7 +64,7 @@ def png_index(path: str | os.PathLike) -> int:
     """The slice number of a ground-truth PNG: the integer after the last ``-`` of its stem."""
     match = _PNG_INDEX.search(Path(path).stem)
     if match is None:
-        raise ValueError(f"{path}: expected a PNG name ending in '-<number>' "
+        raise InputError(f"{path}: expected a PNG name ending in '-<number>' "
                          f"(like IMG-0002-00001.png), found {Path(path).name!r}")
     return int(match.group(1))
 
@@ -72,22 +73,22 @@ def dicom_series_files(dicom_dir: str | os.PathLike) -> tuple[str, ...]:
     """The ``*.dcm`` files of the single series in ``dicom_dir``, in GDCM's slice order."""
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
-        raise FileNotFoundError(f"{dicom_dir}: expected a folder of DICOM slices, found nothing "
+        raise MissingInput(f"{dicom_dir}: expected a folder of DICOM slices, found nothing "
                                 f"there")
     present = sorted(p.name for p in dicom_dir.glob("*.dcm"))
     if not present:
-        raise FileNotFoundError(f"{dicom_dir}: expected *.dcm files, found none")
+        raise MissingInput(f"{dicom_dir}: expected *.dcm files, found none")
     with keep_locale():
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(dicom_dir))
     if len(series) != 1:
-        raise ValueError(f"{dicom_dir}: expected one DICOM series, found {len(series)}"
+        raise InputError(f"{dicom_dir}: expected one DICOM series, found {len(series)}"
                          f"{': ' + ', '.join(series) if series else ''}")
     with keep_locale():
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_dir), series[0]))
     in_series = {Path(f).name for f in files}
     left_out = [name for name in present if name not in in_series]
     if left_out:
-        raise ValueError(f"{dicom_dir}: expected all {len(present)} .dcm files to form one "
+        raise InputError(f"{dicom_dir}: expected all {len(present)} .dcm files to form one "
                          f"readable series, found {len(left_out)} outside it (unreadable or from "
                          f"another series): {', '.join(left_out[:5])}"
                          f"{' ...' if len(left_out) > 5 else ''}")
@@ -100,15 +101,15 @@ def find_scan(src: str | os.PathLike, pid: str) -> RawScan:
     dicom_dir, ground_dir = scan_dir / "DICOM_anon", scan_dir / "Ground"
     files = dicom_series_files(dicom_dir)
     if not ground_dir.is_dir():
-        raise FileNotFoundError(f"{ground_dir}: expected the ground-truth PNG folder, found "
+        raise MissingInput(f"{ground_dir}: expected the ground-truth PNG folder, found "
                                 f"nothing there")
     pngs = sorted(ground_dir.glob("*.png"), key=png_index)
     if len(pngs) != len(files):
-        raise ValueError(f"{ground_dir}: expected {len(files)} PNGs (one per DICOM slice in "
+        raise InputError(f"{ground_dir}: expected {len(files)} PNGs (one per DICOM slice in "
                          f"{dicom_dir}), found {len(pngs)}")
     indices = [png_index(p) for p in pngs]
     if len(set(indices)) != len(indices):
-        raise ValueError(f"{ground_dir}: expected distinct PNG slice numbers, found duplicates")
+        raise InputError(f"{ground_dir}: expected distinct PNG slice numbers, found duplicates")
     # When every PNG is named like a DICOM slice, that pairing decides its slice; it equals the
     # number order whenever GDCM's position order follows the file numbering.
     by_stem = {p.stem: p for p in pngs}
@@ -123,13 +124,13 @@ def find_scans(src: str | os.PathLike, pids: list[str] | None = None) -> list[Ra
     """All scans under ``src`` (numerically named folders holding T2SPIR), or the given ``pids``."""
     src = Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: expected the CHAOS MR folder (<pid>/T2SPIR/...), found "
+        raise MissingInput(f"{src}: expected the CHAOS MR folder (<pid>/T2SPIR/...), found "
                                 f"nothing there")
     if pids is None:
         pids = sort_pids(p.name for p in src.iterdir() if p.is_dir() and p.name.isdigit()
                          and (p / SEQUENCE).is_dir())
         if not pids:
-            raise FileNotFoundError(f"{src}: expected scan folders <pid>/{SEQUENCE}/DICOM_anon, "
+            raise MissingInput(f"{src}: expected scan folders <pid>/{SEQUENCE}/DICOM_anon, "
                                     f"found none")
     return [find_scan(src, str(pid)) for pid in pids]
 
@@ -143,10 +144,10 @@ def read_dicom_series(scan: RawScan) -> sitk.Image:
             image = reader.Execute()
     except RuntimeError as err:
         last = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
-        raise ValueError(f"{scan.dicom_dir}: expected a readable DICOM series, reading failed: "
+        raise InputError(f"{scan.dicom_dir}: expected a readable DICOM series, reading failed: "
                          f"{last}") from err
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{scan.dicom_dir}: expected grey-scale slices, found "
+        raise InputError(f"{scan.dicom_dir}: expected grey-scale slices, found "
                          f"{image.GetNumberOfComponentsPerPixel()} components per pixel")
     return sitk.Flip(image, [False, True, False])
 
@@ -155,10 +156,10 @@ def read_png(path: Path) -> np.ndarray:
     """One ground-truth PNG as a 2-D uint8 array (H, W)."""
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ValueError(f"{path}: expected a readable PNG, reading failed")
+        raise InputError(f"{path}: expected a readable PNG, reading failed")
     if arr.ndim == 3:
         if not all(np.array_equal(arr[..., 0], arr[..., k]) for k in range(1, arr.shape[2])):
-            raise ValueError(f"{path}: expected a grey-scale PNG, found {arr.shape[2]} "
+            raise InputError(f"{path}: expected a grey-scale PNG, found {arr.shape[2]} "
                              f"different channels")
         arr = arr[..., 0]
     return arr
@@ -169,7 +170,7 @@ def grey_to_classes(grey: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     found = np.unique(grey)
     unknown = [int(v) for v in found if int(v) not in GREY_TO_CLASS]
     if unknown:
-        raise ValueError(f"{path}: expected grey values {sorted(GREY_TO_CLASS)}, found "
+        raise InputError(f"{path}: expected grey values {sorted(GREY_TO_CLASS)}, found "
                          f"{[int(v) for v in found]} (unknown: {unknown})")
     return _GREY_LUT[grey.astype(np.intp)]
 
@@ -184,7 +185,7 @@ def read_ground_truth(scan: RawScan, reference: sitk.Image) -> sitk.Image:
     for path in scan.png_files:
         grey = read_png(path)
         if grey.shape != (ref_size[1], ref_size[0]):
-            raise ValueError(f"{path}: expected a {ref_size[1]} x {ref_size[0]} PNG like the "
+            raise InputError(f"{path}: expected a {ref_size[1]} x {ref_size[0]} PNG like the "
                              f"DICOM slices in {scan.dicom_dir}, found {grey.shape[0]} x "
                              f"{grey.shape[1]}")
         slices.append(grey_to_classes(grey, path))
@@ -223,11 +224,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.from_niis:
         if not niis.is_dir():
-            raise FileNotFoundError(f"{niis}: expected the intermediate NIfTI folder "
+            raise MissingInput(f"{niis}: expected the intermediate NIfTI folder "
                                     f"(--from-niis), found nothing there")
         pids = args.pids or discover_cases(niis)
         if not pids:
-            raise FileNotFoundError(f"{niis}: expected image_<pid>.nii.gz files, found none")
+            raise MissingInput(f"{niis}: expected image_<pid>.nii.gz files, found none")
     else:
         scans = find_scans(args.src, args.pids)  # checks every scan before anything is written
         for scan in scans:

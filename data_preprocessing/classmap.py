@@ -18,6 +18,7 @@ import numpy as np
 from data_preprocessing.contract import check_writable_dataset, load_dataset, map_label_values, \
     update_metadata
 from util.io import read_array, write_json
+from util.errors import InputError
 
 
 def slice_index(label: np.ndarray, labels: dict[int, str], min_tp: int = 1) -> dict[str, list[int]]:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for n in args.min_tp:
         if n < 1:
-            raise ValueError(f"--min-tp: expected a positive pixel count, got {n}")
+            raise InputError(f"--min-tp: expected a positive pixel count, got {n}")
     check_writable_dataset(args.dir)
     for n in args.min_tp:
         print(f"wrote {write_classmap(args.dir, n)}")

@@ -25,6 +25,7 @@ from data_preprocessing.registry import CMR
 from data_preprocessing.resample import (add_resample_options, normalize_mr_pair,
                                          parse_resample_options, resample_record)
 from util.io import ensure_writable_dir
+from util.errors import InputError, MissingInput
 
 RAW_LABEL_VALUES = (0, *sorted(CMR.raw_label_values))  # 0, 200, 500, 600
 
@@ -33,17 +34,17 @@ def find_cases(src: str | os.PathLike, pids: list[str] | None = None) -> list[st
     """Scan ids with both ``image_<n>.nii.gz`` and ``label_<n>.nii.gz`` in ``src``, sorted."""
     src = Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: expected the bSSFP folder with image_<n>.nii.gz and "
+        raise MissingInput(f"{src}: expected the bSSFP folder with image_<n>.nii.gz and "
                                 f"label_<n>.nii.gz, found nothing there")
     if pids is None:
         pids = discover_cases(src)
         if not pids:
-            raise FileNotFoundError(f"{src}: expected image_<n>.nii.gz files, found none")
+            raise MissingInput(f"{src}: expected image_<n>.nii.gz files, found none")
     for pid in pids:
         for kind in ("image", "label"):
             path = src / f"{kind}_{pid}.nii.gz"
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: expected the {kind} of scan {pid}, found "
+                raise MissingInput(f"{path}: expected the {kind} of scan {pid}, found "
                                         f"nothing there")
     return [str(p) for p in pids]
 
@@ -53,7 +54,7 @@ def check_label_values(label: sitk.Image, path: str | os.PathLike) -> list[int]:
     found = np.unique(sitk.GetArrayViewFromImage(label))
     unknown = [float(v) for v in found if float(v) not in RAW_LABEL_VALUES]
     if unknown:
-        raise ValueError(f"{path}: expected label values {list(RAW_LABEL_VALUES)}, found "
+        raise InputError(f"{path}: expected label values {list(RAW_LABEL_VALUES)}, found "
                          f"{[float(v) for v in found]} (unknown: {unknown})")
     return [int(v) for v in found]
 

@@ -25,6 +25,7 @@ import numpy as np
 from data_preprocessing.registry import REGISTRY, RECORD_KEYS, DatasetInfo, get_dataset_info, \
     make_folds
 from util.io import ensure_writable_dir, found_at, read_json, sort_pids, write_json
+from util.errors import InputError, MissingInput
 
 CONTRACT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -45,7 +46,7 @@ def discover_cases(folder: str | os.PathLike) -> list[str]:
     numeric ids sorted numerically, named ones after them."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: expected a dataset folder, found {found_at(folder)}")
+        raise MissingInput(f"{folder}: expected a dataset folder, found {found_at(folder)}")
     return sort_pids(p.name[len("image_"):-len(".nii.gz")]
                      for p in folder.glob("image_?*.nii.gz"))
 
@@ -88,7 +89,7 @@ class Dataset:
     def require_labels(self, what: str) -> None:
         """Stop with one line when the folder has no labels and ``what`` needs them."""
         if not self.labelled:
-            raise ValueError(f"{self.root / DATASET_JSON}: {what} needs labels, and this folder "
+            raise InputError(f"{self.root / DATASET_JSON}: {what} needs labels, and this folder "
                              f"has none (imported without labels); train with setting=1 and "
                              f"val_every=0, then segment with predict.py")
 
@@ -109,17 +110,17 @@ class Dataset:
     def fold(self, fold: int) -> dict:
         folds = self.splits["folds"]
         if not folds:
-            raise ValueError(f"{self.root / SPLITS_JSON}: expected folds, found none "
+            raise InputError(f"{self.root / SPLITS_JSON}: expected folds, found none "
                              f"({self.splits.get('note')})")
         if not 0 <= fold < len(folds):
-            raise ValueError(f"{self.root / SPLITS_JSON}: fold must be in 0..{len(folds) - 1}, "
+            raise InputError(f"{self.root / SPLITS_JSON}: fold must be in 0..{len(folds) - 1}, "
                              f"got {fold}")
         return folds[fold]
 
     def test_labels(self, label_group: int) -> list[int]:
         groups = self.meta["label_groups"]
         if not 0 <= label_group < len(groups):
-            raise ValueError(f"{self.root / DATASET_JSON}: label group must be in "
+            raise InputError(f"{self.root / DATASET_JSON}: label group must be in "
                              f"0..{len(groups) - 1}, got {label_group}")
         return [c for c in self.meta["all_test_labels"] if c not in set(groups[label_group])]
 
@@ -190,10 +191,10 @@ def register(folder: str | os.PathLike, dataset: str | DatasetInfo, *, n_shots: 
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset_info(dataset)
     cases = discover_cases(folder)
     if not cases:
-        raise FileNotFoundError(f"{folder}: expected image_<id>.nii.gz files, found none")
+        raise MissingInput(f"{folder}: expected image_<id>.nii.gz files, found none")
     old = read_json(folder / DATASET_JSON) if (folder / DATASET_JSON).is_file() else {}
     if old.get("name") not in (None, info.name) and not force:
-        raise ValueError(f"{folder / DATASET_JSON}: the folder is registered as {old['name']}, "
+        raise InputError(f"{folder / DATASET_JSON}: the folder is registered as {old['name']}, "
                          f"not {info.name}; expected the same dataset (pass --force to "
                          f"re-register it as {info.name})")
     pseudo = {s: p for s, p in old.get("pseudolabels", {}).items()
@@ -285,12 +286,12 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     whose switch was interrupted is completed first (:func:`commit_staged`)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: expected a dataset folder, found {found_at(folder)}")
+        raise MissingInput(f"{folder}: expected a dataset folder, found {found_at(folder)}")
     finish_commits(folder)
     meta_path, splits_path = folder / DATASET_JSON, folder / SPLITS_JSON
     for path in (meta_path, splits_path):
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{path}: expected the dataset contract file, found nothing there; register the "
                 f"folder with `python -m data_preprocessing.contract --dataset <NAME> --dir "
                 f"{folder}`")
@@ -300,9 +301,9 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
                             (splits_path, splits, ("folds",))):
         missing = [k for k in keys if k not in obj]
         if missing:
-            raise ValueError(f"{path}: expected keys {list(keys)}, missing {missing}")
+            raise InputError(f"{path}: expected keys {list(keys)}, missing {missing}")
         if obj.get("contract_version") != CONTRACT_VERSION:
-            raise ValueError(f"{path}: expected contract_version {CONTRACT_VERSION}, found "
+            raise InputError(f"{path}: expected contract_version {CONTRACT_VERSION}, found "
                              f"{obj.get('contract_version')!r}; re-register the folder")
     missing = [k for k in RECORD_KEYS if k not in meta]
     if missing and meta["name"] in REGISTRY:  # registered before the record was written whole
@@ -326,7 +327,7 @@ def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],
     key of it.
     """
     if not np.all(np.isfinite(label)) or not np.array_equal(label, np.rint(label)):
-        raise ValueError(f"{where}: expected integer label values, found non-integral values")
+        raise InputError(f"{where}: expected integer label values, found non-integral values")
     out = label.astype(np.int64)
     if raw_label_values:
         mapped = np.zeros_like(out)
@@ -334,7 +335,7 @@ def map_label_values(label: np.ndarray, raw_label_values: dict[int, int],
             mapped[out == raw] = cid
         unknown = set(np.unique(out[(mapped == 0) & (out != 0)]).tolist())
         if unknown:
-            raise ValueError(f"{where}: expected stored label values {{0, "
+            raise InputError(f"{where}: expected stored label values {{0, "
                              f"{', '.join(map(str, raw_label_values))}}}, found {sorted(unknown)}")
         out = mapped
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from util.errors import InputError
 
 
 @contextlib.contextmanager
@@ -43,7 +44,7 @@ def read_dicom_series(files: tuple[Path, ...], where: str) -> sitk.Image:
     """One series; slices must be evenly spaced along the slice normal (a gap is a missing
     slice)."""
     if len(files) < 2:
-        raise ValueError(f"{where}: expected a DICOM series of several slices, found "
+        raise InputError(f"{where}: expected a DICOM series of several slices, found "
                          f"{len(files)} file")
     positions = []
     for path in files:
@@ -55,7 +56,7 @@ def read_dicom_series(files: tuple[Path, ...], where: str) -> sitk.Image:
     steps = np.diff(np.asarray(positions) @ normal)
     if steps.size and (np.abs(steps).min() <= 1e-6
                        or np.abs(steps).max() - np.abs(steps).min() > 0.01 * np.abs(steps).max()):
-        raise ValueError(f"{where}: expected evenly spaced DICOM slices, found steps from "
+        raise InputError(f"{where}: expected evenly spaced DICOM slices, found steps from "
                          f"{np.abs(steps).min():.3g} to {np.abs(steps).max():.3g} mm "
                          f"(a missing or repeated slice)")
     reader = sitk.ImageSeriesReader()

@@ -38,6 +38,7 @@ from data_preprocessing.preprocess import (HU_AIR, apparent_modality, is_oblique
 from data_preprocessing.registry import DatasetInfo, get_dataset_info
 from data_preprocessing.resample import HU_WINDOW, CROP_SIZE, fmt_spacing
 from util.io import read_image, read_image_info, read_json, write_image
+from util.errors import InputError, MissingInput
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 MODALITIES = ("CT", "MR")
@@ -110,7 +111,7 @@ def _volumes(folder: Path) -> tuple[dict[str, Path], list[str]]:
                 other.append(path.name)
             continue
         if stem in found:
-            raise ValueError(f"{folder}: expected one volume per case name, found "
+            raise InputError(f"{folder}: expected one volume per case name, found "
                              f"{found[stem].name} and {path.name} both named {stem!r}")
         found[stem] = path
     return found, other
@@ -121,7 +122,7 @@ def _unique(cases: list[Case], root: Path) -> list[Case]:
     seen: dict[str, Case] = {}
     for case in cases:
         if case.name in seen:
-            raise ValueError(f"{root}: expected distinct case names, found {seen[case.name].source}"
+            raise InputError(f"{root}: expected distinct case names, found {seen[case.name].source}"
                              f" and {case.source} both as case {case.name!r}")
         seen[case.name] = case
     return cases
@@ -131,7 +132,7 @@ def _read_source_json(path: Path, keys: tuple[str, ...]) -> dict:
     meta = read_json(path)
     missing = [k for k in keys if k not in meta]
     if missing:
-        raise ValueError(f"{path}: expected the keys {list(keys)}, missing {missing}")
+        raise InputError(f"{path}: expected the keys {list(keys)}, missing {missing}")
     return meta
 
 
@@ -143,7 +144,7 @@ def find_source(src: str | os.PathLike, channel: int = 0, label_suffix: str | No
     JSON)."""
     root = Path(src)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: expected a folder of scans (plain, nnU-Net, MSD or "
+        raise MissingInput(f"{root}: expected a folder of scans (plain, nnU-Net, MSD or "
                                 f"DICOM), found {'a file' if root.exists() else 'nothing'} there")
     meta_path = root / "dataset.json"
     if meta_path.is_file() and (root / "imagesTr").is_dir():
@@ -152,11 +153,11 @@ def find_source(src: str | os.PathLike, channel: int = 0, label_suffix: str | No
             return nnunet_source(root, channel)
         if "modality" in meta:
             return msd_source(root, channel)
-        raise ValueError(f"{meta_path}: expected an nnU-Net v2 dataset.json (channel_names, "
+        raise InputError(f"{meta_path}: expected an nnU-Net v2 dataset.json (channel_names, "
                          f"labels, file_ending) or an MSD one (modality, labels), found the keys "
                          f"{sorted(meta)}")
     if (root / "imagesTr").is_dir():
-        raise FileNotFoundError(f"{meta_path}: expected the dataset.json of this nnU-Net / MSD "
+        raise MissingInput(f"{meta_path}: expected the dataset.json of this nnU-Net / MSD "
                                 f"folder (imagesTr/ is there), found nothing there")
     volumes, other = _volumes(root)
     if not volumes and dicom_files(root):
@@ -175,7 +176,7 @@ def plain_source(root: Path, label_suffix: str | None = None, volumes=None, othe
         notes.append(f"skipped {len(other)} file(s) of unsupported types: "
                      f"{', '.join(other[:5])}{' ...' if len(other) > 5 else ''}")
     if not volumes:
-        raise FileNotFoundError(f"{root}: expected volumes ({', '.join(VOLUME_ENDINGS)}) or "
+        raise MissingInput(f"{root}: expected volumes ({', '.join(VOLUME_ENDINGS)}) or "
                                 f"DICOM series, found none{' (' + notes[0] + ')' if notes else ''}")
     labels: dict[str, Path] = {}
     images = dict(volumes)
@@ -183,7 +184,7 @@ def plain_source(root: Path, label_suffix: str | None = None, volumes=None, othe
         labels, _ = _volumes(root / "labels")
         unmatched = sorted(set(labels) - set(images))
         if unmatched:
-            raise ValueError(f"{root / 'labels'}: expected a label per image of the same name, "
+            raise InputError(f"{root / 'labels'}: expected a label per image of the same name, "
                              f"found labels without an image: {unmatched[:5]}")
     elif label_suffix:
         labels = {stem[: -len(label_suffix)]: path for stem, path in volumes.items()
@@ -191,10 +192,10 @@ def plain_source(root: Path, label_suffix: str | None = None, volumes=None, othe
         images = {s: p for s, p in volumes.items() if not s.endswith(label_suffix)}
         unmatched = sorted(set(labels) - set(images))
         if unmatched:
-            raise ValueError(f"{root}: expected an image beside every *{label_suffix} label, "
+            raise InputError(f"{root}: expected an image beside every *{label_suffix} label, "
                              f"found labels without an image: {unmatched[:5]}")
         if not labels:
-            raise FileNotFoundError(f"{root}: expected labels named <case>{label_suffix}.<ext> "
+            raise MissingInput(f"{root}: expected labels named <case>{label_suffix}.<ext> "
                                     f"(--label-suffix), found none")
     elif any(s.startswith("label_") for s in volumes) and any(s.startswith("image_")
                                                               for s in volumes):
@@ -204,14 +205,14 @@ def plain_source(root: Path, label_suffix: str | None = None, volumes=None, othe
                   if s.startswith("image_")}
         unmatched = sorted(set(labels) - set(images))
         if unmatched:
-            raise ValueError(f"{root}: expected an image_<id> beside every label_<id>, found "
+            raise InputError(f"{root}: expected an image_<id> beside every label_<id>, found "
                              f"labels without an image: {unmatched[:5]}")
     if not labels:
         looks = [(stem, end) for stem in images for end in LABEL_ENDINGS
                  if stem.endswith(end) and stem[: -len(end)] in images]
         if looks:
             shown = ", ".join(f"{stem} (beside {stem[: -len(end)]})" for stem, end in looks[:5])
-            raise ValueError(f"{root}: found files named like the labels of other scans: "
+            raise InputError(f"{root}: found files named like the labels of other scans: "
                              f"{shown}; pass --label-suffix {looks[0][1]} to import them as "
                              f"labels, or move them out of --src")
     cases = [Case(case_name(stem), path, labels.get(stem)) for stem, path in images.items()]
@@ -225,16 +226,16 @@ def nnunet_source(root: Path, channel: int = 0) -> Source:
     ending = str(meta["file_ending"])
     channels = {int(k): str(v) for k, v in meta["channel_names"].items()}
     if channel not in channels:
-        raise ValueError(f"--channel: expected one of the channels {sorted(channels)} of "
+        raise InputError(f"--channel: expected one of the channels {sorted(channels)} of "
                          f"{meta_path}, got {channel}")
     labels = {}
     for name, value in meta["labels"].items():
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{meta_path}: expected integer label values, found {name!r}: "
+            raise InputError(f"{meta_path}: expected integer label values, found {name!r}: "
                              f"{value!r} (region-based labels are not supported)")
         labels[value] = str(name)
     if 0 not in labels:
-        raise ValueError(f"{meta_path}: expected a background label of value 0, found "
+        raise InputError(f"{meta_path}: expected a background label of value 0, found "
                          f"{sorted(labels)}")
     cases = []
     for sub, lab_dir in (("imagesTr", root / "labelsTr"), ("imagesTs", None)):
@@ -248,18 +249,18 @@ def nnunet_source(root: Path, channel: int = 0) -> Source:
                 continue
             match = pattern.match(path.name)
             if match is None:
-                raise ValueError(f"{path}: expected an nnU-Net image named <case>_<XXXX>{ending} "
+                raise InputError(f"{path}: expected an nnU-Net image named <case>_<XXXX>{ending} "
                                  f"(file_ending of {meta_path}), found another name")
             found.setdefault(match.group(1), set()).add(int(match.group(2)))
         for name, chans in sorted(found.items()):
             if chans != set(channels):
-                raise ValueError(f"{folder}: case {name!r} has channels {sorted(chans)}, "
+                raise InputError(f"{folder}: case {name!r} has channels {sorted(chans)}, "
                                  f"{meta_path} declares {sorted(channels)}")
             label = None
             if lab_dir is not None:
                 label = lab_dir / f"{name}{ending}"
                 if not label.is_file():
-                    raise FileNotFoundError(f"{label}: expected the label of {name} "
+                    raise MissingInput(f"{label}: expected the label of {name} "
                                             f"(imagesTr), found nothing there")
             cases.append(Case(case_name(name), folder / f"{name}_{channel:04d}{ending}", label,
                               channel))
@@ -267,11 +268,11 @@ def nnunet_source(root: Path, channel: int = 0) -> Source:
             extra = sorted(p.name for p in lab_dir.iterdir()
                            if p.name.endswith(ending) and p.name[: -len(ending)] not in found)
             if extra:
-                raise ValueError(f"{lab_dir}: expected a label per imagesTr case, found labels "
+                raise InputError(f"{lab_dir}: expected a label per imagesTr case, found labels "
                                  f"without an image: {extra[:5]}")
     n_train = sum(c.label is not None for c in cases)
     if "numTraining" in meta and int(meta["numTraining"]) != n_train:
-        raise ValueError(f"{meta_path}: numTraining says {meta['numTraining']}, imagesTr holds "
+        raise InputError(f"{meta_path}: numTraining says {meta['numTraining']}, imagesTr holds "
                          f"{n_train} cases")
     name = channels[channel]
     modality = "CT" if name.upper() == "CT" else "MR"
@@ -285,7 +286,7 @@ def msd_source(root: Path, channel: int = 0) -> Source:
     meta = _read_source_json(meta_path, ("modality", "labels"))
     modalities = {int(k): str(v) for k, v in meta["modality"].items()}
     if channel not in modalities:
-        raise ValueError(f"--channel: expected one of the channels {sorted(modalities)} of "
+        raise InputError(f"--channel: expected one of the channels {sorted(modalities)} of "
                          f"{meta_path}, got {channel}")
     labels = {int(k): str(v) for k, v in meta["labels"].items()}
     cases = []
@@ -294,18 +295,18 @@ def msd_source(root: Path, channel: int = 0) -> Source:
     labs, _ = _volumes(lab_dir) if lab_dir.is_dir() else ({}, [])
     missing = sorted(set(images) - set(labs))
     if missing:
-        raise FileNotFoundError(f"{lab_dir}: expected a label per imagesTr case, missing "
+        raise MissingInput(f"{lab_dir}: expected a label per imagesTr case, missing "
                                 f"{missing[:5]}")
     extra = sorted(set(labs) - set(images))
     if extra:
-        raise ValueError(f"{lab_dir}: expected a label per imagesTr case, found labels without "
+        raise InputError(f"{lab_dir}: expected a label per imagesTr case, found labels without "
                          f"an image: {extra[:5]}")
     cases += [Case(case_name(s), p, labs[s], channel) for s, p in images.items()]
     if (root / "imagesTs").is_dir():
         test, _ = _volumes(root / "imagesTs")
         cases += [Case(case_name(s), p, None, channel) for s, p in test.items()]
     if "numTraining" in meta and int(meta["numTraining"]) != len(images):
-        raise ValueError(f"{meta_path}: numTraining says {meta['numTraining']}, imagesTr holds "
+        raise InputError(f"{meta_path}: numTraining says {meta['numTraining']}, imagesTr holds "
                          f"{len(images)} cases")
     name = modalities[channel]
     modality = "CT" if name.upper() == "CT" else "MR"
@@ -332,7 +333,7 @@ def dicom_source(root: Path) -> Source:
                                                                     DICOM_MODALITY_TAG)))
         ignored += sum(1 for p in folder.iterdir() if p.is_file() and not is_dicom(p))
     if not cases:
-        raise FileNotFoundError(f"{root}: expected DICOM image series, found none")
+        raise MissingInput(f"{root}: expected DICOM image series, found none")
     notes = [f"{len(cases)} DICOM series"] + ([f"ignored {ignored} non-DICOM file(s)"]
                                                if ignored else [])
     return Source("DICOM", root, _unique(cases, root), notes=notes)
@@ -356,7 +357,7 @@ def read_case_image(case: Case) -> sitk.Image:
     if info.GetDimension() == 4:
         n = info.GetSize()[3]
         if not 0 <= case.channel < n:
-            raise ValueError(f"{case.image}: expected channel {case.channel} (--channel), the "
+            raise InputError(f"{case.image}: expected channel {case.channel} (--channel), the "
                              f"image has {n}")
         image = sitk.ReadImage(str(case.image))
         size = list(image.GetSize())
@@ -388,7 +389,7 @@ def _header(case: Case):
     info = read_image_info(case.image)
     dim = info.GetDimension()
     if dim not in (3, 4):
-        raise ValueError(f"{case.image}: expected a 3-D scan, found a {dim}-D image of size "
+        raise InputError(f"{case.image}: expected a 3-D scan, found a {dim}-D image of size "
                          f"{info.GetSize()}")
     return info.GetSize()[:3], info.GetSpacing()[:3], _direction3(info.GetDirection(), dim)
 
@@ -406,26 +407,26 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
     """Check every case's header and label, and build the preprocessing record."""
     notes = list(source.notes)
     if not source.cases:
-        raise FileNotFoundError(f"{source.root}: expected scans, found none")
+        raise MissingInput(f"{source.root}: expected scans, found none")
     if preset:
         if test_labels is not None or label_groups is not None:
-            raise ValueError(f"--test-labels / --label-groups: the {preset} preset keeps its "
+            raise InputError(f"--test-labels / --label-groups: the {preset} preset keeps its "
                              f"published classes and groups; expected them only without "
                              f"--preset")
         base = get_dataset_info(preset)
         modality = modality or base.modality
         if modality != base.modality:
-            raise ValueError(f"--modality {modality} contradicts --preset {preset} "
+            raise InputError(f"--modality {modality} contradicts --preset {preset} "
                              f"({base.modality})")
     modality = _modality(source, modality)
     headers = {}
     for case in source.cases:
         size3, sp, direction = _header(case)
         if size3[2] < 2:
-            raise ValueError(f"{case.source}: expected a 3-D scan of several slices, found size "
+            raise InputError(f"{case.source}: expected a 3-D scan of several slices, found size "
                              f"{size3}")
         if not all(s > 0 for s in sp):
-            raise ValueError(f"{case.source}: expected positive voxel spacing, found "
+            raise InputError(f"{case.source}: expected positive voxel spacing, found "
                              f"{fmt_spacing(sp)} mm")
         headers[case.name] = (size3, sp, direction)
     codes = Counter(orientation(d) for _, _, d in headers.values()
@@ -458,13 +459,13 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
         if spacing:
             info = replace(info, target_spacing=tuple(spacing))
         if info.target_spacing is None:
-            raise ValueError(f"--preset {preset} resamples each scan to its own spacing; "
+            raise InputError(f"--preset {preset} resamples each scan to its own spacing; "
                              f"expected --spacing for an import")
         if size:
             info = replace(info, size=size)
         unknown = sorted(set(label_values) - set(base.raw_label_values or base.labels))
         if unknown:
-            raise ValueError(f"{source.root}: expected the {preset} label values "
+            raise InputError(f"{source.root}: expected the {preset} label values "
                              f"{sorted(base.raw_label_values or base.labels)}, found {unknown}")
         return Plan(info, source.cases, notes, {})
     target = tuple(float(s) for s in spacing) if spacing else median
@@ -505,19 +506,19 @@ def _modality(source: Source, given: str | None) -> str:
         mapped = {"CT" if m == "CT" else "MR" for m in said}
         if len(mapped) > 1:
             by = {m: [c.name for c in source.cases if c.modality == m][:3] for m in said}
-            raise ValueError(f"{source.root}: expected one modality, found {sorted(said)} "
+            raise InputError(f"{source.root}: expected one modality, found {sorted(said)} "
                              f"(for example {by}); import each modality into its own folder")
         found = mapped.pop()
         if given and given != found:
-            raise ValueError(f"--modality {given}: the DICOM Modality tags say {sorted(said)}")
+            raise InputError(f"--modality {given}: the DICOM Modality tags say {sorted(said)}")
         return found
     if source.modality:
         if given and given != source.modality:
-            raise ValueError(f"--modality {given}: {source.root / 'dataset.json'} says "
+            raise InputError(f"--modality {given}: {source.root / 'dataset.json'} says "
                              f"{source.modality}")
         return source.modality
     if not given:
-        raise ValueError(f"{source.root}: the folder does not say its modality; expected "
+        raise InputError(f"{source.root}: the folder does not say its modality; expected "
                          f"--modality CT or --modality MR")
     return given
 
@@ -532,19 +533,19 @@ def _check_labels(source: Source, headers: dict) -> list[int]:
         size, sp, direction = headers[case.name]
         if label.GetSize() != tuple(size) or not np.allclose(label.GetSpacing(), sp, atol=1e-4) \
                 or not np.allclose(label.GetDirection(), direction, atol=1e-4):
-            raise ValueError(f"{case.label}: expected the grid of its image {case.source} "
+            raise InputError(f"{case.label}: expected the grid of its image {case.source} "
                              f"(size {tuple(size)}, spacing {fmt_spacing(sp)}), found size "
                              f"{label.GetSize()}, spacing {fmt_spacing(label.GetSpacing())}")
         arr = sitk.GetArrayViewFromImage(label)
         found = np.unique(arr)
         if not np.array_equal(found, np.rint(found)) or found.min(initial=0) < 0:
-            raise ValueError(f"{case.label}: expected non-negative integer label values, found "
+            raise InputError(f"{case.label}: expected non-negative integer label values, found "
                              f"{found[:10].tolist()}")
         values |= set(int(v) for v in found)
         if source.labels is not None:
             unknown = sorted(set(int(v) for v in found) - set(source.labels))
             if unknown:
-                raise ValueError(f"{case.label}: expected label values {sorted(source.labels)} "
+                raise InputError(f"{case.label}: expected label values {sorted(source.labels)} "
                                  f"(the labels of {source.root / 'dataset.json'}), found "
                                  f"{unknown}")
     return sorted(values)
@@ -568,7 +569,7 @@ def _test_labels(labels: dict[int, str], given: list[int] | None) -> tuple[int, 
         return tuple(fg)
     unknown = sorted(set(given) - set(fg))
     if unknown:
-        raise ValueError(f"--test-labels: expected class ids among {fg}, got {unknown}")
+        raise InputError(f"--test-labels: expected class ids among {fg}, got {unknown}")
     return tuple(sorted(set(given)))
 
 
@@ -581,7 +582,7 @@ def _label_groups(labels: dict[int, str], tests: tuple[int, ...],
     for group in groups:
         unknown = sorted(set(group) - set(tests))
         if unknown or not group:
-            raise ValueError(f"--label-groups: expected non-empty groups of test classes "
+            raise InputError(f"--label-groups: expected non-empty groups of test classes "
                              f"{list(tests)}, got {group}")
         out.append(tuple(c for c in tests if c not in group))
     return tuple(out) if out else ((),)
@@ -628,7 +629,7 @@ def check_intensities(seen: dict[str, str], modality: str, where: str, log=print
     others not); warn when all look like the other one (CT already windowed, for example)."""
     looks = {m: sorted(n for n, s in seen.items() if s == m) for m in MODALITIES}
     if looks["CT"] and looks["MR"]:
-        raise ValueError(f"{Path(where).parent}: expected one modality, found scans that look "
+        raise InputError(f"{Path(where).parent}: expected one modality, found scans that look "
                          f"like CT (air below {HU_AIR:g} HU: {looks['CT'][:3]}) and others "
                          f"that do not ({looks['MR'][:3]}); import each modality on its own")
     other = "MR" if modality == "CT" else "CT"
@@ -658,5 +659,5 @@ def parse_group(text: str, flag: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{flag}: expected comma-separated class ids such as 1,4, got "
+        raise InputError(f"{flag}: expected comma-separated class ids such as 1,4, got "
                          f"{text!r}") from None

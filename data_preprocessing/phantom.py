@@ -24,6 +24,7 @@ from scipy import ndimage
 from data_preprocessing.contract import register
 from data_preprocessing.registry import PHANTOM
 from util.io import ensure_writable_dir, write_image
+from util.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def write_phantom(out: str | os.PathLike, seed: int = 0, n_scans: int = 10, size
                   n_slices: int | None = None) -> Path:
     """Write ``n_scans`` phantom scans and register the folder as dataset PHANTOM."""
     if n_scans < PHANTOM.fold_sep[-1]:
-        raise ValueError(f"--n-scans: the PHANTOM folds need at least {PHANTOM.fold_sep[-1]} "
+        raise InputError(f"--n-scans: the PHANTOM folds need at least {PHANTOM.fold_sep[-1]} "
                          f"scans, got {n_scans}")
     out = Path(out)
     rng = np.random.default_rng(seed)

@@ -28,24 +28,25 @@ from data_preprocessing.contract import load_dataset, register
 from data_preprocessing.registry import REGISTRY
 from data_preprocessing.resample import fmt_spacing
 from util.io import ensure_writable_dir
+from util.errors import InputError, MissingInput
 
 
 def link_scans(src: str | os.PathLike, dst: str | os.PathLike, copy: bool = False) -> list[str]:
     """Place every image/label pair of ``src`` in ``dst`` (symlinks unless ``copy``)."""
     src, dst = Path(src).resolve(), Path(dst)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: expected a folder of image_<id>.nii.gz files, "
+        raise MissingInput(f"{src}: expected a folder of image_<id>.nii.gz files, "
                                 f"found nothing there")
     images = sorted(src.glob("image_*.nii.gz"))
     if not images:
-        raise FileNotFoundError(f"{src}: expected image_<id>.nii.gz files, found none")
+        raise MissingInput(f"{src}: expected image_<id>.nii.gz files, found none")
     dst.mkdir(parents=True, exist_ok=True)
     pids = []
     for image in images:
         pid = image.name[len("image_"):-len(".nii.gz")]  # the id as written: 01 is not 1
         label = src / f"label_{pid}.nii.gz"
         if not label.is_file():
-            raise FileNotFoundError(f"{label}: expected the label of {image.name}, "
+            raise MissingInput(f"{label}: expected the label of {image.name}, "
                                     f"found nothing there")
         for path in (image, label):
             target = dst / path.name
@@ -141,16 +142,16 @@ def check_sources(src: str, dst: str, pids: list[str]) -> None:
             for kind in ("image", "label"):
                 name = f"{kind}_{pid}.nii.gz"
                 message = message.replace(str(Path(dst) / name), str(Path(src) / name))
-        raise ValueError(message) from None
+        raise InputError(message) from None
 
 
 def import_source(args) -> None:
     """Check the whole source, preprocess it into ``--dst`` and register the folder."""
     if Path(args.src).resolve() == Path(args.dst).resolve():
-        raise ValueError(f"--dst {args.dst}: expected a folder other than --src")
+        raise InputError(f"--dst {args.dst}: expected a folder other than --src")
     name = args.name or Path(args.dst).resolve().name
     if not args.preset and name.upper() in REGISTRY:
-        raise ValueError(f"--name {name}: the name of a published dataset; expected --preset "
+        raise InputError(f"--name {name}: the name of a published dataset; expected --preset "
                          f"{name.upper()} to use its record, or another --name")
     source = importers.find_source(args.src, args.channel, args.label_suffix)
     if args.no_labels:
@@ -166,7 +167,7 @@ def import_source(args) -> None:
     stale = sorted(p.name for p in Path(args.dst).glob("image_?*.nii.gz")
                    if p.name[len("image_"):-len(".nii.gz")] not in cases)
     if stale:
-        raise ValueError(f"--dst {args.dst}: expected an empty folder or one holding this "
+        raise InputError(f"--dst {args.dst}: expected an empty folder or one holding this "
                          f"import, found other scans {stale[:5]}; choose another --dst")
     labelled = [c.name for c in plan.cases if c.label is not None]
     info = plan.info

@@ -28,6 +28,7 @@ from data_preprocessing.registry import INTENSITY_PARAMETERS, DatasetInfo
 from data_preprocessing.resample import (clip_percentile, crop_or_pad_volume, full_spacing,
                                          resample_label, resample_to_spacing, window_ct)
 from util.io import array_to_image, array_with_geometry
+from util.errors import InputError
 
 INTENSITY_RULES = tuple(INTENSITY_PARAMETERS)
 OBLIQUE_COS = 0.9
@@ -50,7 +51,7 @@ def intensity_step(arr: np.ndarray, rule: dict, name: str = "scan") -> tuple[np.
                                                                               float | None]:
     """The record's intensity rule on a SITK array; returns (array, MR clip value or None)."""
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: expected finite intensities, found NaN or inf")
+        raise InputError(f"{name}: expected finite intensities, found NaN or inf")
     kind = rule.get("rule")
     if kind == "clip_percentile":
         out, clip = clip_percentile(arr, float(rule["percentile"]))
@@ -58,14 +59,14 @@ def intensity_step(arr: np.ndarray, rule: dict, name: str = "scan") -> tuple[np.
             lo, hi = (float(v) for v in rule["rescale"])
             low = float(out.min())
             if not clip > low:
-                raise ValueError(f"{name}: expected intensities below the "
+                raise InputError(f"{name}: expected intensities below the "
                                  f"{rule['percentile']}th percentile, found a volume that is "
                                  f"constant up to it ({low:g})")
             out = lo + (out.astype(np.float64) - low) * ((hi - lo) / (clip - low))
         return out, clip
     if kind == "ct_window":
         return window_ct(arr, tuple(float(v) for v in rule["window"]), name), None
-    raise ValueError(f"{name}: intensity rule expected one of {INTENSITY_RULES}, found {kind!r}")
+    raise InputError(f"{name}: intensity rule expected one of {INTENSITY_RULES}, found {kind!r}")
 
 
 def preprocess(image: sitk.Image, info: DatasetInfo, spacing: Sequence[float] | None = None,
@@ -75,7 +76,7 @@ def preprocess(image: sitk.Image, info: DatasetInfo, spacing: Sequence[float] | 
     if spacing is None:
         spacing = info.target_spacing
     if spacing is None:
-        raise ValueError(f"{name}: the {info.name} record resamples each scan to its own "
+        raise InputError(f"{name}: the {info.name} record resamples each scan to its own "
                          f"spacing (no target spacing); expected an explicit spacing")
     return to_network_grid(image, info.intensity, spacing, info.size, name)
 
@@ -84,7 +85,7 @@ def to_network_grid(image: sitk.Image, intensity: dict, spacing: Sequence[float]
                     name: str = "scan") -> Preprocessed:
     """The steps of :func:`preprocess` with explicit parameters."""
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{name}: expected a scalar 3-D image, found a {image.GetDimension()}-D "
+        raise InputError(f"{name}: expected a scalar 3-D image, found a {image.GetDimension()}-D "
                          f"image with {image.GetNumberOfComponentsPerPixel()} components per "
                          f"voxel")
     arr, clip = intensity_step(sitk.GetArrayFromImage(image), intensity, name)
@@ -101,7 +102,7 @@ def preprocess_label(label: sitk.Image, prepared: Preprocessed, size: int,
     geometry."""
     res_label = resample_label(label, prepared.resampled.GetSpacing())
     if res_label.GetSize() != prepared.resampled.GetSize():
-        raise ValueError(f"{name}: resampled label size {res_label.GetSize()} differs from the "
+        raise InputError(f"{name}: resampled label size {res_label.GetSize()} differs from the "
                          f"resampled image size {prepared.resampled.GetSize()}; the label "
                          f"spacing {label.GetSpacing()} should equal its image's")
     cropped = crop_or_pad_volume(sitk.GetArrayFromImage(res_label), size, 0.0)

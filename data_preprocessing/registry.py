@@ -10,6 +10,7 @@ record for CHAOS-T2, SABS, CMR and the synthetic phantom.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from util.errors import InputError, UnknownName
 
 
 # the intensity rules a record may name, with the parameter each needs (preprocess.py applies
@@ -63,12 +64,12 @@ class DatasetInfo:
         """The inverse of :meth:`record`; a missing key is an error naming it."""
         missing = [k for k in RECORD_KEYS if k not in record]
         if missing:
-            raise ValueError(f"{where}: expected the preprocessing record keys {missing}, "
+            raise InputError(f"{where}: expected the preprocessing record keys {missing}, "
                              f"missing them")
         try:
             return cls._from_complete_record(record)
         except (AttributeError, TypeError, ValueError) as err:
-            raise ValueError(f"{where}: expected a preprocessing record of the types "
+            raise InputError(f"{where}: expected a preprocessing record of the types "
                              f"DatasetInfo declares, found {type(err).__name__}: {err}") from None
 
     @classmethod
@@ -76,11 +77,11 @@ class DatasetInfo:
         rule = dict(record["intensity"])
         needs = INTENSITY_PARAMETERS.get(rule.get("rule"))
         if needs is None or needs not in rule:
-            raise ValueError(f"intensity expects one of "
+            raise InputError(f"intensity expects one of "
                              f"{[{'rule': r, p: '...'} for r, p in INTENSITY_PARAMETERS.items()]}, "
                              f"found {rule}")
         if int(record["size"]) < 32:
-            raise ValueError(f"size expects at least 32 pixels, found {record['size']}")
+            raise InputError(f"size expects at least 32 pixels, found {record['size']}")
         spacing = record["target_spacing"]
         return cls(name=str(record["name"]), modality=str(record["modality"]),
                    labels={int(k): str(v) for k, v in record["labels"].items()},
@@ -158,7 +159,7 @@ RECORD_KEYS = tuple(DatasetInfo.__dataclass_fields__)
 def get_dataset_info(name: str) -> DatasetInfo:
     key = name.upper().removesuffix("_SUPERPIX")
     if key not in REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; expected one of {sorted(REGISTRY)}")
+        raise UnknownName(f"unknown dataset {name!r}; expected one of {sorted(REGISTRY)}")
     return REGISTRY[key]
 
 
@@ -171,15 +172,15 @@ def make_folds(pids: list[str], fold_sep: tuple[int, ...], n_shots: int = 1,
     """
     n = len(pids)
     if fold_sep[-1] > n:
-        raise ValueError(f"fold boundaries {list(fold_sep)} need {fold_sep[-1]} scans, got {n}")
+        raise InputError(f"fold boundaries {list(fold_sep)} need {fold_sep[-1]} scans, got {n}")
     if n_shots < 1:
-        raise ValueError(f"n_shots expects at least 1 support scan, got {n_shots}")
+        raise InputError(f"n_shots expects at least 1 support scan, got {n_shots}")
     smallest = min(b - a for a, b in zip(fold_sep, fold_sep[1:])) + n_shots
     if n_shots >= smallest:
-        raise ValueError(f"n_shots expects fewer support scans than a fold's {smallest} "
+        raise InputError(f"n_shots expects fewer support scans than a fold's {smallest} "
                          f"validation scans (queries must remain), got {n_shots}")
     if n_shots == 1 and not -smallest <= support_idx < smallest:
-        raise ValueError(f"support_idx expects an index into a fold's {smallest} validation "
+        raise InputError(f"support_idx expects an index into a fold's {smallest} validation "
                          f"scans ({-smallest}..{smallest - 1}), got {support_idx}")
     folds = []
     for f in range(len(fold_sep) - 1):

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from util.io import array_to_image, array_with_geometry, read_image, write_image
+from util.errors import InputError
 
 
 # Added to ``n * sp_in / sp_out + 1`` before truncation. An exact ratio computed in floating point
@@ -34,11 +35,11 @@ def resampled_size(size: Sequence[int], spacing_in: Sequence[float],
                    spacing_out: Sequence[float]) -> tuple[int, ...]:
     """R1 output size per axis: ``int(n * sp_in / sp_out + 1 + SIZE_EPS)``."""
     if not (len(size) == len(spacing_in) == len(spacing_out)):
-        raise ValueError(f"size {tuple(size)}, input spacing {tuple(spacing_in)} and target "
+        raise InputError(f"size {tuple(size)}, input spacing {tuple(spacing_in)} and target "
                          f"spacing {tuple(spacing_out)} must have the same number of axes")
     for sp in spacing_out:
         if not sp > 0:
-            raise ValueError(f"target spacing must be positive, got {tuple(spacing_out)}")
+            raise InputError(f"target spacing must be positive, got {tuple(spacing_out)}")
     return tuple(int(n * si / so + 1 + SIZE_EPS)
                  for n, si, so in zip(size, spacing_in, spacing_out))
 
@@ -51,7 +52,7 @@ def full_spacing(image: sitk.Image, spacing: Sequence[float]) -> tuple[float, ..
         return spacing
     if dim == 3 and len(spacing) == 2:
         return spacing + (image.GetSpacing()[2],)
-    raise ValueError(f"target spacing {spacing}: expected {dim} values (or 2 to keep the input "
+    raise InputError(f"target spacing {spacing}: expected {dim} values (or 2 to keep the input "
                      f"z spacing) for a {dim}-D image")
 
 
@@ -96,11 +97,11 @@ def resample_label(label: sitk.Image, spacing: Sequence[float],
         else:
             out[hit == value] = value
     if grid is None:
-        raise ValueError("resample_label: expected a non-empty label image, found no voxels")
+        raise InputError("resample_label: expected a non-empty label image, found no voxels")
     result = array_to_image(out, grid)  # float64 already
     if reference is not None:
         if reference.GetSize() != result.GetSize():
-            raise ValueError(f"resample_label: resampled label size {result.GetSize()} differs "
+            raise InputError(f"resample_label: resampled label size {result.GetSize()} differs "
                              f"from the reference image size {reference.GetSize()}")
         result.CopyInformation(reference)
     return result
@@ -113,7 +114,7 @@ def crop_or_pad(arr_hwz: np.ndarray, size: int = CROP_SIZE, pad_value: float = 0
     positions outside the array get ``pad_value``. Trailing axes (Z) are untouched.
     """
     if arr_hwz.ndim < 2:
-        raise ValueError(f"crop_or_pad: expected an (H, W, ...) array, got shape {arr_hwz.shape}")
+        raise InputError(f"crop_or_pad: expected an (H, W, ...) array, got shape {arr_hwz.shape}")
     out = np.full((size, size) + arr_hwz.shape[2:], pad_value, dtype=np.float64)
     src, dst = crop_windows(arr_hwz.shape[:2], size)
     out[dst[0], dst[1]] = arr_hwz[src[0], src[1]]
@@ -137,7 +138,7 @@ def crop_or_pad_volume(arr_zyx: np.ndarray, size: int = CROP_SIZE,
                        pad_value: float = 0.0) -> np.ndarray:
     """R3 on a SITK array (Z, Y, X): transpose to (H, W, Z), crop / pad, transpose back."""
     if arr_zyx.ndim != 3:
-        raise ValueError(f"crop_or_pad_volume: expected a (Z, Y, X) array, got {arr_zyx.shape}")
+        raise InputError(f"crop_or_pad_volume: expected a (Z, Y, X) array, got {arr_zyx.shape}")
     return np.ascontiguousarray(
         crop_or_pad(arr_zyx.transpose(1, 2, 0), size, pad_value).transpose(2, 0, 1))
 
@@ -172,11 +173,11 @@ def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Seque
 
     for what, img in (("image", image), ("label", label)):
         if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-            raise ValueError(f"{name}: expected a scalar 3-D {what}, found a "
+            raise InputError(f"{name}: expected a scalar 3-D {what}, found a "
                              f"{img.GetDimension()}-D image with "
                              f"{img.GetNumberOfComponentsPerPixel()} components per voxel")
     if image.GetSize() != label.GetSize():
-        raise ValueError(f"{name}: expected the label size to equal the image size "
+        raise InputError(f"{name}: expected the label size to equal the image size "
                          f"{image.GetSize()}, found {label.GetSize()}")
     prepared = to_network_grid(image, {"rule": "clip_percentile", "percentile": percentile},
                                spacing, size, name)
@@ -255,6 +256,6 @@ def window_ct(arr: np.ndarray, window: tuple[float, float] = HU_WINDOW,
     clipped = np.clip(arr.astype(np.float64), window[0], window[1])
     lo, hi = clipped.min(), clipped.max()
     if not hi > lo:
-        raise ValueError(f"{name}: expected intensities spanning the window {window}, found a "
+        raise InputError(f"{name}: expected intensities spanning the window {window}, found a "
                          f"constant volume ({lo:g}) after clipping")
     return (clipped - lo) / (hi - lo) * 255.0

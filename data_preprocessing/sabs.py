@@ -31,6 +31,7 @@ from data_preprocessing.resample import (BORDER, CROP_SIZE, HU_WINDOW, SIZE_EPS,
                                          resample_label, resample_to_spacing, window_ct)
 from util.io import (array_to_image, array_with_geometry, ensure_writable_dir, pid_from_path,
                      read_image, write_image)
+from util.errors import InputError, MissingInput
 
 
 
@@ -42,20 +43,20 @@ def find_pairs(src: str | os.PathLike) -> list[tuple[Path, Path]]:
     """
     src = Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: expected the Synapse folder holding img*.nii.gz and "
+        raise MissingInput(f"{src}: expected the Synapse folder holding img*.nii.gz and "
                                 f"label*.nii.gz, found nothing there")
     imgs = sorted({*src.glob("img*.nii.gz"), *src.glob("img/img*.nii.gz")}, key=lambda p: p.name)
     lbls = sorted({*src.glob("label*.nii.gz"), *src.glob("label/label*.nii.gz")},
                   key=lambda p: p.name)
     if not imgs:
-        raise FileNotFoundError(f"{src}: expected img*.nii.gz files (or img/img*.nii.gz), "
+        raise MissingInput(f"{src}: expected img*.nii.gz files (or img/img*.nii.gz), "
                                 f"found none")
     if len(imgs) != len(lbls):
-        raise ValueError(f"{src}: expected one label*.nii.gz per image, found {len(imgs)} images "
+        raise InputError(f"{src}: expected one label*.nii.gz per image, found {len(imgs)} images "
                          f"and {len(lbls)} labels")
     for img, lbl in zip(imgs, lbls):
         if pid_from_path(img) != pid_from_path(lbl):
-            raise ValueError(f"{lbl}: expected the label of {img.name} (number "
+            raise InputError(f"{lbl}: expected the label of {img.name} (number "
                              f"{pid_from_path(img)}), found number {pid_from_path(lbl)}")
     return list(zip(imgs, lbls))
 
@@ -65,7 +66,7 @@ def window_scan(img_path: Path, lbl_path: Path, tmp: str | os.PathLike, new_id: 
     """Step 1 for one pair: write ``image_<new_id>`` (windowed) and ``label_<new_id>`` (copied)."""
     image, label = read_image(img_path), read_image(lbl_path)
     if image.GetDimension() != 3 or image.GetSize() != label.GetSize():
-        raise ValueError(f"{lbl_path}: expected a 3-D label the size of {img_path.name} "
+        raise InputError(f"{lbl_path}: expected a 3-D label the size of {img_path.name} "
                          f"{image.GetSize()}, found {label.GetSize()}")
     out = array_to_image(window_ct(sitk.GetArrayFromImage(image), window, str(img_path)), image)
     tmp = Path(tmp)
@@ -79,7 +80,7 @@ def _crop_border(image: sitk.Image, border: int, name: str) -> sitk.Image:
     """Slice ``border`` pixels off each in-plane side of a SITK array, keeping the geometry."""
     arr = sitk.GetArrayFromImage(image)  # (Z, Y, X)
     if min(arr.shape[1:]) <= 2 * border:
-        raise ValueError(f"{name}: expected in-plane size above {2 * border} to crop a "
+        raise InputError(f"{name}: expected in-plane size above {2 * border} to crop a "
                          f"{border}-pixel border, found {arr.shape[2]} x {arr.shape[1]}")
     return array_with_geometry(arr[:, border:-border, border:-border] if border else arr, image)
 
@@ -88,7 +89,7 @@ def crop_and_resample(image: sitk.Image, label: sitk.Image, border: int = BORDER
                       size: int = CROP_SIZE, name: str = "scan") -> tuple[sitk.Image, sitk.Image]:
     """Step 2: crop the border, R1 the image to ``sx * (nx - 2b) / size`` etc., R2 the label."""
     if image.GetSize() != label.GetSize():
-        raise ValueError(f"{name}: expected the label size to equal the image size "
+        raise InputError(f"{name}: expected the label size to equal the image size "
                          f"{image.GetSize()}, found {label.GetSize()}")
     img_c, lbl_c = _crop_border(image, border, name), _crop_border(label, border, name)
     sx, sy, sz = image.GetSpacing()
@@ -127,11 +128,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.from_tmp:
         if not tmp.is_dir():
-            raise FileNotFoundError(f"{tmp}: expected the step-1 folder (--from-tmp), found "
+            raise MissingInput(f"{tmp}: expected the step-1 folder (--from-tmp), found "
                                     f"nothing there")
         pids = discover_cases(tmp)
         if not pids:
-            raise FileNotFoundError(f"{tmp}: expected image_<id>.nii.gz files, found none")
+            raise MissingInput(f"{tmp}: expected image_<id>.nii.gz files, found none")
     else:
         pairs = find_pairs(args.src)  # checks names before anything is written
         for new_id, (img, lbl) in enumerate(pairs):

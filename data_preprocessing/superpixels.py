@@ -26,6 +26,7 @@ from data_preprocessing.contract import check_writable_dataset, commit_staged, d
 from util.cli import progress
 from util.workers import worker_pool
 from util.io import array_to_image, read_image, write_image
+from util.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def relabel(seg: np.ndarray, mask: np.ndarray, mode: str = "compact") -> np.ndar
         if k >= 2:
             out[out == k - 1] = k
         return out
-    raise ValueError(f"relabel mode: expected one of {RELABEL_MODES}, got {mode!r}")
+    raise InputError(f"relabel mode: expected one of {RELABEL_MODES}, got {mode!r}")
 
 
 def superpixels_slice(slice2d: np.ndarray, params: SuperpixelParams, threshold: float,
@@ -105,10 +106,10 @@ def _process_case(image_path: Path, sp_path: Path, mask_path: Path, params: Supe
     image = read_image(image_path)
     volume = sitk.GetArrayFromImage(image)
     if not np.all(np.isfinite(volume)):
-        raise ValueError(f"{image_path}: expected finite intensities, found NaN or inf")
+        raise InputError(f"{image_path}: expected finite intensities, found NaN or inf")
     ids, masks = superpixels_volume(volume, params, threshold, relabel_mode)
     if ids.max() > np.iinfo(np.int16).max:
-        raise ValueError(f"{image_path}: more superpixels on a slice than int16 holds")
+        raise InputError(f"{image_path}: more superpixels on a slice than int16 holds")
     write_image(array_to_image(ids.astype(np.int16), image), sp_path)
     write_image(array_to_image(masks.astype(np.uint8), image), mask_path)
     per_slice = [int(len(np.unique(s)) - 1) for s, m in zip(ids, masks) if m.any()]
@@ -134,9 +135,9 @@ def generate(folder: str | os.PathLike, scale: str = "MIDDLE", relabel_mode: str
              workers: int | None = None, cases: list[str] | None = None) -> list[dict]:
     """Write pseudolabels for every case (or ``cases``) of a registered folder; returns stats."""
     if scale not in SCALES:
-        raise ValueError(f"superpixel scale: expected one of {sorted(SCALES)}, got {scale!r}")
+        raise InputError(f"superpixel scale: expected one of {sorted(SCALES)}, got {scale!r}")
     if relabel_mode not in RELABEL_MODES:
-        raise ValueError(f"relabel mode: expected one of {RELABEL_MODES}, got {relabel_mode!r}")
+        raise InputError(f"relabel mode: expected one of {RELABEL_MODES}, got {relabel_mode!r}")
     ds = load_dataset(folder)
     params, threshold = SCALES[scale], float(ds.meta["body_threshold"])
     record = {"method": "felzenszwalb2d", **asdict(params), "body_threshold": threshold,

@@ -29,6 +29,7 @@ from data_preprocessing.contract import check_writable_dataset, commit_staged, d
     load_dataset, staging_folder
 from data_preprocessing.superpixels import body_mask, relabel, run_jobs
 from util.io import array_to_image, read_image, write_image
+from util.errors import InputError
 
 BODY_THRESHOLD = 10.0  # on the [0, 255]-scaled volume (SPEC §9.2)
 # 13 forward offsets (dz, dy, dx) of the 26-neighbourhood
@@ -152,7 +153,7 @@ def generate(folder: str | os.PathLike, min_size: int = 5000, workers: int | Non
              cases: list[str] | None = None) -> list[int]:
     """Write supervoxels for every case (or ``cases``); returns the supervoxel count per case."""
     if min_size < 1:
-        raise ValueError(f"min_size: expected a positive voxel count, got {min_size}")
+        raise InputError(f"min_size: expected a positive voxel count, got {min_size}")
     ds = load_dataset(folder)
     name = scale_name(min_size)
     if cases is not None:  # a few cases, written in place

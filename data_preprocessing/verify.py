@@ -19,10 +19,11 @@ import SimpleITK as sitk
 from data_preprocessing.classmap import slice_index
 from data_preprocessing.contract import GEOMETRY_TOL, Dataset, load_dataset
 from util.io import read_image, read_json, sort_pids
+from util.errors import InputError
 
 
 
-class DatasetVerificationError(ValueError):
+class DatasetVerificationError(InputError):
     """Raised with the full list of problems found in a dataset folder."""
 
     def __init__(self, folder: Path, problems: list[str]):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
+from util.errors import InputError
 
 __all__ = ["AugParams", "PRESETS", "get_aug_params", "affine_matrix", "random_affine",
            "smooth_field", "elastic_deform", "recover_label", "gamma_transform", "random_gamma",
@@ -51,13 +52,13 @@ class AugParams:
     def __post_init__(self) -> None:
         for name in ("rotate_deg", "shift_px", "shear_deg", "elastic_alpha"):
             if getattr(self, name) < 0:
-                raise ValueError(f"AugParams.{name}: expected >= 0, got {getattr(self, name)}")
+                raise InputError(f"AugParams.{name}: expected >= 0, got {getattr(self, name)}")
         if self.elastic_sigma <= 0:
-            raise ValueError(f"AugParams.elastic_sigma: expected > 0, got {self.elastic_sigma}")
+            raise InputError(f"AugParams.elastic_sigma: expected > 0, got {self.elastic_sigma}")
         for name in ("scale", "gamma"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
-                raise ValueError(f"AugParams.{name}: expected 0 < lo <= hi, got {(lo, hi)}")
+                raise InputError(f"AugParams.{name}: expected 0 < lo <= hi, got {(lo, hi)}")
 
 
 PRESETS: dict[str, AugParams] = {
@@ -74,7 +75,7 @@ def get_aug_params(aug: str | AugParams | None) -> AugParams | None:
     if aug == "none":
         return None
     if aug not in PRESETS:
-        raise ValueError(f"augmentation: expected one of {sorted(PRESETS) + ['none']} or an "
+        raise InputError(f"augmentation: expected one of {sorted(PRESETS) + ['none']} or an "
                          f"AugParams, got {aug!r}")
     return PRESETS[aug]
 
@@ -159,7 +160,7 @@ def gamma_transform(image: np.ndarray, gamma: float) -> np.ndarray:
 
 def _stack(image: np.ndarray, label: np.ndarray, n_classes: int) -> np.ndarray:
     if image.ndim != 2 or image.shape != label.shape:
-        raise ValueError(f"augment: expected image and label [H, W] of one shape, got "
+        raise InputError(f"augment: expected image and label [H, W] of one shape, got "
                          f"{image.shape} and {label.shape}")
     stack = np.empty(image.shape + (1 + n_classes,), np.float32)
     stack[..., 0] = image

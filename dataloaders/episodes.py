@@ -46,6 +46,7 @@ from dataloaders.augment import AugParams, augment_pair, geometric, get_aug_para
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
     normalization_stats, tile_slices
 from util.io import read_json
+from util.errors import InputError, MissingInput
 
 __all__ = ["EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
            "setting_exclusions", "training_classes", "SLICE_DRAWS", "ORIGINAL_EPOCH",
@@ -64,7 +65,7 @@ EXCLUDE_MODES = ("any", "all")
 def episode_rng(seed: int, step: int) -> np.random.Generator:
     """The generator of one episode: PCG64 seeded from ``SeedSequence([seed, step])``."""
     if seed < 0 or step < 0:
-        raise ValueError(f"episode_rng: expected a non-negative seed and step, got {seed}, {step}")
+        raise InputError(f"episode_rng: expected a non-negative seed and step, got {seed}, {step}")
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(step)]))
 
 
@@ -76,7 +77,7 @@ class StepSampler(Sampler[int]):
 
     def __init__(self, start: int, n_steps: int, stride: int = 1, offset: int = 0) -> None:
         if start < 0 or n_steps < 0 or stride < 1 or not 0 <= offset < stride:
-            raise ValueError(f"StepSampler: expected start >= 0, n_steps >= 0, stride >= 1 and "
+            raise InputError(f"StepSampler: expected start >= 0, n_steps >= 0, stride >= 1 and "
                              f"0 <= offset < stride, got {start}, {n_steps}, {stride}, {offset}")
         self.start, self.n_steps = int(start), int(n_steps)
         self.stride, self.offset = int(stride), int(offset)
@@ -114,7 +115,7 @@ def setting_exclusions(dataset: Dataset | str | os.PathLike, setting: int,
         return []
     if setting == 2:
         return ds.test_labels(label_group)
-    raise ValueError(f"setting: expected 1 or 2 (SPEC §3.7), got {setting!r}")
+    raise InputError(f"setting: expected 1 or 2 (SPEC §3.7), got {setting!r}")
 
 
 def training_classes(dataset: Dataset | str | os.PathLike, label_group: int) -> list[int]:
@@ -128,7 +129,7 @@ def _check_classes(ds: Dataset, classes: Sequence[int], what: str) -> list[int]:
     out = [int(c) for c in classes]
     bad = [c for c in out if c not in ds.labels or c == 0]
     if bad:
-        raise ValueError(f"{what}: expected foreground class ids of {ds.name} "
+        raise InputError(f"{what}: expected foreground class ids of {ds.name} "
                          f"{sorted(c for c in ds.labels if c)}, got {bad}")
     return out
 
@@ -140,13 +141,13 @@ def excluded_slices_from_classmap(dataset: Dataset | str | os.PathLike, pids: Se
     (``'all'``, the Q-Net bug of §9.3) class of ``exclude_labels``, per ``classmap_<min_tp>``."""
     ds = as_dataset(dataset)
     if mode not in EXCLUDE_MODES:
-        raise ValueError(f"exclude mode: expected one of {EXCLUDE_MODES}, got {mode!r}")
+        raise InputError(f"exclude mode: expected one of {EXCLUDE_MODES}, got {mode!r}")
     labels = _check_classes(ds, exclude_labels, "exclude_labels")
     if not labels:
         return {p: set() for p in pids}
     path = ds.classmap_path(min_tp)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected the class-slice index for Setting-2 exclusion, "
+        raise MissingInput(f"{path}: expected the class-slice index for Setting-2 exclusion, "
                                 f"found nothing there; build it with `python -m "
                                 f"data_preprocessing.classmap --dir {ds.root}`")
     classmap = read_json(path)
@@ -156,7 +157,7 @@ def excluded_slices_from_classmap(dataset: Dataset | str | os.PathLike, pids: Se
         for c in labels:
             name = ds.labels[c]
             if name not in classmap or pid not in classmap[name]:
-                raise ValueError(f"{path}: expected an entry [{name!r}][{pid!r}], found none; "
+                raise InputError(f"{path}: expected an entry [{name!r}][{pid!r}], found none; "
                                  f"rebuild the class-slice index")
             sets.append(set(int(z) for z in classmap[name][pid]))
         out[pid] = set.union(*sets) if mode == "any" else set.intersection(*sets)
@@ -229,9 +230,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def __init__(self, length: int, seed: int, aug: str | AugParams | None) -> None:
         if length < 1:
-            raise ValueError(f"{type(self).__name__}: expected length >= 1, got {length}")
+            raise InputError(f"{type(self).__name__}: expected length >= 1, got {length}")
         if seed < 0:
-            raise ValueError(f"{type(self).__name__}: expected a non-negative seed, got {seed}")
+            raise InputError(f"{type(self).__name__}: expected a non-negative seed, got {seed}")
         self.length, self.seed = int(length), int(seed)
         self.aug = get_aug_params(aug)
 
@@ -252,7 +253,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
                     **load) -> list[Volume]:
         """The training scans, normalised; CT statistics from them unless ``stats`` is given."""
         if not pids:
-            raise ValueError(f"{ds.root}: expected at least one training scan, got none")
+            raise InputError(f"{ds.root}: expected at least one training scan, got none")
         self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
         return load_volumes(ds, list(pids), stats=self.stats, **load)
 
@@ -290,13 +291,13 @@ class SuperpixelEpisodes(EpisodeDataset):
         super().__init__(length, seed, aug)
         ds = as_dataset(dataset)
         if draw not in SUPERPIXEL_DRAWS:
-            raise ValueError(f"superpixel draw: expected one of {SUPERPIXEL_DRAWS}, got {draw!r}")
+            raise InputError(f"superpixel draw: expected one of {SUPERPIXEL_DRAWS}, got {draw!r}")
         if slice_draw not in SLICE_DRAWS:
-            raise ValueError(f"slice draw: expected one of {SLICE_DRAWS}, got {slice_draw!r}")
+            raise InputError(f"slice draw: expected one of {SLICE_DRAWS}, got {slice_draw!r}")
         if min_superpixel_px < 1:
-            raise ValueError(f"min_superpixel_px: expected >= 1, got {min_superpixel_px}")
+            raise InputError(f"min_superpixel_px: expected >= 1, got {min_superpixel_px}")
         if draw == "original" and min_superpixel_px != 1:
-            raise ValueError(f"min_superpixel_px: the original draw has no size check, expected 1 "
+            raise InputError(f"min_superpixel_px: the original draw has no size check, expected 1 "
                              f"with draw='original', got {min_superpixel_px}")
         self.dataset_root, self.draw, self.min_superpixel_px = ds.root, draw, min_superpixel_px
         self.slice_draw = slice_draw
@@ -332,7 +333,7 @@ class SuperpixelEpisodes(EpisodeDataset):
                     self.slices.append((vi, z))
                     self._choices.append(choice)
         if not self.slices:
-            raise ValueError(f"{ds.root}: expected eligible slices among scans {list(pids)}, "
+            raise InputError(f"{ds.root}: expected eligible slices among scans {list(pids)}, "
                              f"found none ({self.n_total} slices, {self.n_excluded} excluded for "
                              f"classes {self.exclude_labels}, {self.n_without_superpixel} without "
                              f"a superpixel of >= {min_superpixel_px} px)")
@@ -412,11 +413,11 @@ class SupervoxelEpisodes(EpisodeDataset):
         ds = as_dataset(dataset)
         record = ds.meta.get("pseudolabels", {}).get(superpix_scale, {})
         if "2d" in str(record.get("method", "")):
-            raise ValueError(f"{ds.root / 'dataset.json'}: pseudolabels {superpix_scale!r} are "
+            raise InputError(f"{ds.root / 'dataset.json'}: pseudolabels {superpix_scale!r} are "
                              f"{record['method']} (per-slice ids); supervoxel episodes expect "
                              f"3-D ids consistent across slices")
         if min_size < 1:
-            raise ValueError(f"min_size: expected >= 1 px, got {min_size}")
+            raise InputError(f"min_size: expected >= 1 px, got {min_size}")
         self.min_size = int(min_size)
         self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
         self.volumes = self._load_scans(ds, pids, stats, label=False,
@@ -431,7 +432,7 @@ class SupervoxelEpisodes(EpisodeDataset):
                 self._tables.append((ids, starts, np.cumsum(prob)))
                 self.volume_index.append(vi)
         if not self._tables:
-            raise ValueError(f"{ds.root}: expected a supervoxel on two adjacent slices with >= "
+            raise InputError(f"{ds.root}: expected a supervoxel on two adjacent slices with >= "
                              f"{min_size} px on one of them in scans {list(pids)}, found none")
 
     def episode(self, rng: np.random.Generator, step: int) -> dict:
@@ -481,13 +482,13 @@ class ManualLabelEpisodes(EpisodeDataset):
         self.classes = _check_classes(ds, classes, "classes")
         self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
         if not self.classes:
-            raise ValueError("classes: expected at least one training class, got none")
+            raise InputError("classes: expected at least one training class, got none")
         clash = sorted(set(self.classes) & set(self.exclude_labels))
         if clash:
-            raise ValueError(f"classes: expected training classes disjoint from exclude_labels "
+            raise InputError(f"classes: expected training classes disjoint from exclude_labels "
                              f"{self.exclude_labels}, got {clash} in both")
         if n_shots < 1 or min_fg_px < 1:
-            raise ValueError(f"expected n_shots >= 1 and min_fg_px >= 1, got {n_shots}, "
+            raise InputError(f"expected n_shots >= 1 and min_fg_px >= 1, got {n_shots}, "
                              f"{min_fg_px}")
         self.n_shots, self.min_fg_px = int(n_shots), int(min_fg_px)
         self.volumes = self._load_scans(ds, pids, stats, label=True, crop=crop)
@@ -500,7 +501,7 @@ class ManualLabelEpisodes(EpisodeDataset):
                 fg = (flat == c).sum(axis=1)
                 rows += [(vi, z) for z in np.flatnonzero((fg >= self.min_fg_px) & ok)]
             if len(rows) < self.n_shots + 1:
-                raise ValueError(f"{ds.root}: class {c} ({ds.labels[c]}) has {len(rows)} "
+                raise InputError(f"{ds.root}: class {c} ({ds.labels[c]}) has {len(rows)} "
                                  f"eligible slices (>= {min_fg_px} px, not excluded) in scans "
                                  f"{list(pids)}; expected at least {self.n_shots + 1}")
             self.eligible[c] = np.array(rows, dtype=np.int64)

@@ -47,6 +47,7 @@ from data_preprocessing.contract import Dataset
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
     normalization_stats, tile_slices
 from util.io import sort_pids
+from util.errors import InputError, UnknownName
 
 __all__ = ["PROTOCOLS", "part_percentiles", "support_slice", "chunk_index", "count_chunks",
            "SupportPart", "SupportSet", "QueryScan", "QueryPlan", "EvaluationSet",
@@ -59,7 +60,7 @@ REALISTIC_CHUNKS = ("aligned", "body")
 def part_percentiles(npart: int) -> list[float]:
     """``[0.5]`` for one part, else ``1/(2n) + k · (1 − 1/n) / (n − 1)``, k = 0..n−1 (SPEC §6.2)."""
     if not isinstance(npart, (int, np.integer)) or npart < 1 or npart % 2 == 0:
-        raise ValueError(f"npart: expected a positive odd number of support parts, got {npart!r}")
+        raise InputError(f"npart: expected a positive odd number of support parts, got {npart!r}")
     if npart == 1:
         return [0.5]
     return [1 / (2 * npart) + k * (1 - 1 / npart) / (npart - 1) for k in range(npart)]
@@ -68,7 +69,7 @@ def part_percentiles(npart: int) -> list[float]:
 def support_slice(zlist: Sequence[int], pct: float) -> int:
     """``zlist[int(pct · len(zlist))]`` of an ascending slice list."""
     if not zlist:
-        raise ValueError("support_slice: expected a non-empty slice list")
+        raise InputError("support_slice: expected a non-empty slice list")
     return int(zlist[int(pct * len(zlist))])
 
 
@@ -172,7 +173,7 @@ class QueryPlan:
         try:
             return self.parts[self.predict_z.index(z)]
         except ValueError as err:
-            raise KeyError(f"scan {self.pid}, class {self.class_id}: slice {z} is not predicted "
+            raise UnknownName(f"scan {self.pid}, class {self.class_id}: slice {z} is not predicted "
                            f"under protocol {self.protocol!r}") from err
 
 
@@ -193,7 +194,7 @@ class EvaluationSet:
     def iter_class(self, class_id: int) -> Iterator[tuple[QueryScan, QueryPlan]]:
         """(query scan, its plan) for one class, in query order."""
         if class_id not in self.plans:
-            raise KeyError(f"class {class_id}: expected one of the test classes {self.classes}")
+            raise UnknownName(f"class {class_id}: expected one of the test classes {self.classes}")
         return iter(zip(self.queries, self.plans[class_id]))
 
     def absent(self) -> list[QueryPlan]:
@@ -214,14 +215,14 @@ def build_support(volumes: Sequence[Volume], class_id: int, class_name: str,
     """The support parts of one class from labelled support scans (one slice per scan and part)."""
     pcts = part_percentiles(npart)
     if not volumes:
-        raise ValueError(f"class {class_id} ({class_name}): expected at least one support scan")
+        raise InputError(f"class {class_id} ({class_name}): expected at least one support scan")
     zlists, organ_z = [], []
     for vol in volumes:
         if vol.label is None:
-            raise ValueError(f"support scan {vol.pid}: expected a loaded label, found none")
+            raise InputError(f"support scan {vol.pid}: expected a loaded label, found none")
         zl = _organ_slices(vol.label, class_id)
         if not zl:
-            raise ValueError(f"support scan {vol.pid}: expected class {class_id} ({class_name}) "
+            raise InputError(f"support scan {vol.pid}: expected class {class_id} ({class_name}) "
                              f"on some slice to build its support, found none; choose another "
                              f"support scan")
         zlists.append(zl)
@@ -256,12 +257,12 @@ def plan_query(scan: QueryScan, class_id: int, support: SupportSet, protocol: st
                z_margin: int = 0, realistic_chunks: str = "aligned") -> QueryPlan:
     """The :class:`QueryPlan` of one query scan and class under ``protocol``."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+        raise InputError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     if realistic_chunks not in REALISTIC_CHUNKS:
-        raise ValueError(f"realistic_chunks: expected one of {REALISTIC_CHUNKS}, got "
+        raise InputError(f"realistic_chunks: expected one of {REALISTIC_CHUNKS}, got "
                          f"{realistic_chunks!r}")
     if z_margin < 0:
-        raise ValueError(f"z_margin: expected >= 0, got {z_margin}")
+        raise InputError(f"z_margin: expected >= 0, got {z_margin}")
     npart = len(support.parts)
     n = scan.n_slices
     zl = scan.organ_slices(class_id)
@@ -292,7 +293,7 @@ def label_groups(ds: Dataset, label_sets: int | str) -> list[int]:
     if label_sets == "all":
         return list(range(n))
     if isinstance(label_sets, bool) or not isinstance(label_sets, int) or not 0 <= label_sets < n:
-        raise ValueError(f"{ds.root}: label_sets expects a group in 0..{n - 1} or 'all', got "
+        raise InputError(f"{ds.root}: label_sets expects a group in 0..{n - 1} or 'all', got "
                          f"{label_sets!r}")
     return [label_sets]
 
@@ -311,17 +312,17 @@ def build_evaluation(dataset: Dataset | str | os.PathLike, fold: int, *, label_g
     """
     ds = as_dataset(dataset)
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+        raise InputError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     part_percentiles(npart)
     split = ds.fold(fold)
     sup = list(split["support"] if support_pids is None else support_pids)
     queries = list(split["query"] if query_pids is None else query_pids)
     if not sup or not queries:
-        raise ValueError(f"{ds.root}: fold {fold}: expected support and query scans, got "
+        raise InputError(f"{ds.root}: fold {fold}: expected support and query scans, got "
                          f"support {sup}, query {queries}")
     both = sort_pids(set(sup) & set(queries))
     if both:
-        raise ValueError(f"{ds.root}: fold {fold}: scans {both} are both support and query; "
+        raise InputError(f"{ds.root}: fold {fold}: scans {both} are both support and query; "
                          f"expected disjoint sets")
     if stats is None:
         stats = normalization_stats(ds, list(split["train"]))

@@ -27,6 +27,7 @@ import torch
 
 from data_preprocessing.contract import Dataset, load_dataset, map_label_values
 from util.io import read_array
+from util.errors import InputError, MissingInput
 
 __all__ = ["NormStats", "Volume", "as_dataset", "train_fold_stats", "normalization_stats",
            "normalize", "body_extent", "load_volume", "load_volumes", "NORMALIZATIONS",
@@ -73,11 +74,11 @@ def as_dataset(dataset: Dataset | str | os.PathLike) -> Dataset:
 def _read_image(path: Path) -> np.ndarray:
     image = read_array(path).astype(np.float32)
     if image.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D image (Z, H, W), found shape {image.shape}")
+        raise InputError(f"{path}: expected a 3-D image (Z, H, W), found shape {image.shape}")
     if not np.all(np.isfinite(image)):
-        raise ValueError(f"{path}: expected finite intensities, found NaN or inf")
+        raise InputError(f"{path}: expected finite intensities, found NaN or inf")
     if image.size and image.min() == image.max():
-        raise ValueError(f"{path}: expected an image with varying intensities, found a constant "
+        raise InputError(f"{path}: expected an image with varying intensities, found a constant "
                          f"image (every voxel {float(image.min()):g})")
     return image
 
@@ -86,13 +87,13 @@ def train_fold_stats(dataset: Dataset | str | os.PathLike, pids: list[str]) -> N
     """Mean and population std over every voxel of the images ``pids``, read as stored."""
     ds = as_dataset(dataset)
     if not pids:
-        raise ValueError(f"{ds.root}: expected at least one training scan for the "
+        raise InputError(f"{ds.root}: expected at least one training scan for the "
                          f"normalisation statistics, got none")
     n, mean, m2 = 0, 0.0, 0.0
     for pid in pids:
         x = read_array(ds.path("image", pid)).astype(np.float64).ravel()
         if not np.all(np.isfinite(x)):
-            raise ValueError(f"{ds.path('image', pid)}: expected finite intensities, found NaN "
+            raise InputError(f"{ds.path('image', pid)}: expected finite intensities, found NaN "
                              f"or inf")
         nb, mean_b = x.size, float(x.mean())
         m2_b = float(np.square(x - mean_b).sum())
@@ -103,7 +104,7 @@ def train_fold_stats(dataset: Dataset | str | os.PathLike, pids: list[str]) -> N
         n = total
     std = float(np.sqrt(m2 / n))
     if not std > 0:
-        raise ValueError(f"{ds.root}: expected varying intensities over scans {pids}, found a "
+        raise InputError(f"{ds.root}: expected varying intensities over scans {pids}, found a "
                          f"constant image set (std 0)")
     return NormStats(mean=float(mean), std=std, n_voxels=int(n))
 
@@ -117,7 +118,7 @@ def normalization_stats(dataset: Dataset | str | os.PathLike,
         return None
     if rule == "zscore_train_fold":
         return train_fold_stats(ds, train_pids)
-    raise ValueError(f"{ds.root / 'dataset.json'}: normalization expected one of "
+    raise InputError(f"{ds.root / 'dataset.json'}: normalization expected one of "
                      f"{NORMALIZATIONS}, found {rule!r}")
 
 
@@ -127,14 +128,14 @@ def normalize(image: np.ndarray, rule: str, stats: NormStats | None = None,
     if rule == "zscore_volume":
         mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
         if not std > 0:
-            raise ValueError(f"{where}: expected a non-constant volume to z-score, found std 0")
+            raise InputError(f"{where}: expected a non-constant volume to z-score, found std 0")
     elif rule == "zscore_train_fold":
         if stats is None:
-            raise ValueError(f"{where}: normalization 'zscore_train_fold' needs the training-fold "
+            raise InputError(f"{where}: normalization 'zscore_train_fold' needs the training-fold "
                              f"statistics; pass stats=train_fold_stats(dataset, train_pids)")
         mean, std = stats.mean, stats.std
     else:
-        raise ValueError(f"{where}: normalization expected one of {NORMALIZATIONS}, got {rule!r}")
+        raise InputError(f"{where}: normalization expected one of {NORMALIZATIONS}, got {rule!r}")
     return ((image - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False)
 
 
@@ -172,24 +173,24 @@ def load_volume(dataset: Dataset | str | os.PathLike, pid: str, *, stats: NormSt
         path = ds.path("label", pid)
         lab = read_array(path)
         if lab.shape != raw.shape:
-            raise ValueError(f"{path}: expected the image's shape {raw.shape}, found {lab.shape}")
+            raise InputError(f"{path}: expected the image's shape {raw.shape}, found {lab.shape}")
         lab = map_label_values(lab, ds.raw_label_values, str(path))
         unknown = sorted(set(np.unique(lab).tolist()) - set(ds.labels))
         if unknown:
-            raise ValueError(f"{path}: expected the label values of {ds.root / 'dataset.json'} "
+            raise InputError(f"{path}: expected the label values of {ds.root / 'dataset.json'} "
                              f"{sorted(ds.labels)}, found unknown {unknown}")
         vol.label = _crop(lab.astype(np.uint8), crop)
     if superpix_scale is not None:
         path = ds.path("pseudolabel", pid, superpix_scale)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{path}: expected pseudolabels of scale {superpix_scale!r} for scan {pid}, found "
                 f"nothing there; generate them with {pseudolabel_command(ds.root, superpix_scale)}")
         sp = read_array(path)
         if sp.shape != raw.shape:
-            raise ValueError(f"{path}: expected the image's shape {raw.shape}, found {sp.shape}")
+            raise InputError(f"{path}: expected the image's shape {raw.shape}, found {sp.shape}")
         if not np.array_equal(sp, np.rint(sp)) or sp.min(initial=0) < 0:
-            raise ValueError(f"{path}: expected non-negative integer pseudolabel ids, found "
+            raise InputError(f"{path}: expected non-negative integer pseudolabel ids, found "
                              f"other values")
         vol.superpix = _crop(sp.astype(np.int32), crop)
     return vol
@@ -202,7 +203,7 @@ def load_volumes(dataset: Dataset | str | os.PathLike, pids: list[str], *,
     ds = as_dataset(dataset)
     unknown = [p for p in pids if p not in ds.cases]
     if unknown:
-        raise ValueError(f"{ds.root}: expected scan ids among {ds.cases}, got unknown {unknown}")
+        raise InputError(f"{ds.root}: expected scan ids among {ds.cases}, got unknown {unknown}")
     return [load_volume(ds, p, stats=stats, label=label, superpix_scale=superpix_scale, crop=crop)
             for p in pids]
 

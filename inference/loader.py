@@ -39,6 +39,7 @@ from models.encoder import Encoder
 from util.checkpoint import check_training_state, safe_load
 from util.device import resolve_switch
 from util.io import found_at
+from util.errors import InputError, MissingInput, NoPermission
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
     """A state dict from ``path`` on the CPU; unwraps a 'model' or 'state_dict' entry."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected {what}, found nothing there")
+        raise MissingInput(f"{path}: expected {what}, found nothing there")
     return _state_dict(safe_load(path, "cpu", what), path, what)
 
 
@@ -94,7 +95,7 @@ def _state_dict(obj, path: Path, what: str) -> dict[str, Tensor]:
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected {what} (a mapping of names to tensors), "
+        raise InputError(f"{path}: expected {what} (a mapping of names to tensors), "
                          f"got {type(obj).__name__}")
     state = dict(obj)
     if state and all(k.startswith("module.") for k in state):  # DataParallel's prefix
@@ -108,7 +109,7 @@ def read_weights(path: str | os.PathLike | None) -> Weights:
         return NO_WEIGHTS
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected a checkpoint file (ours or the original "
+        raise MissingInput(f"{path}: expected a checkpoint file (ours or the original "
                                 f"code's), found {found_at(path)}")
     obj = safe_load(path, "cpu", "a checkpoint")
     if isinstance(obj, Mapping) and "format_version" in obj:
@@ -118,7 +119,7 @@ def read_weights(path: str | os.PathLike | None) -> Weights:
     state = _state_dict(obj, path, "an SSL-ALPNet checkpoint")
     kind = _torchvision_layout(state)
     if kind is not None:
-        raise ValueError(f"{path}: expected an SSL-ALPNet checkpoint (keys 'encoder.*'), found a "
+        raise InputError(f"{path}: expected an SSL-ALPNet checkpoint (keys 'encoder.*'), found a "
                          f"torchvision {kind} file: that is a start for training "
                          f"(pretrained_weights={path}), not a model to evaluate")
     return Weights(str(path), "original", state)
@@ -146,7 +147,7 @@ def architecture(cfg: dict, weights: Weights, explicit: Collection[str] = (),
         saved = {k: config[k] for k in ARCH_KEYS if k in config}
         missing = [k for k in ARCH_KEYS if k not in saved]
         if missing:
-            raise ValueError(f"{weights.path}: expected the architecture keys {missing} in the "
+            raise InputError(f"{weights.path}: expected the architecture keys {missing} in the "
                              f"checkpoint's config, found them missing")
     out = dict(cfg)
     for key, value in saved.items():
@@ -155,7 +156,7 @@ def architecture(cfg: dict, weights: Weights, explicit: Collection[str] = (),
         if key in explicit:
             flag = (flags or {}).get(key)
             given = (lambda v: f"{flag} {v}") if flag else (lambda v: f"{key}={v!r}")
-            raise ValueError(f"{'' if flag else 'config: '}{given(cfg[key])} was given, but the "
+            raise InputError(f"{'' if flag else 'config: '}{given(cfg[key])} was given, but the "
                              f"checkpoint {weights.path} was trained with {given(value)}; leave "
                              f"{flag or key} out (the checkpoint's value is used) or give "
                              f"{given(value)}")
@@ -172,7 +173,7 @@ def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
     bf16 = resolve_switch("bf16", cfg["bf16"], device)
     channels_last = resolve_switch("channels_last", cfg["channels_last"], device)
     if bf16 and device.type == "mps":
-        raise ValueError("config bf16=True: bfloat16 autocast is not supported on mps; use "
+        raise InputError("config bf16=True: bfloat16 autocast is not supported on mps; use "
                          "bf16=False")
     pretrained = None
     if cfg["pretrained_weights"] is not None and weights.state is None:
@@ -190,7 +191,7 @@ def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
                 raise
             flag = (flags or {}).get("encoder")
             built = f"{flag} {cfg['encoder']}" if flag else f"encoder={cfg['encoder']}"
-            raise ValueError(f"{err} (a bare state dict records no encoder: the model was built "
+            raise InputError(f"{err} (a bare state dict records no encoder: the model was built "
                              f"as {built}; give the encoder it was trained with)") from None
         logger.info("loaded weights from %s", weights.path)
     elif pretrained is not None:
@@ -212,14 +213,14 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
     """The local file of ``pretrained_weights``: a path as given, or for ``coco`` / ``imagenet``
     torchvision's file in the torch hub cache (downloaded when missing), its hash checked."""
     if encoder == "tiny":
-        raise ValueError(f"config: the 'tiny' encoder has no pretrained weights, got "
+        raise InputError(f"config: the 'tiny' encoder has no pretrained weights, got "
                          f"pretrained_weights={str(value)!r}; leave it unset or choose a "
                          f"deeplabv3_* encoder")
     if str(value) not in PRETRAINED_KEYWORDS:
         path = Path(value)
         if not path.is_file():
             close = difflib.get_close_matches(str(value).lower(), PRETRAINED_KEYWORDS, n=1)
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"pretrained_weights={str(value)!r}: expected coco, imagenet or the path of a "
                 f"torchvision DeepLabV3 COCO or ImageNet ResNet file, found "
                 f"{'a folder' if path.is_dir() else 'no such file'}"
@@ -227,7 +228,7 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
         return path
     url = PRETRAINED.get((str(value), encoder))
     if url is None:
-        raise ValueError(f"config: pretrained_weights={value} has no torchvision file for "
+        raise InputError(f"config: pretrained_weights={value} has no torchvision file for "
                          f"encoder={encoder!r}; expected one of "
                          f"{sorted({e for _, e in PRETRAINED})}")
     path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
@@ -236,7 +237,7 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise PermissionError(f"pretrained_weights={value}: expected a writable torch hub "
+            raise NoPermission(f"pretrained_weights={value}: expected a writable torch hub "
                                   f"cache for {url}, cannot create {path.parent} "
                                   f"({err.strerror or err}); set TORCH_HOME to a writable "
                                   f"folder, or give the file's path") from None
@@ -245,16 +246,16 @@ def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix,
                                            progress=False)
         except (urllib.error.URLError, OSError) as err:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"pretrained_weights={value}: could not download {url} ({_reason(err)}); "
                 f"without network, fetch that file elsewhere and place it at {path} (SHA-256 "
                 f"starting {prefix}), or give its path as pretrained_weights") from None
         except RuntimeError as err:  # torch.hub: the downloaded file's hash differs
-            raise ValueError(f"pretrained_weights={value}: {url} downloaded with the wrong "
+            raise InputError(f"pretrained_weights={value}: {url} downloaded with the wrong "
                              f"content ({err}); nothing was kept at {path}") from None
     digest = _sha256(path, path.stat().st_size, path.stat().st_mtime_ns)
     if not digest.startswith(prefix):
-        raise ValueError(f"{path}: expected torchvision's file with SHA-256 starting {prefix}, "
+        raise InputError(f"{path}: expected torchvision's file with SHA-256 starting {prefix}, "
                          f"found {digest[:len(prefix)]}; delete it so that it is downloaded "
                          f"again, or replace it with the file from {url}")
     logger.info("pretrained_weights=%s: %s (SHA-256 %s… checked)", value, path, prefix)
@@ -291,14 +292,14 @@ def trunk_of(path: str | os.PathLike, depth: str | None) -> tuple[dict[str, Tens
         what = "ImageNet ResNet without fc.* into the trunk"
     else:
         ours = any(k.startswith("encoder.") for k in state)
-        raise ValueError(f"{path}: expected a torchvision DeepLabV3 checkpoint with 'backbone.*' "
+        raise InputError(f"{path}: expected a torchvision DeepLabV3 checkpoint with 'backbone.*' "
                          f"keys or an ImageNet ResNet with 'conv1.weight' and 'fc.weight', found "
                          + ("an SSL-ALPNet checkpoint (keys 'encoder.*'): evaluate it with "
                             "reload_model_path, or continue training it with resume" if ours
                             else f"neither; keys found: {_preview(state)}"))
     found = _resnet_depth(trunk)
     if depth is not None and found != depth:
-        raise ValueError(f"{path}: expected a {depth} trunk for this encoder, found a {found} "
+        raise InputError(f"{path}: expected a {depth} trunk for this encoder, found a {found} "
                          f"one; give the file of the encoder's depth, or the encoder of the file's")
     return trunk, what
 
@@ -351,7 +352,7 @@ def load_checked_state_dict(module: nn.Module, state: Mapping[str, Tensor], sour
     if misshapen:
         problems.append(f"{len(misshapen)} shape mismatches: {_preview(misshapen)}")
     if problems:
-        raise ValueError(f"{source}: the weights do not match {type(module).__name__}; "
+        raise InputError(f"{source}: the weights do not match {type(module).__name__}; "
                          + "; ".join(problems))
     module.load_state_dict(state, strict=True)
 

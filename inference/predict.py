@@ -55,6 +55,7 @@ from dataloaders.volumes import Volume, body_extent, normalize
 from inference.loader import ORIGINAL_ASSUMED, build_model, read_weights
 from models.alpnet import ALPNet
 from util.io import array_to_image, read_image
+from util.errors import InputError, MissingInput
 
 MODALITIES = ("MR", "CT")
 # SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
@@ -100,18 +101,18 @@ def read_scan(path: str | os.PathLike, what: str = "image") -> sitk.Image:
     if path.is_dir():
         image = read_dicom_folder(path, what)
     elif path.is_file() and is_dicom(path):
-        raise ValueError(f"{path}: expected a volume, found one DICOM slice; give its series "
+        raise InputError(f"{path}: expected a volume, found one DICOM slice; give its series "
                          f"folder {path.parent} as the {what}")
     else:
         image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: expected a scalar 3-D {what}, found a {image.GetDimension()}-D "
+        raise InputError(f"{path}: expected a scalar 3-D {what}, found a {image.GetDimension()}-D "
                          f"image with {image.GetNumberOfComponentsPerPixel()} component(s) per "
                          f"voxel, size {image.GetSize()}")
     if "image" in what:
         arr = sitk.GetArrayViewFromImage(image)
         if arr.min() == arr.max():
-            raise ValueError(f"{path}: expected a {what} with varying intensities, found a "
+            raise InputError(f"{path}: expected a {what} with varying intensities, found a "
                              f"constant image (every voxel {float(arr.min()):g})")
     return image
 
@@ -121,10 +122,10 @@ def read_dicom_folder(folder: Path, what: str) -> sitk.Image:
     with keep_locale():
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not uids:
-        raise FileNotFoundError(f"{folder}: expected an image file or a folder of one DICOM "
+        raise MissingInput(f"{folder}: expected an image file or a folder of one DICOM "
                                 f"series as the {what}, found a folder without DICOM series")
     if len(uids) > 1:
-        raise ValueError(f"{folder}: expected one DICOM series as the {what}, found "
+        raise InputError(f"{folder}: expected one DICOM series as the {what}, found "
                          f"{len(uids)}: {', '.join(uids)}; put each series in its own folder")
     with keep_locale():
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uids[0])
@@ -135,12 +136,12 @@ def check_same_grid(image: sitk.Image, mask: sitk.Image, image_path: str | os.Pa
                     mask_path: str | os.PathLike, tol: float = GEOMETRY_TOL) -> None:
     """The mask must share the image's size, and its spacing, origin, direction within ``tol``."""
     if mask.GetSize() != image.GetSize():
-        raise ValueError(f"{mask_path}: expected the size of the support image {image_path} "
+        raise InputError(f"{mask_path}: expected the size of the support image {image_path} "
                          f"{image.GetSize()}, found {mask.GetSize()}")
     for key in ("Spacing", "Origin", "Direction"):
         want, got = getattr(image, f"Get{key}")(), getattr(mask, f"Get{key}")()
         if not np.allclose(want, got, rtol=0.0, atol=tol):
-            raise ValueError(f"{mask_path}: expected the {key.lower()} of the support image "
+            raise InputError(f"{mask_path}: expected the {key.lower()} of the support image "
                              f"{image_path} {_fmt(want)} (tolerance {tol:g}), found {_fmt(got)}; "
                              f"the mask must be drawn on the support image's grid")
 
@@ -152,20 +153,20 @@ def binary_mask(mask: sitk.Image, path: str | os.PathLike,
     values = np.unique(arr)
     if not np.array_equal(values, np.rint(values)) or values.size > MAX_MASK_VALUES:
         shown = ", ".join(f"{v:g}" for v in values[:8])
-        raise ValueError(f"{path}: expected a label map (a few integer values) as the support "
+        raise InputError(f"{path}: expected a label map (a few integer values) as the support "
                          f"mask, found {values.size} distinct values ({shown} ...), an image; "
                          f"give the organ's mask (with --label for a multi-organ map)")
     if label is None:
         out = arr != 0
         if not out.any():
-            raise ValueError(f"{path}: expected a support mask with some non-zero voxels, found "
+            raise InputError(f"{path}: expected a support mask with some non-zero voxels, found "
                              f"an empty mask (all 0)")
     else:
         out = arr == label
         if not out.any():
             values = np.unique(arr)
             shown = ", ".join(f"{v:g}" for v in values[:20]) + (" ..." if values.size > 20 else "")
-            raise ValueError(f"{path}: expected voxels with label value {label:g} (--label), "
+            raise InputError(f"{path}: expected voxels with label value {label:g} (--label), "
                              f"found only the values {shown}")
     return out.astype(np.uint8)
 
@@ -213,7 +214,7 @@ def check_modality(image: sitk.Image, modality: str, explicit: bool, name: str,
     if explicit:
         return f"WARNING: {name}: segmented as {modality} (--modality), but found {found}"
     article = "an" if modality == "MR" else "a"
-    raise ValueError(f"{name}: expected {article} {modality} scan for {source}, found "
+    raise InputError(f"{name}: expected {article} {modality} scan for {source}, found "
                      f"{found}; pass --modality {seen} to preprocess it as {seen}, or --modality "
                      f"{modality} to keep {modality} preprocessing")
 
@@ -236,7 +237,7 @@ def dataset_info(modality: str, trained: DatasetInfo | None = None) -> DatasetIn
     """The preprocessing a new scan follows: the checkpoint's record when it has ``modality``;
     otherwise the CHAOS-T2 preset for MR, SABS for CT."""
     if modality not in MODALITIES:
-        raise ValueError(f"modality: expected one of {MODALITIES}, got {modality!r}")
+        raise InputError(f"modality: expected one of {MODALITIES}, got {modality!r}")
     if trained is not None and trained.modality == modality:
         return trained
     return CHAOST2 if modality == "MR" else SABS
@@ -259,7 +260,7 @@ def target_orientation(info: DatasetInfo, support: sitk.Image, code: str = "auto
         return info.orientation or orientation(support)
     if len(code) != 3 or {code[0], code[1], code[2]} - set("LRAPSI") or len(
             {c.translate(str.maketrans("RPI", "LAS")) for c in code}) != 3:
-        raise ValueError(f"--orientation: expected auto, stored or a code of three letters from "
+        raise InputError(f"--orientation: expected auto, stored or a code of three letters from "
                          f"L/R, A/P, S/I (one of each pair, e.g. LAS), got {code!r}")
     return code
 
@@ -296,7 +297,7 @@ def target_spacing(info: DatasetInfo, support: sitk.Image,
         s = max(sx * nx, sy * ny) * SABS_FOV_FRACTION / CROP_SIZE
         out = (s, s, sz)
     if len(out) != 3 or not all(np.isfinite(s) and s > 0 for s in out):
-        raise ValueError(f"spacing: expected three positive values (x, y, z) in mm, got {out}")
+        raise InputError(f"spacing: expected three positive values (x, y, z) in mm, got {out}")
     return out
 
 
@@ -332,13 +333,13 @@ def prepare_mask(mask01: np.ndarray, image: sitk.Image, prepared: PreparedScan,
     resampled = sitk.GetArrayFromImage(resample_label(mask, prepared.grid.spacing))
     assert resampled.shape == prepared.grid.shape, (resampled.shape, prepared.grid.shape)
     if not resampled.any():
-        raise ValueError(f"{name}: expected the support mask to survive resampling to "
+        raise InputError(f"{name}: expected the support mask to survive resampling to "
                          f"{_fmt(prepared.grid.spacing)} mm, found it empty afterwards (the "
                          f"structure is smaller than half a voxel); choose a finer --spacing")
     size = prepared.image.shape[-1]
     out = crop_or_pad_volume(resampled, size, 0.0).astype(np.uint8)
     if not out.any():
-        raise ValueError(f"{name}: expected the support mask inside the central "
+        raise InputError(f"{name}: expected the support mask inside the central "
                          f"{size} x {size} field of view at {_fmt(prepared.grid.spacing)}"
                          f" mm, found it entirely outside; use a larger --spacing")
     return out
@@ -357,7 +358,7 @@ def uncrop_volume(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     cropped away stay 0.
     """
     if arr.ndim != 3 or arr.shape[0] != shape[0]:
-        raise ValueError(f"uncrop_volume: expected (Z={shape[0]}, H, W), got {arr.shape}")
+        raise InputError(f"uncrop_volume: expected (Z={shape[0]}, H, W), got {arr.shape}")
     out = np.zeros(shape, arr.dtype)
     grid, net = crop_windows(shape[1:], arr.shape[1])  # the crop's source and output windows
     out[:, grid[0], grid[1]] = arr[:, net[0], net[1]]

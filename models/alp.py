@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from util.errors import InputError
 
 MODES = ("global", "local", "local+global")
 NORM_EPS = 1e-4   # n(v) = v / max(|v|, NORM_EPS); also the cosine eps of the original
@@ -70,7 +71,7 @@ def downsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)
     if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"downsample_mask: expected a mask [S, H, W] or [S, 1, H, W], "
+        raise InputError(f"downsample_mask: expected a mask [S, H, W] or [S, 1, H, W], "
                          f"got shape {list(mask.shape)}")
     if not mask.is_floating_point():
         mask = mask.float()
@@ -93,7 +94,7 @@ def choose_fg_mode(fg_mask: Tensor, threshold: float = THRESHOLD,
                    window: int = MODE_CHECK_WINDOW) -> str:
     """'local+global' if some ``window``×``window`` cell of the mask averages ≥ threshold."""
     if min(fg_mask.shape[-2:]) < window:
-        raise ValueError(f"choose_fg_mode: expected a mask of at least {window}×{window} "
+        raise InputError(f"choose_fg_mode: expected a mask of at least {window}×{window} "
                          f"(the mode-check window), got {list(fg_mask.shape)}")
     passed = F.avg_pool2d(fg_mask, window).max().item() >= threshold
     return "local+global" if passed else "global"
@@ -121,7 +122,7 @@ def build_prototypes(support_feats: Tensor, support_mask: Tensor, mode: str, win
 def score_prototypes(query_normed: Tensor, protos: Prototypes, scale: float = SCALE) -> Tensor:
     """Softmax-weighted similarity: L2-normalised query [Q, C, h, w] → score [Q, 1, h, w]."""
     if query_normed.dim() != 4 or query_normed.shape[1] != protos.vectors.shape[1]:
-        raise ValueError(f"score_prototypes: expected query features [Q, "
+        raise InputError(f"score_prototypes: expected query features [Q, "
                          f"{protos.vectors.shape[1]}, h, w], got {list(query_normed.shape)}")
     sim = scale * torch.einsum("qchw,kc->qkhw", query_normed, protos.vectors)
     return (sim.softmax(dim=1) * sim).sum(dim=1, keepdim=True)
@@ -139,15 +140,15 @@ def _check_support(feats: Tensor, mask: Tensor, mode: str, window: int) -> None:
     if mode not in MODES:
         close = difflib.get_close_matches(str(mode), MODES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"ALP: expected mode in {MODES}, got {mode!r}{hint}")
+        raise InputError(f"ALP: expected mode in {MODES}, got {mode!r}{hint}")
     if feats.dim() != 4:
-        raise ValueError(f"ALP: expected support features [S, C, h, w], "
+        raise InputError(f"ALP: expected support features [S, C, h, w], "
                          f"got shape {list(feats.shape)}")
     s, _, h, w = feats.shape
     if tuple(mask.shape) != (s, 1, h, w):
-        raise ValueError(f"ALP: expected support mask [S, 1, h, w] = {[s, 1, h, w]} to match the "
+        raise InputError(f"ALP: expected support mask [S, 1, h, w] = {[s, 1, h, w]} to match the "
                          f"support features, got {list(mask.shape)}; downsample it with "
                          f"downsample_mask(mask, (h, w))")
     if mode != "global" and not 1 <= window <= min(h, w):
-        raise ValueError(f"ALP: expected a pooling window in [1, {min(h, w)}] for {h}×{w} "
+        raise InputError(f"ALP: expected a pooling window in [1, {min(h, w)}] for {h}×{w} "
                          f"features, got {window}")

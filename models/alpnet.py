@@ -30,6 +30,7 @@ from models.alp import (MODE_CHECK_WINDOW, SCALE, THRESHOLD, Prototypes, build_p
                         choose_fg_mode, downsample_mask, l2_normalize, score_prototypes)
 from models.encoder import build_encoder
 from models.losses import alignment_target, per_image_cross_entropy
+from util.errors import InputError
 
 TRAIN_WINDOW = 4  # feature_hw / proto_grid_size = 32 / 8
 EVAL_WINDOW = 2   # val_wsize
@@ -67,14 +68,14 @@ class ALPNet(nn.Module):
         for name, value in (("train_window", train_window), ("eval_window", eval_window),
                             ("mode_check_window", mode_check_window)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ALPNet: expected {name} to be a positive int, got {value!r}")
+                raise InputError(f"ALPNet: expected {name} to be a positive int, got {value!r}")
         for name, value in (("fg_threshold", fg_threshold), ("bg_threshold", bg_threshold)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"ALPNet: expected {name} in [0, 1], got {value}")
+                raise InputError(f"ALPNet: expected {name} in [0, 1], got {value}")
         if not scale > 0:
-            raise ValueError(f"ALPNet: expected a positive similarity scale, got {scale}")
+            raise InputError(f"ALPNet: expected a positive similarity scale, got {scale}")
         if prototypes not in PROTOTYPES:
-            raise ValueError(f"ALPNet: expected prototypes in {PROTOTYPES}, got {prototypes!r}")
+            raise InputError(f"ALPNet: expected prototypes in {PROTOTYPES}, got {prototypes!r}")
         self.encoder = build_encoder(encoder) if isinstance(encoder, str) else encoder
         self.fg_threshold = float(fg_threshold)
         self.bg_threshold = float(bg_threshold)
@@ -177,17 +178,17 @@ def _upsample(scores: Tensor, size) -> Tensor:
 
 def _check_support(images: Tensor, fg: Tensor, bg: Tensor) -> None:
     if images.dim() != 4:
-        raise ValueError(f"ALPNet: expected support_images [S, 3, H, W], "
+        raise InputError(f"ALPNet: expected support_images [S, 3, H, W], "
                          f"got {list(images.shape)}")
     s, _, h, w = images.shape
     for name, mask in (("support_fg", fg), ("support_bg", bg)):
         if tuple(mask.shape) != (s, h, w):
-            raise ValueError(f"ALPNet: expected {name} [S, H, W] = {[s, h, w]} to match "
+            raise InputError(f"ALPNet: expected {name} [S, H, W] = {[s, h, w]} to match "
                              f"support_images {list(images.shape)}, got {list(mask.shape)}")
 
 
 def _check_query(query: Tensor, support: Tensor) -> None:
     if query.dim() != 4 or query.shape[1:] != support.shape[1:]:
         expected = ["Q", *support.shape[1:]]
-        raise ValueError(f"ALPNet: expected query_images {expected} like the support, "
+        raise InputError(f"ALPNet: expected query_images {expected} like the support, "
                          f"got {list(query.shape)}")

@@ -18,6 +18,7 @@ import difflib
 
 from torch import Tensor, nn
 from torchvision.models import segmentation
+from util.errors import InputError
 
 ENCODER_NAMES = ("deeplabv3_resnet101", "deeplabv3_resnet50", "tiny")
 FEATURE_CHANNELS = 256
@@ -65,7 +66,7 @@ def build_encoder(name: str = "deeplabv3_resnet101") -> Encoder:
     if name not in ENCODER_NAMES:
         close = difflib.get_close_matches(str(name), ENCODER_NAMES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"build_encoder: expected an encoder name in {ENCODER_NAMES}, "
+        raise InputError(f"build_encoder: expected an encoder name in {ENCODER_NAMES}, "
                          f"got {name!r}{hint}")
     if name == "tiny":
         return Encoder(TinyTrunk(), TinyTrunk.out_channels)

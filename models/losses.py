@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from util.errors import InputError
 
 CLASS_WEIGHTS = (0.05, 1.0)  # (background, foreground); (1, 1) when use_wce is off
 IGNORE_INDEX = 255
@@ -24,7 +25,7 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor,
     weight = None
     if class_weights is not None:
         if len(class_weights) != logits.shape[1]:
-            raise ValueError(f"weighted_cross_entropy: expected one weight per class "
+            raise InputError(f"weighted_cross_entropy: expected one weight per class "
                              f"({logits.shape[1]}), got {len(class_weights)}: {class_weights}")
         weight = torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
     return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
@@ -37,7 +38,7 @@ def alignment_target(support_fg: Tensor, support_bg: Tensor,
     Where a pixel is in both masks, background wins (it is written last, as in the original).
     """
     if support_fg.shape != support_bg.shape:
-        raise ValueError(f"alignment_target: expected fg and bg masks of one shape, got "
+        raise InputError(f"alignment_target: expected fg and bg masks of one shape, got "
                          f"{list(support_fg.shape)} and {list(support_bg.shape)}")
     target = torch.full(support_fg.shape, ignore_index, dtype=torch.long, device=support_fg.device)
     target[support_fg == 1] = 1
@@ -60,9 +61,9 @@ def per_image_cross_entropy(logits: Tensor, target: Tensor,
 
 def _check_target(logits: Tensor, target: Tensor, where: str) -> Tensor:
     if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"{where}: expected logits [N, K, H, W] and labels [N, H, W] of the same "
+        raise InputError(f"{where}: expected logits [N, K, H, W] and labels [N, H, W] of the same "
                          f"N, H, W, got {list(logits.shape)} and {list(target.shape)}")
     if target.is_floating_point() or target.is_complex():
-        raise ValueError(f"{where}: expected integer labels (torch.long), got {target.dtype}; "
+        raise InputError(f"{where}: expected integer labels (torch.long), got {target.dtype}; "
                          f"convert them with .long()")
     return target.long()

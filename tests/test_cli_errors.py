@@ -169,3 +169,30 @@ def test_nan_voxel_and_zero_byte_file(setup, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "label_2.nii.gz: expected a NIfTI volume, found an empty (zero-byte) file" in out.stderr
     assert "image_4.nii.gz: expected finite voxel values" in out.stderr
+
+
+def test_an_injected_bug_keeps_its_traceback_and_user_errors_stay_one_line(monkeypatch, setup):
+    """Only the user-error family (util.errors) is one line, exit 2: a genuine ValueError,
+    KeyError or IndexError deep inside a command propagates (a traceback, exit status 1)."""
+    import training
+    from config_ssl_upload import run_cli
+    from util.cli import run_main
+    from util.errors import InputError
+
+    for bug in (ValueError("shape mismatch"), KeyError("missing"), IndexError("out of range")):
+        def broken(*args, bug=bug, **kwargs):
+            raise bug
+        with pytest.raises(type(bug)):
+            run_main("prog", broken)
+        monkeypatch.setattr(training, "build_episodes", broken)
+        with pytest.raises(type(bug)):
+            run_cli("train", ["training.py", "with", "phantom", "setting1",
+                              f"data_dir={setup['data']}", "encoder=tiny",
+                              "num_workers=0", "n_steps=1", "device=cpu",
+                              f"log_dir={setup['root'] / 'bug'}"])
+
+    def judged():
+        raise InputError("config: n_steps expects int")
+    with pytest.raises(SystemExit) as stop:
+        run_main("prog", judged)
+    assert stop.value.code == 2

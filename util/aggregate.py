@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from util.io import atomic_path, read_json
+from util.errors import InputError, MissingInput
 
 # Published mean Dice (%) of SSL-ALPNet, ECCV 2020 (paper protocol, 5 folds, 1-shot).
 PUBLISHED = {
@@ -35,12 +36,12 @@ def collect(folders: list[str | os.PathLike]) -> list[dict]:
     for folder in folders:
         folder = Path(folder)
         if not folder.exists():
-            raise FileNotFoundError(f"{folder}: expected a folder of validation runs, found "
+            raise MissingInput(f"{folder}: expected a folder of validation runs, found "
                                     f"nothing there")
         for path in sorted(folder.rglob("summary.json"), key=lambda p: p.stat().st_mtime):
             summary = read_json(path)
             if "per_organ" not in summary or "fold" not in summary:
-                raise ValueError(f"{path}: expected a validation summary with 'per_organ' and "
+                raise InputError(f"{path}: expected a validation summary with 'per_organ' and "
                                  f"'fold', found keys {sorted(summary)}")
             summary["path"] = str(path.parent)
             runs.append(summary)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = collect(args.folders)
     if not runs:
-        raise FileNotFoundError(f"{', '.join(args.folders)}: expected validation runs "
+        raise MissingInput(f"{', '.join(args.folders)}: expected validation runs "
                                 f"(summary.json), found none; run validation.py first")
     rows = aggregate(runs)
     for path in write_outputs(rows, args.out):

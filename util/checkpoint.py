@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from util.io import atomic_path
+from util.errors import InputError, MissingInput
 
 FORMAT_VERSION = 1
 LATEST = "latest.pth"
@@ -39,22 +40,22 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, so a crafted
     pickle cannot run code here. Every failure is a ValueError naming the file."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: expected a readable torch checkpoint ({what}), found an empty "
+        raise InputError(f"{path}: expected a readable torch checkpoint ({what}), found an empty "
                          f"(zero-byte) file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "GLOBAL" in str(err) or "Unsupported global" in str(err):
-            raise ValueError(
+            raise InputError(
                 f"{path}: expected {what} holding only tensors and plain Python values, found "
                 f"other objects, which loading would have to execute; refused (the file may run "
                 f"code). A checkpoint of ours that holds NumPy values converts with "
                 f"`python -m util.checkpoint --convert {path} NEW.pth`") from None
-        raise ValueError(f"{path}: expected a readable torch checkpoint ({what}, saved with "
+        raise InputError(f"{path}: expected a readable torch checkpoint ({what}, saved with "
                          f"torch.save), found something else: not a torch file") from None
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
             ImportError, IndexError, KeyError) as err:
-        raise ValueError(f"{path}: expected a readable torch checkpoint ({what}), loading "
+        raise InputError(f"{path}: expected a readable torch checkpoint ({what}), loading "
                          f"failed ({type(err).__name__}: {err}); the file is truncated or "
                          f"damaged") from err
 
@@ -74,7 +75,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"a reference to {found.group(1)}" if found else "other objects"
-        raise ValueError(f"{src}: expected tensors, plain values and NumPy arrays, found {what}; "
+        raise InputError(f"{src}: expected tensors, plain values and NumPy arrays, found {what}; "
                          f"not converted, since loading it would run that code (do not load "
                          f"it unless you trust where it came from)") from None
     with atomic_path(dst, suffix=".pth") as tmp:
@@ -102,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint written by :func:`save_checkpoint`; clear errors for every failure."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected a checkpoint file, found nothing there")
+        raise MissingInput(f"{path}: expected a checkpoint file, found nothing there")
     state = safe_load(path, map_location, "a training checkpoint")
     check_training_state(path, state)
     return state
@@ -111,15 +112,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def check_training_state(path: str | os.PathLike, state: Any) -> None:
     """Raise ValueError naming ``path`` unless ``state`` is a complete training checkpoint."""
     if not isinstance(state, dict) or "format_version" not in state:
-        raise ValueError(f"{path}: expected a training checkpoint with a format_version, found "
+        raise InputError(f"{path}: expected a training checkpoint with a format_version, found "
                          f"{type(state).__name__} (a bare state dict? use it as "
                          f"pretrained_weights or reload_model_path instead)")
     if state["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: expected checkpoint format {FORMAT_VERSION}, found "
+        raise InputError(f"{path}: expected checkpoint format {FORMAT_VERSION}, found "
                          f"{state['format_version']}")
     for key in ("model", "optimizer", "step"):
         if key not in state:
-            raise ValueError(f"{path}: expected key {key!r} in the checkpoint, missing")
+            raise InputError(f"{path}: expected key {key!r} in the checkpoint, missing")
 
 
 def checkpoint_candidates(run_dir: str | os.PathLike) -> list[Path]:
@@ -143,7 +144,7 @@ def find_resume_checkpoint(target: str | os.PathLike,
     if target.suffix == ".pth" or target.is_file():
         return target, load_checkpoint(target, map_location)
     if not target.is_dir():
-        raise FileNotFoundError(f"{target}: expected a run folder or checkpoint file, found "
+        raise MissingInput(f"{target}: expected a run folder or checkpoint file, found "
                                 f"nothing there")
     problems = []
     for path in checkpoint_candidates(target):
@@ -153,7 +154,7 @@ def find_resume_checkpoint(target: str | os.PathLike,
             problems.append(str(err))
             warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=2)
     detail = "; ".join(problems) if problems else "none found"
-    raise FileNotFoundError(f"{target / SNAPSHOT_DIR}: expected a loadable checkpoint, {detail}")
+    raise MissingInput(f"{target / SNAPSHOT_DIR}: expected a loadable checkpoint, {detail}")
 
 
 def main(argv: list[str] | None = None) -> None:

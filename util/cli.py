@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-# the errors our code raises for bad input, with a message written for the user
-EXPECTED = (ValueError, FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError,
-            NotADirectoryError, KeyError, FloatingPointError)
+from util.errors import UserError
+
+# the errors raised where a user's input is judged (util.errors); anything else is a bug
+EXPECTED = (UserError,)
 EXIT_EXPECTED = 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+from util.errors import InputError
 
 CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -22,12 +23,12 @@ def resolve_device(name: str = "auto", flag: str = "device") -> torch.device:
     use = (f"use {flag} auto or {flag} cpu" if flag.startswith("-") else
            f"use {flag}=auto or {flag}=cpu")
     if base not in CHOICES:
-        raise ValueError(f"{flag}: expected one of {CHOICES} (or cuda:N), got {name!r}")
+        raise InputError(f"{flag}: expected one of {CHOICES} (or cuda:N), got {name!r}")
     if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{flag}: {name!r} requested but CUDA is not available here; {use}")
+        raise InputError(f"{flag}: {name!r} requested but CUDA is not available here; {use}")
     if base == "mps" and not (getattr(torch.backends, "mps", None) is not None
                               and torch.backends.mps.is_available()):
-        raise ValueError(f"{flag}: 'mps' requested but MPS is not available here; {use}")
+        raise InputError(f"{flag}: 'mps' requested but MPS is not available here; {use}")
     return torch.device(name)
 
 
@@ -81,5 +82,5 @@ def resolve_switch(key: str, value: bool | str, device: torch.device) -> bool:
     if isinstance(value, bool):
         return value
     if value != "auto":
-        raise ValueError(f"config: {key} expects True, False or 'auto', got {value!r}")
+        raise InputError(f"config: {key} expects True, False or 'auto', got {value!r}")
     return SWITCHES[key](device)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from util.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def env_info() -> DistInfo:
         return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                         int(os.environ.get("LOCAL_RANK", 0)))
     except ValueError as err:
-        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK: expected integers from torchrun, got "
+        raise InputError(f"RANK/WORLD_SIZE/LOCAL_RANK: expected integers from torchrun, got "
                          f"{os.environ.get('RANK')!r}/{os.environ.get('WORLD_SIZE')!r}/"
                          f"{os.environ.get('LOCAL_RANK')!r}") from err
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from util.errors import InputError, MissingInput, NoPermission, PathInTheWay
 
 
 _UMASK = os.umask(0)
@@ -65,14 +66,14 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output") -> Path:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise FileExistsError(f"{path}: expected a folder ({what}), found a file in the way"
+        raise PathInTheWay(f"{path}: expected a folder ({what}), found a file in the way"
                               + ("" if existing == path else f" ({existing})"))
     try:
         fd, probe = tempfile.mkstemp(prefix=".write_check.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise PermissionError(f"{path}: expected a writable folder ({what}), cannot write in "
+        raise NoPermission(f"{path}: expected a writable folder ({what}), cannot write in "
                               f"{existing} ({err.strerror or err})") from None
     return path
 
@@ -86,11 +87,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected a JSON file, found nothing there")
+        raise MissingInput(f"{path}: expected a JSON file, found nothing there")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: expected valid JSON, found a parse error: {err}") from err
+        raise InputError(f"{path}: expected valid JSON, found a parse error: {err}") from err
 
 
 def _check_nifti_payload(path: Path) -> None:
@@ -105,7 +106,7 @@ def _check_nifti_payload(path: Path) -> None:
     if not name.endswith((".nii", ".nii.gz")):
         return
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: expected a NIfTI volume, found an empty (zero-byte) file")
+        raise InputError(f"{path}: expected a NIfTI volume, found an empty (zero-byte) file")
     nonfinite = 0
     try:
         with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as fh:
@@ -126,24 +127,24 @@ def _check_nifti_payload(path: Path) -> None:
                     pending = data[usable:]
     except (OSError, EOFError, ValueError, nib.spatialimages.HeaderDataError,
             nib.wrapstruct.WrapStructError) as err:
-        raise ValueError(f"{path}: expected a complete NIfTI file, reading it failed: {err}; "
+        raise InputError(f"{path}: expected a complete NIfTI file, reading it failed: {err}; "
                          f"the file is truncated or damaged") from err
     shape = tuple(int(n) for n in header.get_data_shape())
     expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if found < expected:
-        raise ValueError(f"{path}: expected {expected} bytes of NIfTI data, found {found}; the "
+        raise InputError(f"{path}: expected {expected} bytes of NIfTI data, found {found}; the "
                          f"file is truncated or damaged")
     core = shape
     while len(core) > 3 and core[-1] == 1:
         core = core[:-1]
     if len(shape) == 5 and shape[3] == 1 and shape[4] > 1:  # NIfTI's vector layout
-        raise ValueError(f"{path}: expected a 3-D volume of one value per voxel, found a 3-D "
+        raise InputError(f"{path}: expected a 3-D volume of one value per voxel, found a 3-D "
                          f"image with {shape[4]} components per voxel (shape {shape})")
     if len(core) != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, found a {len(core)}-D image of shape "
+        raise InputError(f"{path}: expected a 3-D volume, found a {len(core)}-D image of shape "
                          f"{shape}")
     if nonfinite:
-        raise ValueError(f"{path}: expected finite voxel values, found {nonfinite} NaN/inf "
+        raise InputError(f"{path}: expected finite voxel values, found {nonfinite} NaN/inf "
                          f"voxel(s)")
     _check_spacing(path, [float(v) for v in header["pixdim"][1:4]])
 
@@ -152,7 +153,7 @@ def _check_spacing(path: Path, spacing) -> None:
     """Every voxel spacing positive and finite (readers would silently take 1 mm for 0)."""
     for axis, value in zip("xyz", spacing):
         if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{path}: expected a positive voxel spacing along {axis}, found "
+            raise InputError(f"{path}: expected a positive voxel spacing along {axis}, found "
                              f"{value:g} (spacing {tuple(float(v) for v in spacing)}); fix the "
                              f"file's header")
 
@@ -161,7 +162,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a medical image with SimpleITK; a missing, unreadable or truncated file names the path."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected an image file, found nothing there")
+        raise MissingInput(f"{path}: expected an image file, found nothing there")
     _check_nifti_payload(path)
     try:
         image = sitk.ReadImage(str(path))
@@ -169,7 +170,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         return image
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
-        raise ValueError(f"{path}: expected a readable image (NIfTI/DICOM), reading failed: "
+        raise InputError(f"{path}: expected a readable image (NIfTI/DICOM), reading failed: "
                          f"{first}") from err
 
 
@@ -184,7 +185,7 @@ def read_image_info(path: str | os.PathLike) -> sitk.ImageFileReader:
     without reading its voxels; for files whose data were already read and checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected an image file, found nothing there")
+        raise MissingInput(f"{path}: expected an image file, found nothing there")
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_header(path)
     reader = sitk.ImageFileReader()
@@ -193,7 +194,7 @@ def read_image_info(path: str | os.PathLike) -> sitk.ImageFileReader:
         reader.ReadImageInformation()
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
-        raise ValueError(f"{path}: expected a readable image, reading its header failed: "
+        raise InputError(f"{path}: expected a readable image, reading its header failed: "
                          f"{first}") from None
     _check_spacing(path, reader.GetSpacing())
     return reader
@@ -202,14 +203,14 @@ def read_image_info(path: str | os.PathLike) -> sitk.ImageFileReader:
 def _check_nifti_header(path: Path) -> None:
     """A NIfTI file's header alone: not empty, readable, positive voxel spacing."""
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: expected a NIfTI volume, found an empty (zero-byte) file")
+        raise InputError(f"{path}: expected a NIfTI volume, found an empty (zero-byte) file")
     try:
         with (gzip.open(path, "rb") if path.name.lower().endswith(".gz")
               else open(path, "rb")) as fh:
             header = nib.Nifti1Header.from_fileobj(fh, check=False)
     except (OSError, EOFError, ValueError, nib.spatialimages.HeaderDataError,
             nib.wrapstruct.WrapStructError) as err:
-        raise ValueError(f"{path}: expected a NIfTI header, reading it failed: {err}; the file "
+        raise InputError(f"{path}: expected a NIfTI header, reading it failed: {err}; the file "
                          f"is truncated or damaged") from None
     ndim = min(max(int(header["dim"][0]), 1), 3)
     _check_spacing(path, [float(v) for v in header["pixdim"][1:1 + ndim]])
@@ -247,7 +248,7 @@ def pid_from_path(path: str | os.PathLike) -> str:
     """The scan id: the last run of digits in the file name (``image_12.nii.gz`` gives ``"12"``)."""
     runs = _DIGITS.findall(Path(path).name)
     if not runs:
-        raise ValueError(f"{path}: expected a file name holding a scan id (digits), found none")
+        raise InputError(f"{path}: expected a file name holding a scan id (digits), found none")
     return str(int(runs[-1]))
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from medpy.metric import binary as medpy_binary
+from util.errors import InputError
 
 
 @dataclass
@@ -56,7 +57,7 @@ def score_organ(pred: np.ndarray, gt: np.ndarray, spacing_zyx: tuple[float, floa
                 scan: str = "", organ: str = "") -> OrganScore:
     """Metrics of a binary prediction against a binary ground truth, both [Z, H, W]."""
     if pred.shape != gt.shape:
-        raise ValueError(f"scan {scan} {organ}: expected prediction and ground truth of one "
+        raise InputError(f"scan {scan} {organ}: expected prediction and ground truth of one "
                          f"shape, got {pred.shape} and {gt.shape}")
     pred, gt = pred.astype(bool), gt.astype(bool)
     tp, fp, fn = overlap_counts(pred, gt)
