@@ -132,10 +132,13 @@ KEYS: dict[str, Key] = {
     "val_every": Key(0, (int,), doc="validate every N steps and at the end (0: off): "
                                     "val/dice/*, val_curve.csv/.png, snapshots/best.pth", low=0),
     "resume": Key(None, (str, _NONE), doc="run folder or checkpoint file to continue from"),
-    "bf16": Key("auto", (bool, str), (True, False, "auto"), doc="bfloat16 autocast of the "
-                "encoder; auto: where the hardware has it (CUDA with bf16, AVX512-BF16/AMX)"),
-    "channels_last": Key("auto", (bool, str), (True, False, "auto"), doc="memory layout only; "
-                         "auto: CUDA and AVX-512 CPUs"),
+    # declared DERIVED (None until "auto" is filled in) so that a named config's True / False is
+    # not a type change that sacred warns about
+    "bf16": Key(DERIVED, (bool, str), (True, False, "auto"), doc="bfloat16 autocast of the "
+                "encoder; auto (default): where the hardware has it (CUDA with bf16, "
+                "AVX512-BF16/AMX)"),
+    "channels_last": Key(DERIVED, (bool, str), (True, False, "auto"), doc="memory layout only; "
+                         "auto (default): CUDA and AVX-512 CPUs"),
     "compile": Key(False, (bool,)),
     "log_dir": Key("./exps", (str,)),
     "exp_prefix": Key("", (str,)),
@@ -163,7 +166,7 @@ ex.add_config({name: key.default for name, key in KEYS.items()})
 def derive(config: dict) -> dict:
     """Values of the DERIVED keys that were not given (``exclude_labels`` is resolved from
     ``dataset.json`` when the run starts: see :func:`resolve_exclude_labels`)."""
-    out = {}
+    out = {key: "auto" for key in ("bf16", "channels_last") if config[key] is None}
     facts = folder_facts(config["data_dir"]) if config["data_dir"] is not None else None
     dataset = config["dataset"]
     if dataset is None:

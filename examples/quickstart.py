@@ -40,8 +40,8 @@ def prepare_data(data: Path) -> None:
         if "MIDDLE" in ds.meta.get("pseudolabels", {}) and 1 in ds.meta.get("classmaps", []):
             print(f"[quickstart] {data}: phantom present and verified")
             return
-    except (FileNotFoundError, DatasetVerificationError) as err:
-        print(f"[quickstart] {data}: building the phantom ({type(err).__name__})")
+    except (FileNotFoundError, DatasetVerificationError):
+        print(f"[quickstart] {data}: building the synthetic phantom dataset")
     write_phantom(data, seed=0)
     stats = superpixels.generate(data)
     print(f"[quickstart] superpixels: {superpixels.summarize(stats)['superpixels_per_slice']}")

@@ -131,26 +131,42 @@ def write_outputs(rows: list[dict], out: str | os.PathLike) -> list[Path]:
 
 
 def _bar_plot(rows: list[dict], path: Path) -> None:
+    """One panel per comparison (dataset, setting, protocol, shots, pseudolabel, encoder); in it,
+    one bar per model (untrained, N steps) and the published numbers, grouped on each organ."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, max(len(rows), 1), figsize=(4.5 * max(len(rows), 1), 3.6),
+    panels: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in ("dataset", "setting", "protocol", "shots", "pseudolabel",
+                                     "encoder"))
+        panels.setdefault(key, []).append(row)
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 3.8),
                              squeeze=False)
-    for ax, row in zip(axes[0], rows):
-        organs = list(row["per_organ"])
-        means = [row["per_organ"][o][0] for o in organs]
-        stds = [row["per_organ"][o][1] for o in organs]
+    for ax, (key, group) in zip(axes[0], panels.items()):
+        group = sorted(group, key=lambda r: (r["steps"] != "untrained", str(r["steps"])))
+        organs = list(dict.fromkeys(o for r in group for o in r["per_organ"]))
+        pub = group[0]["published"] or {}
+        series = [(_steps(r["steps"]), [r["per_organ"].get(o, (np.nan, np.nan, 0))[0]
+                                        for o in organs],
+                   [r["per_organ"].get(o, (np.nan, np.nan, 0))[1] for o in organs])
+                  for r in group]
+        if pub and key[2] == "paper" and key[3] == 1:
+            series.append(("SSL-ALPNet (published)", [pub.get(o, np.nan) for o in organs],
+                           None))
         x = np.arange(len(organs))
-        ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=3, label="ours")
-        pub = row["published"] or {}
-        if pub and row["protocol"] == "paper":
-            ax.bar(x + 0.2, [pub.get(o, np.nan) for o in organs], 0.4, label="published")
+        width = 0.8 / len(series)
+        for k, (label, means, stds) in enumerate(series):
+            ax.bar(x + (k - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
+                   label=label)
         ax.set_xticks(x, organs)
         ax.set_ylim(0, 100)
         ax.set_ylabel("Dice (%)")
-        ax.set_title(f"{row['dataset']} S{row['setting']} {row['protocol']}", fontsize=9)
+        dataset, setting, protocol, shots, pseudo, encoder = key
+        ax.set_title(f"{dataset}, Setting {setting}, {protocol} protocol, {shots}-shot, "
+                     f"{encoder} encoder", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
