@@ -1,7 +1,7 @@
 """The one sacred experiment of training.py and validation.py: every key, its type, its default.
 
-Defaults are the original's (SPEC §7.1). Named configs select a dataset, a setting, a label group,
-a pseudolabel source, and the phantom quickstart::
+Defaults are the original's (method.md §7.1). Named configs select a dataset, a setting, a label
+group, a pseudolabel source, and the phantom quickstart::
 
     python training.py with chaost2 setting2 group0 eval_fold=3
     python training.py with quickstart
@@ -145,7 +145,7 @@ KEYS: dict[str, Key] = {
     "exp_name": Key(DERIVED, (str,), doc="default from prefix, dataset, setting, group, "
                                          "pseudolabel, scale, fold"),
     # evaluation
-    "protocol": Key("paper", (str,), PROTOCOLS, doc="paper (SPEC §6) | realistic (every "
+    "protocol": Key("paper", (str,), PROTOCOLS, doc="paper (method.md §6) | realistic (every "
                     "slice, no query ground truth used) | adnet (labelled slices, parts by count)"),
     "realistic_chunks": Key("aligned", (str,), REALISTIC_CHUNKS, doc="realistic protocol: "
                             "parts from the organ's place in the support (aligned) or the "
@@ -244,7 +244,7 @@ def sabs():
 @ex.named_config
 def cmr():
     dataset = "CMR"
-    setting = 1                # the three structures share almost every slice (SPEC §9.1)
+    setting = 1                # the three structures share almost every slice (method.md §9.1)
 
 
 @ex.named_config
@@ -286,7 +286,7 @@ def superpixels():
 @ex.named_config
 def supervoxels():
     pseudolabel = "supervoxel"
-    superpix_scale = "SV5000"  # SV1000 for CMR (SPEC §9.2)
+    superpix_scale = "SV5000"  # SV1000 for CMR (method.md §9.2)
 
 
 @ex.named_config

@@ -8,7 +8,7 @@ support parts and their prototypes → per query: realistic chunk plan, segment,
 query's own grid, write ``<out>/<query name>_pred.nii.gz`` (uint8 0/1, the query's size, spacing,
 origin and direction). Scans are resampled and normalised as the training data were
 (:mod:`inference.predict`); query slices take their support part from the body extent
-(SPEC §9.5, no query label is used).
+(method.md §9.5, no query label is used).
 """
 from __future__ import annotations
 

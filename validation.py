@@ -37,7 +37,7 @@ KEYWORDS = ("latest", "best")  # reload_model_path keywords
 
 
 def fold_scans(ds, cfg: dict) -> dict:
-    """Support and query scans of the fold for ``n_shots`` (k-shot folds as SPEC §3.1)."""
+    """Support and query scans of the fold for ``n_shots`` (k-shot folds as method.md §3.1)."""
     if cfg["n_shots"] == ds.splits.get("n_shots", 1) and cfg["support_idx"] == [-1]:
         return ds.fold(cfg["eval_fold"])  # splits.json as written
     ds.fold(cfg["eval_fold"])  # checks the fold index

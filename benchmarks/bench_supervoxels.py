@@ -1,6 +1,6 @@
 """Benchmark: 3-D supervoxel pseudolabels, seconds per volume, on the shared real scans.
 
-For each dataset (CMR with ``min_size`` 1000, CHAOS-T2 with 5000, as SPEC §9.2) the scans are
+For each dataset (CMR with ``min_size`` 1000, CHAOS-T2 with 5000, as method.md §9.2) the scans are
 linked into a temporary folder and registered; every volume is then processed alone in this
 process (read, supervoxels, write) and timed. Prints JSON with the per-volume median, min, max,
 the total and the machine's CPU flags.

@@ -1,4 +1,4 @@
-"""CHAOS-T2 raw download (DICOM + PNG ground truth) to normalized NIfTI (SPEC §1.2).
+"""CHAOS-T2 raw download (DICOM + PNG ground truth) to normalized NIfTI (method.md §1.2).
 
 Stages, per scan ``<src>/<pid>/T2SPIR/{DICOM_anon/*.dcm, Ground/*.png}``:
 
@@ -40,7 +40,7 @@ from data_preprocessing.resample import (add_resample_options, normalize_mr_pair
 from util.io import array_to_image, ensure_writable_dir, sort_pids, write_image
 from util.errors import InputError, MissingInput
 
-# Grey value of each class in the CHAOS ground-truth PNGs (SPEC §1.2 step 2).
+# Grey value of each class in the CHAOS ground-truth PNGs (method.md §1.2 step 2).
 GREY_TO_CLASS = {0: 0, 63: 1, 126: 2, 189: 3, 252: 4}
 _GREY_LUT = np.zeros(256, dtype=np.uint8)
 _GREY_LUT[list(GREY_TO_CLASS)] = list(GREY_TO_CLASS.values())

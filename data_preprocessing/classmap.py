@@ -1,4 +1,4 @@
-"""Class-slice index ``classmap_<MIN_TP>.json`` (SPEC §1.6, with the pixel-count fix).
+"""Class-slice index ``classmap_<MIN_TP>.json`` (method.md §1.6, with the pixel-count fix).
 
 ``{label name: {pid: [slice indices, ascending]}}``, one key per label (background included) and one
 pid key per scan. Slice index = SITK array axis 0. A slice is listed under class ``c >= 1`` when it

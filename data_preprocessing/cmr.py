@@ -1,4 +1,4 @@
-"""MS-CMRSeg 2019 bSSFP cardiac MRI to normalized NIfTI (SPEC §1.4).
+"""MS-CMRSeg 2019 bSSFP cardiac MRI to normalized NIfTI (method.md §1.4).
 
 Input: ``image_<n>.nii.gz`` and ``label_<n>.nii.gz`` in ``--src`` (the challenge's
 ``patient<n>_C0*.nii.gz`` renamed; that renaming is not part of the original pipeline). Each scan

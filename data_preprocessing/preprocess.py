@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from data_preprocessing.registry import INTENSITY_PARAMETERS, DatasetInfo
 from data_preprocessing.resample import (clip_percentile, crop_or_pad_volume, full_spacing,
                                          resample_label, resample_to_spacing, window_ct)
-from util.io import array_to_image, array_with_geometry
+from util.io import array_to_image, array_with_geometry, check_scan
 from util.errors import InputError
 
 INTENSITY_RULES = tuple(INTENSITY_PARAMETERS)
@@ -84,10 +84,7 @@ def preprocess(image: sitk.Image, info: DatasetInfo, spacing: Sequence[float] | 
 def to_network_grid(image: sitk.Image, intensity: dict, spacing: Sequence[float], size: int,
                     name: str = "scan") -> Preprocessed:
     """The steps of :func:`preprocess` with explicit parameters."""
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{name}: expected a scalar 3-D image, found a {image.GetDimension()}-D "
-                         f"image with {image.GetNumberOfComponentsPerPixel()} components per "
-                         f"voxel")
+    check_scan(image, name, varying=False)
     arr, clip = intensity_step(sitk.GetArrayFromImage(image), intensity, name)
     resampled = resample_to_spacing(array_to_image(arr, image), full_spacing(image, spacing))
     res_arr = sitk.GetArrayFromImage(resampled)

@@ -35,8 +35,8 @@ class DatasetInfo:
     label_groups: tuple[tuple[int, ...], ...]
     fold_sep: tuple[int, ...]
     normalization: str  # "zscore_volume" or "zscore_train_fold"
-    body_threshold: float  # raw-intensity threshold of the body mask (SPEC §2.2)
-    target_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm, SPEC §1
+    body_threshold: float  # raw-intensity threshold of the body mask (method.md §2.2)
+    target_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm, method.md §1
     raw_label_values: dict[int, int] = field(default_factory=dict)
     support_idx: int = -1  # index into a fold's val ids of the 1-shot support scan
     # orientation code of the stored training volumes (predict.py reorients new scans to it);
@@ -165,7 +165,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 def make_folds(pids: list[str], fold_sep: tuple[int, ...], n_shots: int = 1,
                support_idx: int = -1) -> list[dict]:
-    """Five folds as SPEC §3.1: val = sorted pids[sep[f] : sep[f+1] + n_shots] (circular).
+    """Five folds as method.md §3.1: val = sorted pids[sep[f] : sep[f+1] + n_shots] (circular).
 
     The last ``n_shots`` val scans (or ``support_idx`` for 1 shot) are the support; the remaining
     val scans are the queries; every other scan trains.

@@ -1,4 +1,4 @@
-"""Resampling and centre cropping shared by the raw-data preprocessing CLIs (SPEC §1.1).
+"""Resampling and centre cropping shared by the raw-data preprocessing CLIs (method.md §1.1).
 
 - R1 :func:`resample_to_spacing`: linear resampling to a target spacing, same pixel type, origin
   and direction kept, output size ``int(n * sp_in / sp_out + 1)`` per axis (the "+1" rule).
@@ -160,7 +160,7 @@ def clip_percentile(arr: np.ndarray, percentile: float = CLIP_PERCENTILE
 def normalize_resample_crop(image: sitk.Image, label: sitk.Image, spacing: Sequence[float],
                             size: int = CROP_SIZE, percentile: float = CLIP_PERCENTILE,
                             name: str = "scan") -> tuple[sitk.Image, sitk.Image, dict]:
-    """The MRI step 3 (SPEC §1.2 step 3, §1.4): clip, R1, R2, R3; float64 image and label.
+    """The MRI step 3 (method.md §1.2 step 3, §1.4): clip, R1, R2, R3; float64 image and label.
 
     1. voxels above the ``percentile``-th percentile are set to it (integer dtype kept);
     2. the image is resampled with R1 to ``spacing`` (2 values keep the input z spacing);
@@ -245,7 +245,7 @@ def resample_record(args) -> dict:
             "crop_size": args.size, "dtype": "float64"}
 
 
-# SABS CT (SPEC §1.3): the HU window, and the border cut off each side of a 512-pixel slice
+# SABS CT (method.md §1.3): the HU window, and the border cut off each side of a 512-pixel slice
 HU_WINDOW = (-125.0, 275.0)
 BORDER = 32
 

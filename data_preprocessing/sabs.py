@@ -1,4 +1,4 @@
-"""Synapse / SABS raw abdominal CT to normalized NIfTI (SPEC §1.3).
+"""Synapse / SABS raw abdominal CT to normalized NIfTI (method.md §1.3).
 
 Step 1 (``--tmp``, default ``<dst>/../tmp_normalized``): images ``img*.nii.gz`` and labels
 ``label*.nii.gz`` (found under ``--src``, also in its ``img/`` and ``label/`` subfolders) are

@@ -1,4 +1,4 @@
-"""Superpixel pseudolabels (SPEC §2): 2-D Felzenszwalb per slice inside the body mask.
+"""Superpixel pseudolabels (method.md §2): 2-D Felzenszwalb per slice inside the body mask.
 
 Writes ``superpix-<SCALE>_<pid>.nii.gz`` (int16 ids, 0 outside the body, the image's geometry) and
 ``fgmask_<pid>.nii.gz`` (uint8 body mask) into the dataset folder and records the parameters in
@@ -49,7 +49,7 @@ RELABEL_MODES = ("compact", "faithful")
 
 
 def body_mask(slice2d: np.ndarray, threshold: float) -> np.ndarray:
-    """Largest 8-connected component of ``slice > threshold`` with holes filled (SPEC §2.2)."""
+    """Largest 8-connected component of ``slice > threshold`` with holes filled (method.md §2.2)."""
     mask = slice2d > threshold
     if not mask.any():
         return mask
@@ -62,7 +62,7 @@ def relabel(seg: np.ndarray, mask: np.ndarray, mode: str = "compact") -> np.ndar
     """Superpixel ids inside ``mask`` from raw Felzenszwalb labels ``seg`` (0..K-1).
 
     ``compact``: every segment touching the mask is kept, ids 1..N in raw-id order.
-    ``faithful``: the original's relabelling (SPEC §2.3): raw ids 1..K-2 keep their value, raw
+    ``faithful``: the original's relabelling (method.md §2.3): raw ids 1..K-2 keep their value, raw
     K-1 becomes K, raw 0 is dropped, no compaction.
     """
     if mode == "compact":

@@ -1,7 +1,8 @@
-"""3-D supervoxel pseudolabels (SPEC §9.2): Felzenszwalb on the 26-neighbourhood, no C compiler.
+"""3-D supervoxel pseudolabels (method.md §9.2): Felzenszwalb on the 26-neighbourhood, no C
+compiler.
 
 The volume is min-max scaled to [0, 255]; edge cost is ``sqrt(w) * |dI|`` with the anisotropy
-weights of SPEC §9.2; components merge in ascending edge order when the cost is below both
+weights of method.md §9.2; components merge in ascending edge order when the cost is below both
 ``Int(C) + k / |C|`` (k = scale / 255), then a post-pass merges any component smaller than
 ``min_size``. Both passes can only ever merge along minimum-spanning-tree edges, so the work is:
 zero-cost edges → connected components (scipy), the remaining graph → its minimum spanning tree
@@ -31,7 +32,7 @@ from data_preprocessing.superpixels import body_mask, relabel, run_jobs
 from util.io import array_to_image, read_image, write_image
 from util.errors import InputError
 
-BODY_THRESHOLD = 10.0  # on the [0, 255]-scaled volume (SPEC §9.2)
+BODY_THRESHOLD = 10.0  # on the [0, 255]-scaled volume (method.md §9.2)
 # 13 forward offsets (dz, dy, dx) of the 26-neighbourhood
 OFFSETS = [o for o in product((0, 1), (-1, 0, 1), (-1, 0, 1)) if o > (0, 0, 0)]
 
@@ -41,7 +42,8 @@ def scale_name(min_size: int) -> str:
 
 
 def _edge_weight(offset: tuple[int, int, int], anisotropy: float) -> float:
-    """sqrt of the SPEC §9.2 weight: in-plane 1; z only s²; z + n in-plane axes (n + s²)/(n + 1)."""
+    """sqrt of the method.md §9.2 weight: in-plane 1; z only s²; z + n in-plane axes
+    (n + s²)/(n + 1)."""
     dz, dy, dx = offset
     n_plane = int(dy != 0) + int(dx != 0)
     if dz == 0:
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True, help="registered dataset folder")
     parser.add_argument("--min-size", type=int, default=5000,
-                        help="voxels (5000 for CHAOS-T2, 1000 for CMR as in SPEC §9.2)")
+                        help="voxels (5000 for CHAOS-T2, 1000 for CMR as in method.md §9.2)")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:

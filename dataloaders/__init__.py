@@ -1,11 +1,11 @@
-"""Episodes for training and evaluation (SPEC §3, §6, §9.3, §9.5).
+"""Episodes for training and evaluation (method.md §3, §6, §9.3, §9.5).
 
 - ``dataloaders.volumes``   scans in memory as (Z, H, W), cropped to 256×256:
   ``load_volume(dataset, pid, *, stats, label, superpix_scale, crop) -> Volume``,
   ``load_volumes``, ``normalization_stats(dataset, train_pids) -> NormStats | None`` (CT
   training-fold mean / std; None for per-volume MR z-scoring), ``train_fold_stats``,
   ``normalize``.
-- ``dataloaders.augment``   SPEC §3.5 on a generator passed in: ``AugParams``, ``PRESETS``
+- ``dataloaders.augment``   method.md §3.5 on a generator passed in: ``AugParams``, ``PRESETS``
   ('sabs_aug', 'aug_v3'), ``augment_pair(image, label, rng, params)``, its steps
   ``affine_matrix`` / ``random_affine`` / ``elastic_deform`` / ``recover_label`` /
   ``gamma_transform``, and ``geometric`` / ``random_gamma`` (used by supervoxel episodes).

@@ -1,4 +1,4 @@
-"""Episode augmentation (SPEC §3.5): random affine, elastic deformation, gamma.
+"""Episode augmentation (method.md §3.5): random affine, elastic deformation, gamma.
 
 The pipeline acts on an ``[H, W, 1 + K]`` float32 stack: channel 0 is the image, channels
 1..K a one-hot of an integer label with K classes (K = 2 for a binary mask). In order:
@@ -16,7 +16,7 @@ The pipeline acts on an ``[H, W, 1 + K]`` float32 stack: channel 0 is the image,
 Every random number comes from the ``numpy.random.Generator`` passed in, in a fixed order (the
 affine parameters θ, tx, ty, φ, s; the two elastic fields dx, dy; γ), so an episode is a pure
 function of its generator's seed. Differences from the original: it drew affine and gamma from
-the unseeded global NumPy state and the elastic field from OS entropy (SPEC §5.4), and it used
+the unseeded global NumPy state and the elastic field from OS entropy (method.md §5.4), and it used
 OpenCV flag 3 (INTER_AREA), which ``warpAffine`` treats exactly as bilinear (INTER_LINEAR here).
 The flip step of the original is configured off and is not implemented.
 """
@@ -62,7 +62,7 @@ class AugParams:
 
 
 PRESETS: dict[str, AugParams] = {
-    "sabs_aug": AugParams(),  # the default of the original (SPEC §3.5)
+    "sabs_aug": AugParams(),  # the default of the original (method.md §3.5)
     "aug_v3": AugParams(rotate_deg=30.0, shift_px=30.0, shear_deg=30.0, scale=(0.8, 1.3),
                         elastic_alpha=20.0, elastic_sigma=5.0, gamma=(0.2, 1.8)),
 }
@@ -82,7 +82,7 @@ def get_aug_params(aug: str | AugParams | None) -> AugParams | None:
 
 def affine_matrix(theta_deg: float, tx: float, ty: float, shear_deg: float, s: float,
                   shape: tuple[int, int]) -> np.ndarray:
-    """The 2×3 source→destination matrix ``Z · Sh · T · R`` of SPEC §3.5 for an [H, W] image.
+    """The 2×3 source→destination matrix ``Z · Sh · T · R`` of method.md §3.5 for an [H, W] image.
 
     R rotates by θ about ``(cx, cy) = (H / 2, W // 2)`` (OpenCV's convention, positive θ is
     counter-clockwise on screen); T shifts by (tx columns, ty rows); Sh is the shear
@@ -152,7 +152,7 @@ def recover_label(onehot: np.ndarray) -> np.ndarray:
 
 
 def gamma_transform(image: np.ndarray, gamma: float) -> np.ndarray:
-    """SPEC §3.5 gamma on one image: ``r · ((x − m + 1e-5) / r)^γ + m``."""
+    """method.md §3.5 gamma on one image: ``r · ((x − m + 1e-5) / r)^γ + m``."""
     m = float(image.min())
     r = float(image.max()) - m + 1e-5
     return (r * np.power((image - m + 1e-5) / r, gamma) + m).astype(np.float32)
@@ -185,6 +185,6 @@ def random_gamma(image: np.ndarray, rng: np.random.Generator, params: AugParams)
 
 def augment_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
                  params: AugParams, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """The full SPEC §3.5 pipeline: (image [H, W] float32, label [H, W] int64)."""
+    """The full method.md §3.5 pipeline: (image [H, W] float32, label [H, W] int64)."""
     image, label = geometric(image, label, rng, params, n_classes)
     return random_gamma(image, rng, params), label

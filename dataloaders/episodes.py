@@ -1,4 +1,4 @@
-"""Training episodes: superpixel (SPEC §3.2–§3.7), supervoxel (§9.3) and manual-label episodes.
+"""Training episodes: superpixel (method.md §3.2–§3.7), supervoxel (§9.3) and manual-label episodes.
 
 Every dataset here is a map-style ``torch.utils.data.Dataset`` whose item ``index`` is an episode
 drawn from its own generator ``episode_rng(seed, step)`` with ``step = index`` (a global step):
@@ -115,7 +115,7 @@ def setting_exclusions(dataset: Dataset | str | os.PathLike, setting: int,
         return []
     if setting == 2:
         return ds.test_labels(label_group)
-    raise InputError(f"setting: expected 1 or 2 (SPEC §3.7), got {setting!r}")
+    raise InputError(f"setting: expected 1 or 2 (method.md §3.7), got {setting!r}")
 
 
 def training_classes(dataset: Dataset | str | os.PathLike, label_group: int) -> list[int]:
@@ -137,7 +137,7 @@ def _check_classes(ds: Dataset, classes: Sequence[int], what: str) -> list[int]:
 def excluded_slices_from_classmap(dataset: Dataset | str | os.PathLike, pids: Sequence[str],
                                   exclude_labels: Sequence[int], mode: str = "any",
                                   min_tp: int = 1) -> dict[str, set[int]]:
-    """Per scan, the slices holding ≥ 1 pixel of any (``mode='any'``, SPEC §3.7) or of every
+    """Per scan, the slices holding ≥ 1 pixel of any (``mode='any'``, method.md §3.7) or of every
     (``'all'``, the Q-Net bug of §9.3) class of ``exclude_labels``, per ``classmap_<min_tp>``."""
     ds = as_dataset(dataset)
     if mode not in EXCLUDE_MODES:
@@ -259,7 +259,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
 
 class SuperpixelEpisodes(EpisodeDataset):
-    """Self-supervised 2-D superpixel episodes (SPEC §3.2–§3.7, with the §0 fixes).
+    """Self-supervised 2-D superpixel episodes (method.md §3.2–§3.7, with the §0 fixes).
 
     The training scans ``pids`` are loaded once (normalised per the dataset's rule; CT statistics
     from these scans unless ``stats`` is given). A slice is *eligible* when it holds at least one
@@ -389,7 +389,8 @@ class SuperpixelEpisodes(EpisodeDataset):
 
 
 class SupervoxelEpisodes(EpisodeDataset):
-    """3-D supervoxel episodes (SPEC §9.3): support and query are *adjacent* slices of one scan.
+    """3-D supervoxel episodes (method.md §9.3): support and query are *adjacent* slices of one
+    scan.
 
     Per item: a training scan uniformly; then (supervoxel v, run of ≥ 2 consecutive non-excluded
     slices holding v, start s inside the run but not its last slice) as Q-Net proposes them (v

@@ -1,4 +1,4 @@
-"""Evaluation episodes: support parts and query slice plans (SPEC §6.2–§6.5, §9.5).
+"""Evaluation episodes: support parts and query slice plans (method.md §6.2–§6.5, §9.5).
 
 For a fold and its test classes, :func:`build_evaluation` loads the support and query scans once
 (normalised like training; CT with the training-fold statistics) and returns an
@@ -16,17 +16,17 @@ For a fold and its test classes, :func:`build_evaluation` loads the support and 
 
 Protocols (``protocol=``):
 
-``'paper'`` (SPEC §6.3–§6.4, the default)
+``'paper'`` (method.md §6.3–§6.4, the default)
     every slice is predicted, part ``floor((z − z_min) / ((z_max − z_min) / npart))`` clipped to
     [0, npart − 1] (0 when z_max = z_min), with [z_min, z_max] the organ's extent in the *query*
     ground truth; only ``z_min − z_margin ≤ z ≤ z_max + z_margin`` is scored.
-``'realistic'`` (SPEC §0, §9.5 "EP2")
+``'realistic'`` (method.md §0, §9.5 "EP2")
     every slice is predicted and scored, and nothing of the query's ground truth chooses a slice
     or a part. The part uses the same formula on an *estimated* organ extent: the organ's relative
     position inside the body extent of the support scan(s) (mean over shots), mapped onto the
     query's body extent (first/last slice with raw intensity above the body threshold, from the
     image). ``realistic_chunks='body'`` instead splits the query's body extent itself.
-``'adnet'`` (SPEC §9.5, Q-Net / ADNet)
+``'adnet'`` (method.md §9.5, Q-Net / ADNet)
     only slices holding the class are predicted and scored; part by count, boundaries
     ``int(linspace(0, C, npart + 1))`` over the C labelled slices.
 
@@ -58,7 +58,8 @@ REALISTIC_CHUNKS = ("aligned", "body")
 
 
 def part_percentiles(npart: int) -> list[float]:
-    """``[0.5]`` for one part, else ``1/(2n) + k · (1 − 1/n) / (n − 1)``, k = 0..n−1 (SPEC §6.2)."""
+    """``[0.5]`` for one part, else ``1/(2n) + k · (1 − 1/n) / (n − 1)``, k = 0..n−1
+    (method.md §6.2)."""
     if not isinstance(npart, (int, np.integer)) or npart < 1 or npart % 2 == 0:
         raise InputError(f"npart: expected a positive odd number of support parts, got {npart!r}")
     if npart == 1:
@@ -75,8 +76,9 @@ def support_slice(zlist: Sequence[int], pct: float) -> int:
 
 def chunk_index(z: float, z_min: float, z_max: float, npart: int) -> int:
     """Part of slice z: ``(z − z_min) // ((z_max − z_min) / npart)`` clipped to [0, npart − 1];
-    0 when ``z_max == z_min`` (SPEC §6.3). Python's float floor division, as the original: it can
-    differ from ``floor`` of the true division at part boundaries (z=5 of [0, 15], 9 parts: 2)."""
+    0 when ``z_max == z_min`` (method.md §6.3). Python's float floor division, as the original: it
+    can differ from ``floor`` of the true division at part boundaries (z=5 of [0, 15], 9 parts:
+    2)."""
     if z_max == z_min:
         return 0
     part = (z - z_min) // ((z_max - z_min) / npart)

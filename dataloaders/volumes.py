@@ -1,4 +1,4 @@
-"""Scan loading and intensity normalisation for episodes (SPEC §3.2, §6.1).
+"""Scan loading and intensity normalisation for episodes (method.md §3.2, §6.1).
 
 Volumes are kept in memory as **(Z, H, W)** arrays, axis 0 being the SITK array's slice axis, so
 ``volume[z]`` is one contiguous 2-D slice and ``z`` is the index used by ``classmap_<N>.json``.
@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from data_preprocessing.contract import Dataset, load_dataset, map_label_values
-from util.io import read_array
+from data_preprocessing.resample import CROP_SIZE
+from util.io import check_scan, read_array, read_image
 from util.errors import InputError, MissingInput
 
 __all__ = ["NormStats", "Volume", "as_dataset", "train_fold_stats", "normalization_stats",
@@ -34,7 +36,7 @@ __all__ = ["NormStats", "Volume", "as_dataset", "train_fold_stats", "normalizati
            "tile_slices"]
 
 NORMALIZATIONS = ("zscore_volume", "zscore_train_fold")
-CROP = 256
+CROP = CROP_SIZE  # the in-plane size the network sees (resample.CROP_SIZE)
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,7 @@ def as_dataset(dataset: Dataset | str | os.PathLike) -> Dataset:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    image = read_array(path).astype(np.float32)
-    if image.ndim != 3:
-        raise InputError(f"{path}: expected a 3-D image (Z, H, W), found shape {image.shape}")
-    if not np.all(np.isfinite(image)):
-        raise InputError(f"{path}: expected finite intensities, found NaN or inf")
-    if image.size and image.min() == image.max():
-        raise InputError(f"{path}: expected an image with varying intensities, found a constant "
-                         f"image (every voxel {float(image.min()):g})")
-    return image
+    return sitk.GetArrayFromImage(check_scan(read_image(path), path)).astype(np.float32)
 
 
 def train_fold_stats(dataset: Dataset | str | os.PathLike, pids: list[str]) -> NormStats:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A measured learning curve on real scans: train from random initialisation (or PRETRAINED), keep
 # a snapshot every EVAL_EVERY steps, validate each snapshot and the untrained model on every label
-# group, and print one Dice table (README § Results, "measured here").
+# group, and print one Dice table (docs/results.md, "measured here").
 #
 #   bash examples/learning_curve.sh                          # CHAOS-T2 fold 0, S1, 1000 steps, fp32
 #   PRECISION=bf16 bash examples/learning_curve.sh

@@ -9,7 +9,7 @@ model and the same pipeline with an untrained model on both label groups (kidney
 spleen), prints the Dice table, writes overlays under each validation run and
 ``<out>/results.md``. It exits with status 1 unless the trained model's mean Dice beats the
 untrained pipeline's by at least ``--margin`` points (a guard against a change that stops the
-pipeline learning; the README gives the seeds' spread the default margin comes from).
+pipeline learning; docs/quickstart.md gives the seeds' spread the default margin comes from).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import validation  # noqa: E402,F401  (registers the validate command)
 
 
 # Least gain (mean-Dice points) of 1500 trained steps over the untrained pipeline. Measured gains:
-# see the README's quickstart section (three seeds on one machine, and a second kind of CPU).
+# see docs/quickstart.md (three seeds on one machine, and a second kind of CPU).
 MARGIN = 15.0
 
 

@@ -1,7 +1,7 @@
 """Segmenting new scans: input checks, the training preprocessing, and the way back (predict.py).
 
 A new scan of any size and spacing is brought onto the network grid the way the training data
-were made (SPEC §1.2, §1.3, §3.2), then a prediction on that grid is mapped back onto the scan:
+were made (method.md §1.2, §1.3, §3.2), then a prediction on that grid is mapped back onto the scan:
 
     to the network grid   intensity step → R1 to the target spacing → centre crop / pad to
                           256 x 256 (R3) → z-score of that [Z, 256, 256] volume
@@ -12,7 +12,7 @@ were made (SPEC §1.2, §1.3, §3.2), then a prediction on that grid is mapped b
 Intensity step: MR clips at the 99.5th percentile (CHAOS-T2 step 3); CT clips HU to
 [-125, 275] and rescales to [0, 255] (SABS step 1). The z-score is per volume for both: a new
 CT scan has no training fold, and the checkpoint does not record the training-fold mean and std
-that SABS uses (SPEC §3.2), so per-volume statistics stand in for them. The z-score is taken
+that SABS uses (method.md §3.2), so per-volume statistics stand in for them. The z-score is taken
 over the cropped / padded volume, as the loaders z-score the stored 256 x 256 files.
 
 Target spacing: ``--spacing``, else the training dataset's (CHAOS-T2 1.25 x 1.25 x 7.70 mm);
@@ -30,7 +30,7 @@ Modality: :func:`apparent_modality` reads CT in Hounsfield units from the voxels
 below -200 HU, in at least 0.1 % of them); MR intensities are never that negative.
 
 Masks are binarised (one label value, or any non-zero) and resampled with R2; the body extent
-used by the realistic chunk assignment (SPEC §9.5) is found on the scan's intensities before
+used by the realistic chunk assignment (method.md §9.5) is found on the scan's intensities before
 the z-score, as the loaders do.
 """
 from __future__ import annotations
@@ -54,11 +54,11 @@ from data_preprocessing.resample import (BORDER, CROP_SIZE, crop_or_pad_volume, 
 from dataloaders.volumes import Volume, body_extent, normalize
 from inference.loader import ORIGINAL_ASSUMED, build_model, read_weights
 from models.alpnet import ALPNet
-from util.io import array_to_image, read_image
+from util.io import array_to_image, check_scan, read_image
 from util.errors import InputError, MissingInput
 
 MODALITIES = ("MR", "CT")
-# SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (SPEC §1.3).
+# SABS maps the central 448 of 512 pixels (a 32-pixel border cut off) onto 256 (method.md §1.3).
 SABS_FOV_FRACTION = 1 - 2 * BORDER / 512
 MAX_MASK_VALUES = 64  # more distinct values than this: an image, not a label map
 
@@ -105,16 +105,7 @@ def read_scan(path: str | os.PathLike, what: str = "image") -> sitk.Image:
                          f"folder {path.parent} as the {what}")
     else:
         image = read_image(path)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: expected a scalar 3-D {what}, found a {image.GetDimension()}-D "
-                         f"image with {image.GetNumberOfComponentsPerPixel()} component(s) per "
-                         f"voxel, size {image.GetSize()}")
-    if "image" in what:
-        arr = sitk.GetArrayViewFromImage(image)
-        if arr.min() == arr.max():
-            raise InputError(f"{path}: expected a {what} with varying intensities, found a "
-                             f"constant image (every voxel {float(arr.min()):g})")
-    return image
+    return check_scan(image, path, what, varying="image" in what)
 
 
 def read_dicom_folder(folder: Path, what: str) -> sitk.Image:

@@ -1,4 +1,4 @@
-"""ALPNet model: encoder, adaptive local prototype pooling (ALP), losses (SPEC §4–§5).
+"""ALPNet model: encoder, adaptive local prototype pooling (ALP), losses (method.md §4–§5).
 
 - ``models.alp``      the method's heart, pure functions on tensors:
   ``alp_score(query_feats, support_feats, support_mask, mode, window, threshold, scale)``

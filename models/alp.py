@@ -1,4 +1,4 @@
-"""Adaptive local prototype pooling (ALP): the heart of ALPNet (SPEC §4.2–§4.3).
+"""Adaptive local prototype pooling (ALP): the heart of ALPNet (method.md §4.2–§4.3).
 
 One ALP call scores every query position against the prototypes of one class (or of the
 background), computed from the support features and a soft support mask at feature resolution:
@@ -14,8 +14,8 @@ background), computed from the support features and a soft support mask at featu
 3. Score ``Σ_k softmax_k(d(x)) · d_k(x)``: the softmax-weighted mean similarity. With a single
    prototype this is exactly ``scale · cos(q(x), p)``, the PANet score, so all modes share it.
 
-Fixed against the original (SPEC §0): when no window passes the threshold in ``'local'`` mode the
-set is empty; we fall back to the global prototype of that mask instead of raising, and report it
+Fixed against the original (method.md §0): when no window passes the threshold in ``'local'`` mode
+the set is empty; we fall back to the global prototype of that mask instead of raising, and report it
 in :class:`ALPInfo` so training can count it.
 
 The foreground mode is chosen by :func:`choose_fg_mode` from the mask alone, always with a 4×4
@@ -65,8 +65,8 @@ def l2_normalize(x: Tensor, dim: int = 1) -> Tensor:
 def downsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     """Soft mask at feature resolution: [S, H, W] or [S, 1, H, W] → [S, 1, h, w].
 
-    Bilinear with ``align_corners=False`` (SPEC §4.2): for a factor of 8 each value is the mean of
-    the 2×2 pixels at rows/cols {8i+3, 8i+4}, not an area average.
+    Bilinear with ``align_corners=False`` (method.md §4.2): for a factor of 8 each value is the mean
+    of the 2×2 pixels at rows/cols {8i+3, 8i+4}, not an area average.
     """
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)

@@ -1,4 +1,4 @@
-"""ALPNet (the original's ``FewShotSeg``): 1-way S-shot segmentation with ALP (SPEC §4.4–§4.5).
+"""ALPNet (the original's ``FewShotSeg``): 1-way S-shot segmentation with ALP (method.md §4.4–§4.5).
 
 Training, one episode::
 
@@ -148,7 +148,7 @@ class ALPNet(nn.Module):
 
     def alignment_loss(self, query_feats: Tensor, query_logits: Tensor, support_feats: Tensor,
                        support_fg: Tensor, support_bg: Tensor) -> tuple[Tensor, int]:
-        """Prototype alignment (SPEC §4.5): segment the support with the query's prediction.
+        """Prototype alignment (method.md §4.5): segment the support with the query's prediction.
 
         The masks are the argmax of the low-resolution query logits [Q, 2, h, w] (no gradient);
         the loss is the unweighted cross-entropy per support shot, averaged over the shots.

@@ -1,6 +1,6 @@
 """Feature encoder: a DeepLabV3 trunk (output stride 8) and a 1×1 projection to 256 channels.
 
-SPEC §4.1. The module layout reproduces the original's state-dict names so its released
+method.md §4.1. The module layout reproduces the original's state-dict names so its released
 checkpoints load (through :mod:`inference.loader`):
 
 - ``backbone.*``    torchvision's IntermediateLayerGetter over the ResNet (layer4 → 2048 channels);

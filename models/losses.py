@@ -1,4 +1,5 @@
-"""Losses: weighted cross-entropy on the query (SPEC §5.1) and the alignment-loss pieces (§4.5).
+"""Losses: weighted cross-entropy on the query (method.md §5.1) and the alignment-loss pieces
+(§4.5).
 
 Training minimises ``weighted_cross_entropy(out.logits, query_label) + out.align_loss``.
 """

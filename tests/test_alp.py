@@ -1,4 +1,4 @@
-"""ALP on tiny feature maps whose answers are computed by hand (SPEC §4.2–§4.3)."""
+"""ALP on tiny feature maps whose answers are computed by hand (method.md §4.2–§4.3)."""
 from __future__ import annotations
 
 import math

@@ -108,7 +108,7 @@ def test_alignment_loss_segments_each_support_shot_with_the_query_prediction():
     model = make_model().train()
     torch.manual_seed(5)
     out = run(model, ep)
-    # recompute by the per-shot loop of SPEC §4.5 (same batch, so the same BN statistics)
+    # recompute by the per-shot loop of method.md §4.5 (same batch, so the same BN statistics)
     with torch.no_grad():
         feats = model.encode(torch.cat([ep["support_images"], ep["query_images"]]))
     fs, fq = feats[:2], feats[2:]

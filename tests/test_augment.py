@@ -1,4 +1,5 @@
-"""Augmentation (SPEC §3.5): the affine matrix by hand, elastic, label recovery, gamma, seeding."""
+"""Augmentation (method.md §3.5): the affine matrix by hand, elastic, label recovery, gamma,
+seeding."""
 import math
 
 import cv2
@@ -53,7 +54,7 @@ def test_elastic_identity_at_zero_alpha_and_displacement_size():
     ramp = np.repeat(np.arange(256, dtype=np.float32)[None, :], 256, axis=0)[..., None]
     out = A.elastic_deform(ramp, np.random.default_rng(2), 10.0, 5.0)
     dx = (out[..., 0] - ramp[..., 0])[20:-20, 20:-20]        # column displacement, interior
-    assert 0.15 < dx.std() < 0.5                              # SPEC: about 0.3 px std at α = 10
+    assert 0.15 < dx.std() < 0.5       # method.md §3.5: about 0.3 px std at α = 10
     assert abs(dx.mean()) < 0.1
 
 

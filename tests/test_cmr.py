@@ -1,4 +1,4 @@
-"""CMR bSSFP preprocessing (SPEC §1.4) on a few slices of shared CMR scans.
+"""CMR bSSFP preprocessing (method.md §1.4) on a few slices of shared CMR scans.
 
 The shared scans are already at 1.25 x 1.25 x 7.99 mm and 256 x 256 (float64), so the output must
 be the clipped source plus one all-zero slice, with the raw label values 200/500/600 kept.

@@ -25,7 +25,7 @@ def r101() -> ALPNet:
 
 
 def original_key_names() -> set[str]:
-    """The original's state-dict names, built independently from torchvision (SPEC §4.1)."""
+    """The original's state-dict names, built independently from torchvision (method.md §4.1)."""
     with torch.device("meta"):
         resnet = torchvision.models.resnet101()
         aspp = segmentation.deeplabv3.ASPP(2048, [12, 24, 36])

@@ -1,5 +1,5 @@
-"""Evaluation protocols (SPEC §6.2–§6.5, §9.5): percentiles, chunks (Appendix B), support parts,
-query plans under the paper / realistic / ADNet protocols, absent organs, real CHAOS-T2 and CMR."""
+"""Evaluation protocols (method.md §6.2–§6.5, §9.5): percentiles, chunks (Appendix B), support
+parts, query plans under the paper / realistic / ADNet protocols, absent organs, real CHAOS-T2 and CMR."""
 import warnings
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Fold tables (SPEC §3.1, §9.1) and the dataset.json / splits.json contract."""
+"""Fold tables (method.md §3.1, §9.1) and the dataset.json / splits.json contract."""
 import json
 from pathlib import Path
 
@@ -35,7 +35,7 @@ def test_sabs_folds_equal_spec_table():
 def test_cmr_folds_equal_qnet_table():
     pids = [str(i) for i in range(1, 36)]
     folds = make_folds(pids, CMR.fold_sep)
-    # index sets 0-7, 7-14, ..., 28-34 plus {0} (SPEC §9.1), support = last of the set
+    # index sets 0-7, 7-14, ..., 28-34 plus {0} (method.md §9.1), support = last of the set
     assert folds[0]["query"] + folds[0]["support"] == [str(i) for i in range(1, 9)]
     assert folds[4]["query"] + folds[4]["support"] == [str(i) for i in range(29, 36)] + ["1"]
     assert all(len(f["train"]) == 27 for f in folds)

@@ -1,4 +1,4 @@
-"""R1 / R2 / R3 and the MRI step 3 on hand-checkable inputs (SPEC §1.1)."""
+"""R1 / R2 / R3 and the MRI step 3 on hand-checkable inputs (method.md §1.1)."""
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
-"""SABS / Synapse CT preprocessing (SPEC §1.3) on the shared CT example and a synthetic volume."""
+"""SABS / Synapse CT preprocessing (method.md §1.3) on the shared CT example and a synthetic
+volume."""
 from __future__ import annotations
 
 import shutil

@@ -27,7 +27,7 @@ def test_faithful_relabel_reproduces_the_original_ids():
     k = 6
     seg = _stripes(k)
     out = sp.relabel(seg, np.ones(seg.shape, bool), "faithful")
-    # SPEC App. B: K raw segments inside the mask give ids {1..K-2, K}; raw 0 is dropped
+    # method.md §2.3: K raw segments inside the mask give ids {1..K-2, K}; raw 0 is dropped
     assert sorted(np.unique(out[out > 0]).tolist()) == [1, 2, 3, 4, 6]
     assert (out[seg == 0] == 0).all()
     assert (sp.relabel(np.zeros((3, 3), int), np.ones((3, 3), bool), "faithful") == 0).all()

@@ -1,4 +1,4 @@
-"""Every switch of the README's "Differences" table, given on the command line as documented."""
+"""Every switch of docs/differences.md, given on the command line as documented."""
 import json
 import subprocess
 import sys

@@ -174,6 +174,24 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
                          f"{first}") from err
 
 
+def check_scan(image: sitk.Image, where: str | os.PathLike, what: str = "image",
+               varying: bool = True) -> sitk.Image:
+    """The one check of a scan as read: 3-D, one value per voxel, finite, and (``varying``) not
+    constant. Returns ``image``; raises :class:`InputError` naming ``where`` otherwise."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{where}: expected a scalar 3-D {what}, found a "
+                         f"{image.GetDimension()}-D image with "
+                         f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel, size "
+                         f"{image.GetSize()}")
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError(f"{where}: expected finite intensities, found NaN or inf")
+    if varying and arr.size and arr.min() == arr.max():
+        raise InputError(f"{where}: expected a {what} with varying intensities, found a constant "
+                         f"image (every voxel {float(arr.min()):g})")
+    return image
+
+
 def read_array(path: str | os.PathLike, dtype: Any | None = None) -> np.ndarray:
     """Read an image as a SITK array, axis order (Z, Y, X)."""
     arr = sitk.GetArrayFromImage(read_image(path))

@@ -1,4 +1,4 @@
-"""Learning rate as a pure function of the step (SPEC §5.2)."""
+"""Learning rate as a pure function of the step (method.md §5.2)."""
 from __future__ import annotations
 from util.errors import InputError
 
