@@ -367,7 +367,7 @@ def test_cli_end_to_end_with_a_bare_state_dict(checkpoints, scans, tmp_path):
     assert pred.GetSize() == sitk.ReadImage(str(scans["query"])).GetSize()
     cmd[cmd.index("--support-mask") + 1] = str(tmp_path / "missing_mask.nii.gz")
     failed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
-    assert failed.returncode != 0 and "missing_mask.nii.gz" in failed.stderr
+    assert failed.returncode == 2 and "missing_mask.nii.gz" in failed.stderr
     assert "Traceback" not in failed.stderr
 
 

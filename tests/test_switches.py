@@ -92,7 +92,7 @@ def test_bad_switch_values_name_the_key():
     out = subprocess.run([sys.executable, "validation.py", "with", "quickstart",
                           "protocol=qnet"], cwd=ROOT, capture_output=True, text=True,
                          encoding="utf-8", timeout=120)
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert "protocol expects one of ['paper', 'realistic', 'adnet'], got 'qnet'" in out.stderr
 
 
@@ -106,3 +106,26 @@ def test_faithful_superpixel_ids_from_the_command_line(tmp_path):
                          capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert load_dataset(tmp_path).meta["pseudolabels"]["MIDDLE"]["relabel"] == "faithful"
+
+
+def test_prototypes_global_gives_one_prototype_per_mask():
+    """The switch acts: a model built from the config with prototypes='global' pools one
+    prototype per mask; with the default ALP the same support gives many local ones."""
+    import torch
+
+    from config_ssl_upload import KEYS
+    from inference.loader import NO_WEIGHTS, build_model
+
+    cfg = {name: key.default for name, key in KEYS.items()}
+    counts = {}
+    for kind in ("global", "alp"):
+        cfg.update(encoder="tiny", prototypes=kind, bf16=False, channels_last=False)
+        model = build_model(cfg, torch.device("cpu"), NO_WEIGHTS).eval()
+        torch.manual_seed(0)
+        fg = torch.zeros(1, 256, 256)
+        fg[:, 64:192, 64:192] = 1
+        with torch.no_grad():
+            support = model.encode_support(torch.randn(1, 3, 256, 256), fg, 1 - fg)
+        counts[kind] = (support.fg.vectors.shape[0], support.bg.vectors.shape[0])
+    assert counts["global"] == (1, 1)
+    assert counts["alp"][0] > 1 and counts["alp"][1] > 1  # local windows (+ the global fg)

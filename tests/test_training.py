@@ -165,7 +165,7 @@ def test_clear_errors(phantom_dir, tmp_path):
 def test_cli_suggests_the_key_meant(tmp_path):
     out = subprocess.run([sys.executable, "training.py", "with", "quickstart", "n_step=3"],
                          cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert "unknown key 'n_step'; did you mean 'n_steps'" in out.stderr
 
 
