@@ -28,10 +28,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from util.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from util.errors import InputError  # noqa: E402
 
 # name: (uses the faithful pseudolabels, training overrides); what each switch restores of the
 # original is described in docs/episodes.md
