@@ -363,6 +363,8 @@ def test_cli_end_to_end_with_a_bare_state_dict(checkpoints, scans, tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0, done.stderr
     assert "voxels predicted" in done.stdout
+    # the loader's decision reaches the user (logging is configured by the entry point)
+    assert "INFO - inference.loader - " in done.stderr and "a bare state dict" in done.stderr
     pred = sitk.ReadImage(str(tmp_path / "out" / "query_a_pred.nii.gz"))
     assert pred.GetSize() == sitk.ReadImage(str(scans["query"])).GetSize()
     cmd[cmd.index("--support-mask") + 1] = str(tmp_path / "missing_mask.nii.gz")

@@ -8,6 +8,7 @@ the traceback of expected errors too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -43,6 +44,7 @@ def run_main(prog: str, main: Callable[[], Any]) -> Any:
 
     debug = debug_requested()
     sys.argv[0] = prog  # argparse's usage and errors name the command as the user ran it
+    configure_logging()
     try:
         with stop_on_signals():
             return main()
@@ -55,6 +57,16 @@ def run_main(prog: str, main: Callable[[], Any]) -> Any:
             raise
         print(f"{prog}: error: {message_of(err)}", file=sys.stderr)
         sys.exit(EXIT_EXPECTED)
+
+
+LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"  # sacred's, for training and validation
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines of the library modules (the loader's decisions, evaluation warnings) to stderr,
+    unless something (sacred, a test) configured logging already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
 
 
 def fail(prog: str, message: str) -> None:
