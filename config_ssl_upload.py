@@ -76,8 +76,9 @@ KEYS: dict[str, Key] = {
                                         "else CHAOST2"),
     "data_dir": Key(DERIVED, (str,), doc="default ./data/<dataset>"),
     "eval_fold": Key(0, (int,), low=0),
-    "label_sets": Key(0, (int, str), doc="label group whose classes are tested; validation: "
-                                         "'all' scores every group in one run"),
+    "label_sets": Key(DERIVED, (int, str), doc="label group whose classes are tested (default "
+                                               "0); validation: 'all' scores every group in one "
+                                               "run"),
     "setting": Key(DERIVED, (int,), (1, 2), doc="1: all slices; 2: slices with any test class "
                                                 "never sampled; default 2 (the original's), 1 "
                                                 "for a folder with unlabelled scans"),
@@ -166,7 +167,10 @@ ex.add_config({name: key.default for name, key in KEYS.items()})
 def derive(config: dict) -> dict:
     """Values of the DERIVED keys that were not given (``exclude_labels`` is resolved from
     ``dataset.json`` when the run starts: see :func:`resolve_exclude_labels`)."""
-    out = {key: "auto" for key in ("bf16", "channels_last") if config[key] is None}
+    # declared DERIVED only so that a named config's other type is no sacred type change
+    out = {key: value for key, value in (("bf16", "auto"), ("channels_last", "auto"),
+                                          ("label_sets", 0)) if config[key] is None}
+    label_sets = out.get("label_sets", config["label_sets"])
     facts = folder_facts(config["data_dir"]) if config["data_dir"] is not None else None
     dataset = config["dataset"]
     if dataset is None:
@@ -183,7 +187,7 @@ def derive(config: dict) -> dict:
     if config["exp_name"] is None:
         # Setting 1 trains one model for every label group: the group is not part of its name
         parts = (config["exp_prefix"], dataset, f"setting{setting}",
-                 f"group{config['label_sets']}" if setting == 2 else "",
+                 f"group{label_sets}" if setting == 2 else "",
                  config["pseudolabel"], config["superpix_scale"], f"fold{config['eval_fold']}")
         out["exp_name"] = "_".join(str(p) for p in parts if p != "")
     return out
@@ -342,7 +346,7 @@ def check_config(config: dict) -> None:
             else None
     except KeyError:
         groups = None
-    if config["label_sets"] != "all" and not (isinstance(config["label_sets"], int)
+    if config["label_sets"] not in ("all", None) and not (isinstance(config["label_sets"], int)
                                               and 0 <= config["label_sets"] < (groups or 10**9)):
         allowed = f"0..{groups - 1}" if groups else "a group index >= 0"
         raise InputError(f"config: label_sets for {config['dataset']} expects {allowed} "
@@ -517,3 +521,5 @@ def run_cli(command: str, argv: list[str]) -> None:
         if debug:
             raise
         fail(prog, message_of(err))
+    finally:
+        GIVEN_KEYS.clear()  # this command line's keys, not those of a later run in the process

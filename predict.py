@@ -27,7 +27,7 @@ from inference.batched import encode_parts, segment
 from models.encoder import ENCODER_NAMES
 from inference.predict import (MODALITIES, Grid, binary_mask, check_modality, check_same_grid,
                                checkpoint_modality, checkpoint_warnings, coverage_warning,
-                               dataset_info,
+                               dataset_info, merged_labels_warning,
                                is_oblique, load_model, orientation, output_path, prepare_mask,
                                prepare_scan, read_scan, reorient, restore_layout,
                                support_volume, target_orientation, target_spacing, to_original)
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     support = bring(support, args.support)
     mask = binary_mask(reorient(mask_image, orientation(support)), args.support_mask, args.label)
+    warnings.append(merged_labels_warning(mask_image, args.support_mask, args.label))
     spacing = target_spacing(info, support, args.spacing)
     sup = prepare_scan(support, spacing, info, str(args.support))
     sup_mask = prepare_mask(mask, support, sup, str(args.support_mask))

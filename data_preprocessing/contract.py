@@ -195,8 +195,9 @@ def register(folder: str | os.PathLike, dataset: str | DatasetInfo, *, n_shots: 
     old = read_json(folder / DATASET_JSON) if (folder / DATASET_JSON).is_file() else {}
     if old.get("name") not in (None, info.name) and not force:
         raise InputError(f"{folder / DATASET_JSON}: the folder is registered as {old['name']}, "
-                         f"not {info.name}; expected the same dataset (pass --force to "
-                         f"re-register it as {info.name})")
+                         f"not {info.name}; expected the same dataset (re-register it as "
+                         f"{info.name} with `python -m data_preprocessing.contract --dataset "
+                         f"{info.name} --dir {folder} --force`, or choose another folder)")
     pseudo = {s: p for s, p in old.get("pseudolabels", {}).items()
               if all((folder / FILE_PATTERNS["pseudolabel"].format(pid=c, scale=s)).is_file()
                      for c in cases)}

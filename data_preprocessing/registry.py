@@ -69,8 +69,9 @@ class DatasetInfo:
         try:
             return cls._from_complete_record(record)
         except (AttributeError, TypeError, ValueError) as err:
+            found = err if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
             raise InputError(f"{where}: expected a preprocessing record of the types "
-                             f"DatasetInfo declares, found {type(err).__name__}: {err}") from None
+                             f"DatasetInfo declares, found {found}") from None
 
     @classmethod
     def _from_complete_record(cls, record: dict) -> DatasetInfo:

@@ -162,6 +162,19 @@ def binary_mask(mask: sitk.Image, path: str | os.PathLike,
     return out.astype(np.uint8)
 
 
+def merged_labels_warning(mask: sitk.Image, path: str | os.PathLike,
+                          label: float | None) -> str | None:
+    """A warning when a multi-organ label map is used without ``--label``: its organs merge."""
+    if label is not None:
+        return None
+    values = [v for v in np.unique(sitk.GetArrayViewFromImage(mask)).tolist() if v != 0]
+    if len(values) < 2:
+        return None
+    shown = ", ".join(f"{v:g}" for v in values)
+    return (f"WARNING: {path} holds {len(values)} labels ({shown}); without --label they are "
+            f"merged into one organ; pass --label to choose one")
+
+
 def output_path(out_dir: str | os.PathLike, query: str | os.PathLike) -> Path:
     """``<out_dir>/<query name without .nii.gz / .nii / other extension>_pred.nii.gz``."""
     stem = Path(Path(query).name.removesuffix(".gz")).stem

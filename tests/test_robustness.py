@@ -277,3 +277,11 @@ def test_convert_names_the_code_a_crafted_file_would_run(tmp_path):
     one_line_error(out, "python -m util.checkpoint", "found a reference to print;")
     assert "weights_only=False" not in out.stderr and "ran" not in out.stdout
     assert not (tmp_path / "new.pth").exists()
+
+
+def test_a_multi_organ_mask_without_label_warns(model, chaos_dir, tmp_path):
+    done = predict(model, chaos_dir / "image_8.nii.gz", chaos_dir / "label_8.nii.gz",
+                   [chaos_dir / "image_1.nii.gz"], tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "label_8.nii.gz holds 4 labels (1, 2, 3, 4); without --label they are merged" in \
+        done.stderr

@@ -187,8 +187,9 @@ def check_scan(image: sitk.Image, where: str | os.PathLike, what: str = "image",
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InputError(f"{where}: expected finite intensities, found NaN or inf")
     if varying and arr.size and arr.min() == arr.max():
-        raise InputError(f"{where}: expected a {what} with varying intensities, found a constant "
-                         f"image (every voxel {float(arr.min()):g})")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise InputError(f"{where}: expected {article} {what} with varying intensities, found a "
+                         f"constant image (every voxel {float(arr.min()):g})")
     return image
 
 
