@@ -28,6 +28,7 @@ from sacred.arg_parser import get_config_updates  # noqa: E402
 from sacred.utils import SacredInterrupt  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
 from sacred.observers import FileStorageObserver  # noqa: E402
 
+from data_preprocessing.contract import no_labels_error  # noqa: E402
 from data_preprocessing.registry import REGISTRY, get_dataset_info  # noqa: E402
 from dataloaders.episodes import SLICE_DRAWS, SUPERPIXEL_DRAWS, setting_exclusions  # noqa: E402
 from dataloaders.evaluation import PROTOCOLS, REALISTIC_CHUNKS  # noqa: E402
@@ -218,9 +219,7 @@ def check_labels_needed(cfg: dict, command: str, n_labelled: int, n_cases: int,
         ("pseudolabel='manual'", command == "train" and cfg["pseudolabel"] == "manual"))
         if needed]
     if needs and n_labelled == 0:
-        raise InputError(f"{where}: {' and '.join(needs)} needs labels, and this folder has "
-                         f"none (imported without labels); train with setting=1 and "
-                         f"val_every=0, then segment with predict.py")
+        raise no_labels_error(where, " and ".join(needs))
     if "setting=2" in needs and n_labelled < n_cases:
         raise InputError(f"{where}: setting=2 removes every slice holding a test class, which "
                          f"needs every scan labelled; {n_labelled} of {n_cases} are; expects "

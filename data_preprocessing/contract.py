@@ -51,6 +51,13 @@ def discover_cases(folder: str | os.PathLike) -> list[str]:
                      for p in folder.glob("image_?*.nii.gz"))
 
 
+def no_labels_error(where: str | os.PathLike, what: str) -> InputError:
+    """The one message for a run that needs labels on a folder imported without them."""
+    return InputError(f"{where}: {what} needs labels, and this folder has none (imported "
+                      f"without labels); train with setting=1 and val_every=0, then segment "
+                      f"with predict.py")
+
+
 @dataclass
 class Dataset:
     """A registered dataset folder: its description and folds, read from the JSON files."""
@@ -89,9 +96,7 @@ class Dataset:
     def require_labels(self, what: str) -> None:
         """Stop with one line when the folder has no labels and ``what`` needs them."""
         if not self.labelled:
-            raise InputError(f"{self.root / DATASET_JSON}: {what} needs labels, and this folder "
-                             f"has none (imported without labels); train with setting=1 and "
-                             f"val_every=0, then segment with predict.py")
+            raise no_labels_error(self.root / DATASET_JSON, what)
 
     @property
     def labels(self) -> dict[int, str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from data_preprocessing.contract import FILE_PATTERNS
 from data_preprocessing.dicom import dicom_files, is_dicom, keep_locale, read_dicom_series
 from data_preprocessing.preprocess import (HU_AIR, apparent_modality, is_oblique, orientation,
                                            preprocess, preprocess_label, reorient)
@@ -270,14 +271,7 @@ def nnunet_source(root: Path, channel: int = 0) -> Source:
             if extra:
                 raise InputError(f"{lab_dir}: expected a label per imagesTr case, found labels "
                                  f"without an image: {extra[:5]}")
-    n_train = sum(c.label is not None for c in cases)
-    if "numTraining" in meta and int(meta["numTraining"]) != n_train:
-        raise InputError(f"{meta_path}: numTraining says {meta['numTraining']}, imagesTr holds "
-                         f"{n_train} cases")
-    name = channels[channel]
-    modality = "CT" if name.upper() == "CT" else "MR"
-    notes = [f"channel {channel} ({name!r}) of {len(channels)}; normalised as {modality}"]
-    return Source("nnU-Net v2", root, _unique(cases, root), modality, labels, notes)
+    return _task_source("nnU-Net v2", root, meta, channels, channel, cases, labels)
 
 
 def msd_source(root: Path, channel: int = 0) -> Source:
@@ -305,13 +299,21 @@ def msd_source(root: Path, channel: int = 0) -> Source:
     if (root / "imagesTs").is_dir():
         test, _ = _volumes(root / "imagesTs")
         cases += [Case(case_name(s), p, None, channel) for s, p in test.items()]
-    if "numTraining" in meta and int(meta["numTraining"]) != len(images):
-        raise InputError(f"{meta_path}: numTraining says {meta['numTraining']}, imagesTr holds "
-                         f"{len(images)} cases")
-    name = modalities[channel]
+    return _task_source("MSD", root, meta, modalities, channel, cases, labels)
+
+
+def _task_source(layout: str, root: Path, meta: dict, channels: dict[int, str], channel: int,
+                 cases: list[Case], labels: dict[int, str]) -> Source:
+    """An nnU-Net or MSD source: ``numTraining`` checked against the labelled cases, the
+    modality from the chosen channel's name (CT, else MR as nnU-Net normalises)."""
+    n_train = sum(c.label is not None for c in cases)
+    if "numTraining" in meta and int(meta["numTraining"]) != n_train:
+        raise InputError(f"{root / 'dataset.json'}: numTraining says {meta['numTraining']}, "
+                         f"imagesTr holds {n_train} cases")
+    name = channels[channel]
     modality = "CT" if name.upper() == "CT" else "MR"
-    notes = [f"channel {channel} ({name!r}) of {len(modalities)}; normalised as {modality}"]
-    return Source("MSD", root, _unique(cases, root), modality, labels, notes)
+    notes = [f"channel {channel} ({name!r}) of {len(channels)}; normalised as {modality}"]
+    return Source(layout, root, _unique(cases, root), modality, labels, notes)
 
 
 def dicom_source(root: Path) -> Source:
@@ -378,7 +380,6 @@ class Plan:
     info: DatasetInfo
     cases: list[Case]
     notes: list[str]
-    label_map: dict[int, int]  # stored value -> class id where they differ
 
 
 def _header(case: Case):
@@ -430,7 +431,7 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
                              f"{fmt_spacing(sp)} mm")
         headers[case.name] = (size3, sp, direction)
     codes = Counter(orientation(d) for _, _, d in headers.values()
-                    if not _oblique_direction(d))
+                    if not is_oblique(d))
     code = codes.most_common(1)[0][0] if codes else None
     if len(codes) > 1:
         notes.append(f"orientations {dict(codes)}: every scan brought to {code}")
@@ -467,7 +468,7 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
         if unknown:
             raise InputError(f"{source.root}: expected the {preset} label values "
                              f"{sorted(base.raw_label_values or base.labels)}, found {unknown}")
-        return Plan(info, source.cases, notes, {})
+        return Plan(info, source.cases, notes)
     target = tuple(float(s) for s in spacing) if spacing else median
     if len(target) == 2:
         target = target + (median[2],)
@@ -482,17 +483,11 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
         body_threshold=CT_BODY_THRESHOLD if modality == "CT" else MR_BODY_THRESHOLD,
         target_spacing=target, raw_label_values=label_map, orientation=code,
         size=size or CROP_SIZE, intensity=intensity)
-    return Plan(info, source.cases, notes, label_map)
-
-
-def _oblique_direction(direction) -> bool:
-    image = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-    image.SetDirection(direction)
-    return is_oblique(image)
+    return Plan(info, source.cases, notes)
 
 
 def _reoriented_spacing(spacing, direction, code: str | None) -> tuple[float, float, float]:
-    if code is None or _oblique_direction(direction):
+    if code is None or is_oblique(direction):
         return tuple(spacing)
     image = sitk.Image([2, 2, 2], sitk.sitkUInt8)
     image.SetSpacing(spacing)
@@ -593,8 +588,6 @@ def _label_groups(labels: dict[int, str], tests: tuple[int, ...],
 def import_scans(plan: Plan, dst: str | os.PathLike, log=print) -> dict:
     """Preprocess every case into a staging folder of ``dst``, then move the files in place;
     returns {case: {"image": source, "label": source or None}}."""
-    from data_preprocessing.contract import FILE_PATTERNS
-
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     staging = dst / ".staging-import"

@@ -112,10 +112,11 @@ def orientation(direction: Sequence[float]) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(direction))
 
 
-def is_oblique(image: sitk.Image) -> bool:
-    """Whether an axis of ``image`` lies more than ~26 degrees (cosine < 0.9) off every
-    anatomical axis."""
-    cosines = np.abs(np.asarray(image.GetDirection(), float).reshape(3, 3))
+def is_oblique(image: sitk.Image | Sequence[float]) -> bool:
+    """Whether an axis of ``image`` (or of these direction cosines) lies more than ~26 degrees
+    (cosine < 0.9) off every anatomical axis."""
+    direction = image.GetDirection() if isinstance(image, sitk.Image) else image
+    cosines = np.abs(np.asarray(direction, float).reshape(3, 3))
     return bool((cosines.max(axis=0) < OBLIQUE_COS).any())
 
 

@@ -72,6 +72,16 @@ def train_and_predict(data: Path, tmp: Path, support: tuple[Path, Path], query: 
     return pred
 
 
+def support_and_query(chaos_dir: Path, tmp_path: Path, support: str, query: str
+                      ) -> tuple[tuple[Path, Path], Path]:
+    """A support scan with its labels and a query scan (12 slices each) written as new files."""
+    image, label = chaos_scan(chaos_dir, support)
+    sitk.WriteImage(image, str(tmp_path / "sup.nii.gz"))
+    sitk.WriteImage(label, str(tmp_path / "sup_mask.nii.gz"))
+    sitk.WriteImage(chaos_scan(chaos_dir, query)[0], str(tmp_path / "q.nii.gz"))
+    return (tmp_path / "sup.nii.gz", tmp_path / "sup_mask.nii.gz"), tmp_path / "q.nii.gz"
+
+
 @pytest.fixture(scope="module")
 def nnunet_copy(chaos_dir, tmp_path_factory) -> Path:
     """An nnU-Net v2 raw dataset: 5 labelled CHAOS-T2 scans in imagesTr, one in imagesTs."""
@@ -115,10 +125,8 @@ def test_nnunet_with_the_preset_equals_the_preset_path_and_predict(nnunet_copy, 
                                                                 "zscore_volume"))
     assert len(ds.splits["folds"]) == 4
     assert all("abd_010" in f["train"] for f in ds.splits["folds"])  # unlabelled: trains
-    image, label = chaos_scan(chaos_dir, "2")
-    sitk.WriteImage(image, str(tmp_path / "sup.nii.gz"))
-    sitk.WriteImage(label, str(tmp_path / "sup_mask.nii.gz"))
-    pred = train_and_predict(dst, tmp_path, (tmp_path / "sup.nii.gz", tmp_path / "sup_mask.nii.gz"),
+    support, _ = support_and_query(chaos_dir, tmp_path, "2", "1")
+    pred = train_and_predict(dst, tmp_path, support,
                              nnunet_copy / "imagesTs" / "abd_010_0000.nii.gz")
     assert sitk.GetArrayViewFromImage(pred).any()
 
@@ -212,12 +220,7 @@ def test_plain_unlabelled_folder_trains_and_refuses_what_needs_labels(chaos_dir,
     ds = load_dataset(dst)
     assert sorted(ds.cases) == ["c.second", "patient-b", "patient_A"] and ds.labelled == []
     assert ds.meta["sources"]["patient-b"]["image"].endswith("patient-b.nrrd")
-    image, label = chaos_scan(chaos_dir, "5")
-    sitk.WriteImage(image, str(tmp_path / "sup.nii.gz"))
-    sitk.WriteImage(label, str(tmp_path / "sup_mask.nii.gz"))
-    sitk.WriteImage(chaos_scan(chaos_dir, "8")[0], str(tmp_path / "q.nii.gz"))
-    train_and_predict(dst, tmp_path, (tmp_path / "sup.nii.gz", tmp_path / "sup_mask.nii.gz"),
-                      tmp_path / "q.nii.gz")
+    train_and_predict(dst, tmp_path, *support_and_query(chaos_dir, tmp_path, "5", "8"))
     for extra, what in ((["setting=2"], "setting=2 needs labels"),
                         (["val_every=10"], "val_every > 0 needs labels")):
         out = cli("training.py", "with", f"data_dir={dst}", "encoder=tiny", "n_steps=2",
@@ -242,12 +245,7 @@ def test_dicom_export_of_two_scans(chaos_dir, tmp_path):
     ds = load_dataset(dst)
     assert ds.cases == ["study0_t2", "study1_t2"] and ds.info.modality == "MR"
     assert ds.info.target_spacing == pytest.approx((1.25, 1.25, 7.7), rel=1e-5)
-    image, label = chaos_scan(chaos_dir, "3")
-    sitk.WriteImage(image, str(tmp_path / "sup.nii.gz"))
-    sitk.WriteImage(label, str(tmp_path / "sup_mask.nii.gz"))
-    sitk.WriteImage(chaos_scan(chaos_dir, "5")[0], str(tmp_path / "q.nii.gz"))
-    train_and_predict(dst, tmp_path, (tmp_path / "sup.nii.gz", tmp_path / "sup_mask.nii.gz"),
-                      tmp_path / "q.nii.gz")
+    train_and_predict(dst, tmp_path, *support_and_query(chaos_dir, tmp_path, "3", "5"))
 
 
 # ---------------------------------------------------------------- bad inputs: one line, nothing
