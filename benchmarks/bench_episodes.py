@@ -23,24 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import time_calls  # noqa: E402
+from benchmarks.timing import summary, time_calls  # noqa: E402
 from data_preprocessing import superpixels  # noqa: E402
 from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
 from dataloaders.episodes import SuperpixelEpisodes, episode_loader  # noqa: E402
-
-
-def summary(times: list[float]) -> dict:
-    arr = np.array(times)
-    return {"median_s": round(float(np.median(arr)), 5),
-            "p10_s": round(float(np.percentile(arr, 10)), 5),
-            "p90_s": round(float(np.percentile(arr, 90)), 5),
-            "min_s": round(float(arr.min()), 5), "max_s": round(float(arr.max()), 5),
-            "n": int(arr.size)}
 
 
 def per_call(dataset: SuperpixelEpisodes, n: int) -> list[float]:

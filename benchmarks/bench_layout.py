@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import summary  # noqa: E402
 from models.alpnet import ALPNet  # noqa: E402
 from util.device import channels_last_pays, cpu_flags, native_bf16  # noqa: E402
 
@@ -58,7 +59,7 @@ def main() -> None:
             model.encode(batch).sum().backward()
             if round_:
                 times[name].append(time.perf_counter() - start)
-    median = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
+    median = {n: summary(t)["median_s"] for n, t in times.items()}
     cpu = torch.device("cpu")
     flags = cpu_flags()
     print(json.dumps({

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from benchmarks.timing import peak_rss_mb, synchronizer, tf32_settings, time_calls
+from benchmarks.timing import peak_rss_mb, summary, synchronizer, tf32_settings, time_calls
 from models.alp import l2_normalize
 from models.alpnet import ALPNet
 from models.losses import weighted_cross_entropy
@@ -50,11 +50,6 @@ def make_episode(size: int, n_shots: int, device: torch.device, seed: int = 0) -
                "query_images": torch.randn(1, 3, size, size, generator=gen),
                "query_label": label}
     return {k: v.to(device) for k, v in episode.items()}
-
-
-def summary(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "runs": len(times)}
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import time_calls  # noqa: E402
+from benchmarks.timing import summary, time_calls  # noqa: E402
 from data_preprocessing import superpixels  # noqa: E402
 from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
@@ -31,9 +31,7 @@ def timed(folder: Path, workers: int, repeats: int) -> list[float]:
 
 
 def stats(times: list[float], n_volumes: int) -> dict:
-    return {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-            "max_s": round(max(times), 3), "per_volume_s": round(statistics.median(times)
-                                                                 / n_volumes, 4),
+    return {**summary(times, 3), "per_volume_s": round(statistics.median(times) / n_volumes, 4),
             "runs": [round(t, 3) for t in times]}
 
 

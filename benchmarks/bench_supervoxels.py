@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import summary  # noqa: E402
 from data_preprocessing import supervoxels  # noqa: E402
 from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
@@ -43,8 +43,7 @@ def time_dataset(src: Path, dataset: str) -> dict:
                                                     MIN_SIZE[dataset]))
             seconds.append(time.perf_counter() - start)
     return {"volumes": len(pids), "scale": name,
-            "per_volume_s": {"median": round(statistics.median(seconds), 2),
-                             "min": round(min(seconds), 2), "max": round(max(seconds), 2)},
+            "per_volume_s": summary(seconds, 2),
             "total_s": round(sum(seconds), 1),
             "supervoxels_per_volume": [min(counts), max(counts)],
             "all_s": [round(s, 2) for s in seconds]}

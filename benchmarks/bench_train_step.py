@@ -46,17 +46,14 @@ from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
 from dataloaders.episodes import EPISODE_TENSORS, SuperpixelEpisodes  # noqa: E402
 from models.alpnet import ALPNet  # noqa: E402
-from benchmarks.timing import peak_rss_mb, synchronizer, tf32_settings  # noqa: E402
+from benchmarks.timing import peak_rss_mb, summary, synchronizer, tf32_settings  # noqa: E402
 from models.losses import weighted_cross_entropy  # noqa: E402
 from util.device import resolve_device  # noqa: E402
 
 
 
 def stats(values: list[float]) -> dict:
-    arr = np.array(values)
-    return {"median_s": round(float(np.median(arr)), 4),
-            "p10_s": round(float(np.percentile(arr, 10)), 4),
-            "p90_s": round(float(np.percentile(arr, 90)), 4)}
+    return summary(values, 4)
 
 
 def matmul_gflops(device: torch.device, sync, n: int = 2048, repeats: int = 10) -> float:

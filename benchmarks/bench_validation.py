@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import peak_rss_mb  # noqa: E402
+from benchmarks.timing import peak_rss_mb, summary  # noqa: E402
 from config_ssl_upload import ex  # noqa: E402
 from data_preprocessing import classmap  # noqa: E402
 from data_preprocessing.contract import load_dataset, register  # noqa: E402
@@ -61,8 +61,7 @@ def main() -> None:
                     "eval_batch_size": args.batch_size, "save_predictions": True})
                 times.append(time.perf_counter() - start)
                 assert Path(run.result["run_dir"], "summary.json").is_file()
-            results[protocol] = {"median_s": round(float(np.median(times)), 2),
-                                 "runs_s": [round(t, 2) for t in times],
+            results[protocol] = {**summary(times, 2), "runs_s": [round(t, 2) for t in times],
                                  "predicted_slices": slices,
                                  "s_per_slice": round(float(np.median(times)) / slices, 4)}
     print(json.dumps({"benchmark": "validation_chaos_fold0_kidneys", "encoder": args.encoder,

@@ -5,6 +5,7 @@ import resource
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 
 
@@ -40,3 +41,14 @@ def tf32_settings() -> dict:
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far, MiB (``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def summary(times: list[float], digits: int = 5) -> dict:
+    """Median, p10, p90, min and max seconds of ``times`` and their count: every benchmark's
+    summary of repeated timings."""
+    arr = np.asarray(times, dtype=float)
+    return {"median_s": round(float(np.median(arr)), digits),
+            "p10_s": round(float(np.percentile(arr, 10)), digits),
+            "p90_s": round(float(np.percentile(arr, 90)), digits),
+            "min_s": round(float(arr.min()), digits), "max_s": round(float(arr.max()), digits),
+            "n": int(arr.size)}
