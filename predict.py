@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ from util.errors import InputError
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path,
-                   help="our training checkpoint (snapshots/*.pth) or an original-code snapshot")
+                   help="our training checkpoint (snapshots/*.pth), a training run folder (its "
+                        "newest checkpoint) or an original-code snapshot")
     p.add_argument("--support", required=True, type=Path, help="support image (NIfTI)")
     p.add_argument("--support-mask", required=True, type=Path,
                    help="mask of the organ on the support image's grid")
@@ -82,12 +84,58 @@ def main(argv: list[str] | None = None) -> list[Path]:
                          f"{clashes}; rename them or predict them in separate runs")
     device = resolve_device(args.device, flag="--device")
     model, _, trained = load_model(args.checkpoint, args.encoder, device)
+
+    # read, check and preprocess every input before writing anything
+    inputs = prepare_inputs(args, trained)
+    print(f"{inputs.modality} preprocessing as {inputs.info.name}: spacing "
+          f"{fmt_spacing(inputs.spacing)} mm, {inputs.info.size} x {inputs.info.size}, "
+          f"per-volume z-score, orientation {inputs.orientation}; device {device}")
+
+    # support parts: one slice per part, prototypes once
+    name = f"label {args.label:g}" if args.label is not None else "mask"
+    support_set = build_support([support_volume(str(args.support), inputs.support,
+                                                inputs.support_mask)], 1, name, args.n_part)
+    prototypes = encode_parts(model, support_set, device)
+
+    # per query: segment on the network grid, map back onto the query's grid, write
+    for path, prepared, grid, out in zip(args.query, inputs.queries, inputs.grids, outputs):
+        start = time.perf_counter()
+        # no query label exists; the realistic plan only records (never uses) the label's extent
+        scan = QueryScan(pid=str(path), grey=torch.from_numpy(prepared.image),
+                         label=torch.zeros(prepared.image.shape, dtype=torch.uint8),
+                         body_z=prepared.body_z)
+        plan = plan_query(scan, 1, support_set, protocol="realistic")
+        pred = segment(model, prototypes, scan, plan, device, args.batch_size)
+        result = restore_layout(to_original(pred, prepared), grid, str(path))
+        write_image(result, out)
+        n_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(result)))
+        print(f"{path}: {n_voxels} voxels predicted in {time.perf_counter() - start:.1f} s "
+              f"-> {out}")
+    return outputs
+
+
+@dataclass
+class Inputs:
+    """Every input read, checked and preprocessed: the support and its mask, the queries and
+    their stored grids (to map predictions back), and how they were preprocessed."""
+    support: object
+    support_mask: np.ndarray
+    queries: list
+    grids: list
+    modality: str
+    info: object
+    spacing: tuple
+    orientation: str
+
+
+def prepare_inputs(args: argparse.Namespace, trained) -> Inputs:
+    """Read the support, its mask and the queries; check them against each other and the
+    checkpoint's modality; reorient and preprocess as the training data were. Warnings are
+    printed once every input has passed."""
     modality = args.modality or checkpoint_modality(trained)
     warnings = checkpoint_warnings(trained, modality, args.checkpoint)
     source = (f"this checkpoint (trained on {trained.name})" if trained is not None else
               "a checkpoint that records no dataset (MR assumed)")
-
-    # read, check and preprocess every input before writing anything
     support = read_scan(args.support, "support image")
     # a mask stored in another axis order on the same physical grid is taken as it is
     mask_image = reorient(read_scan(args.support_mask, "support mask"), orientation(support))
@@ -97,7 +145,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if code is None and args.orientation == "auto":
         warnings.append(f"WARNING: {args.support} is oblique and {info.name} has no common "
                         f"orientation: every scan is segmented as stored")
-
     kept_oblique = []  # scans left as stored although code is set
 
     def bring(image: sitk.Image, path: Path) -> sitk.Image:
@@ -121,10 +168,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     spacing = target_spacing(info, support, args.spacing)
     sup = prepare_scan(support, spacing, info, str(args.support))
     sup_mask = prepare_mask(mask, support, sup, str(args.support_mask))
-    queries, stored = [], []
+    queries, grids = [], []
     for path in args.query:
         image = read_scan(path, "query image")
-        stored.append(Grid.of(image))
+        grids.append(Grid.of(image))
         image = bring(image, path)
         if image.GetSize()[2] < args.n_part:
             raise InputError(f"{path}: expected a query volume of at least {args.n_part} slices "
@@ -132,35 +179,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                              f"{image.GetSize()[2]}; segment the slice within its volume")
         queries.append(prepare_scan(image, spacing, info, str(path)))
         warnings.append(coverage_warning(queries[-1], str(path)))
-    del support, mask_image, image  # only the preprocessed scans are kept
     for line in filter(None, warnings):
         print(line, file=sys.stderr)
     kept = " (oblique scans as stored)" if kept_oblique else ""
-    print(f"{modality} preprocessing as {info.name}: spacing {fmt_spacing(spacing)} mm, "
-          f"{info.size} x {info.size}, per-volume z-score, orientation "
-          f"{code or 'as stored'}{kept}; device {device}")
-
-    # support parts: one slice per part, prototypes once
-    name = f"label {args.label:g}" if args.label is not None else "mask"
-    support_set = build_support([support_volume(str(args.support), sup, sup_mask)], 1, name,
-                                args.n_part)
-    prototypes = encode_parts(model, support_set, device)
-
-    # per query: segment on the network grid, map back onto the query's grid, write
-    for path, prepared, grid, out in zip(args.query, queries, stored, outputs):
-        start = time.perf_counter()
-        # no query label exists; the realistic plan only records (never uses) the label's extent
-        scan = QueryScan(pid=str(path), grey=torch.from_numpy(prepared.image),
-                         label=torch.zeros(prepared.image.shape, dtype=torch.uint8),
-                         body_z=prepared.body_z)
-        plan = plan_query(scan, 1, support_set, protocol="realistic")
-        pred = segment(model, prototypes, scan, plan, device, args.batch_size)
-        result = restore_layout(to_original(pred, prepared), grid, str(path))
-        write_image(result, out)
-        n_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(result)))
-        print(f"{path}: {n_voxels} voxels predicted in {time.perf_counter() - start:.1f} s "
-              f"-> {out}")
-    return outputs
+    return Inputs(sup, sup_mask, queries, grids, modality, info, spacing,
+                  f"{code or 'as stored'}{kept}")
 
 
 if __name__ == "__main__":

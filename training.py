@@ -10,51 +10,46 @@ run (config, metrics, tensorboard events, checkpoints) lands in ``<log_dir>/trai
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 # config_ssl_upload first: it silences sacred's pkg_resources warning before importing sacred
-from config_ssl_upload import (SacredInterrupt, check_labels_needed, ex, given_keys,
-                               resolve_exclude_labels, run_cli)
-from data_preprocessing.contract import load_dataset
+from config_ssl_upload import BEFORE_KEY, KEYS, RESUME_MUST_MATCH, ex
+from data_preprocessing.contract import check_labels_needed, load_dataset
 from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
 from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, SupervoxelEpisodes,
-                                  SuperpixelEpisodes, episode_loader, training_classes)
+                                  SuperpixelEpisodes, episode_loader, resolve_exclude_labels,
+                                  training_classes)
 from inference.evaluate import evaluate
-from inference.loader import ARCH_BEFORE, NO_WEIGHTS, build_model, weights_of_state
+from inference.loader import Weights, build_model, check_pretrained, resolve_weights
 from models.losses import CLASS_WEIGHTS, weighted_cross_entropy
 from util import distributed
-from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, find_resume_checkpoint, save_checkpoint
+from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, save_checkpoint
 from util.cli import progress
 from util.device import SWITCHES, resolve_device, resolve_switch
+from util.errors import InputError
+from util.guards import Preempted, StopRequests, check_finite
 from util.logger import LearningCurve, RunLogger, episode_panel
 from util.metrics import summarize
+from util.runs import given_keys, run_cli
 from util.schedule import lr_at
 from util.seeding import rng_state, seed_everything, set_rng_state
-from util.errors import InputError, NonFiniteLoss
-
-# what decides the episodes, the model or the schedule: a resumed run must keep it
-RESUME_MUST_MATCH = ("dataset", "eval_fold", "encoder", "seed", "pseudolabel", "superpix_scale",
-                     "exclude_labels", "exclude_mode", "superpixel_draw", "slice_draw",
-                     "prototypes", "which_aug", "min_superpixel_px", "min_fg_px",
-                     "empty_prototypes",
-                     "usealign", "use_wce", "proto_grid_size",
-                     "feature_hw", "fg_thresh", "bg_thresh", "lr", "lr_step_gamma",
-                     "lr_step_size", "momentum", "weight_decay", "world_size")
+from util.version import code_version
 
 
-# what checkpoints written before a key existed were trained with
-BEFORE_KEY = {"world_size": 1, "exclude_mode": "any", "superpixel_draw": "uniform",
-              "slice_draw": "uniform", "empty_prototypes": "fallback",
-              **ARCH_BEFORE}
+@ex.config_hook
+def pretrained_found(config, command_name, logger):
+    """A pretrained file that is not there (or not fetched) stops training before its run
+    folder exists (run after config_ssl_upload's hook, which checked the keys)."""
+    if command_name == "train" and not config["resume"] and config["pretrained_weights"]:
+        check_pretrained(config["pretrained_weights"], config["encoder"])
+    return {}
 
 
 def build_episodes(cfg: dict, ds, train_pids: list[str]):
@@ -103,68 +98,6 @@ def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
                              f"expected {saved.get(key)!r}, got {cfg[key]!r}")
 
 
-class Preempted(SacredInterrupt):
-    """Training stopped by SIGTERM / SIGINT after a full checkpoint; sacred marks the run
-    INTERRUPTED and the command line exits with 128 + the signal number."""
-    STATUS = "INTERRUPTED"
-
-    def __init__(self, signum: int, step: int, path: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; "
-                         f"checkpoint {path}; continue with resume={path.parent.parent}")
-        self.signum = signum
-
-
-class StopRequests:
-    """SIGTERM / SIGINT (what SLURM and Kubernetes send before a kill) ask the step loop to stop
-    after the current step; a second signal stops at once. Handlers are installed only in the
-    main thread and restored by :meth:`restore`."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, log) -> None:
-        self.signum: int | None = None
-        self.log = log
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            os._exit(128 + signum)  # the second signal: stop at once
-        self.signum = signum
-        self.log.warning("%s: stopping after this step with a checkpoint (a second signal stops "
-                         "at once)", signal.Signals(signum).name)
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float,
-                     rank: distributed.DistInfo) -> Path:
-    suffix = f"_rank{rank.rank}" if rank.enabled else ""
-    run_dir.mkdir(parents=True, exist_ok=True)  # rank 0's folder, maybe on another node
-    path = run_dir / f"nonfinite_episode_step{step}{suffix}.pt"
-    torch.save({"step": step, "loss": loss, "rank": rank.rank, "episode": episode}, path)
-    return path
-
-
-def stop_on_nonfinite(run_dir: Path, step: int, episode: dict, loss: torch.Tensor,
-                      rank: distributed.DistInfo) -> None:
-    """Every rank stops; a rank whose own loss is non-finite saves its episode in the run folder
-    (all ranks wait for the saves, so no rank's exit cuts one short)."""
-    finite = bool(torch.isfinite(loss.detach()).all())
-    saved = None if finite else save_bad_episode(run_dir, step, episode, loss.item(), rank)
-    distributed.barrier(rank)
-    if saved is None:
-        raise NonFiniteLoss(f"non-finite loss on another rank at step {step}; its episode "
-                                 f"is saved in {run_dir}")
-    raise NonFiniteLoss(
-        f"non-finite loss {loss.item()} at step {step}: scan {episode['scan_id'][0]}, "
-        f"slice {int(episode['z'][0])}, superpixel {int(episode['superpixel_id'][0])}; "
-        f"episode saved to {saved}")
-
-
 def check_dataset(cfg: dict, ds) -> None:
     """The folder is the configured dataset and holds the labels the run needs."""
     try:
@@ -178,8 +111,38 @@ def check_dataset(cfg: dict, ds) -> None:
                         str(ds.root / "dataset.json"))
 
 
-@ex.command
-def train(_run, _config, _log):
+@dataclass
+class Step:
+    """What one step leaves for the books: its losses, prediction and whether it updated."""
+    batch: dict
+    query_loss: torch.Tensor
+    align_loss: torch.Tensor
+    logits: torch.Tensor
+    n_fallback: int
+    skipped: bool
+
+
+def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool,
+               check_finite) -> Step:
+    """One episode: forward, loss (weighted query cross-entropy + alignment), the finite check,
+    and the SGD update (skipped, as in the original, when ``skip_empty`` and a prototype set was
+    empty)."""
+    out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
+                  batch["query_images"])
+    query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], class_weights)
+    loss = query_loss + out.align_loss
+    check_finite(loss)
+    skipped = skip_empty and out.n_fallback > 0
+    if not skipped:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return Step(batch, query_loss, out.align_loss, out.logits, out.n_fallback, skipped)
+
+
+def setup(_run, _config, _log) -> tuple[dict, distributed.DistInfo, torch.device, Path]:
+    """The run's config as a plain dict (device switches resolved, ``world_size`` recorded),
+    its rank and device, and its folder; every generator seeded."""
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
     if cfg["label_sets"] == "all":
         raise InputError("config: label_sets='all' is for validation; training takes one label "
@@ -196,16 +159,151 @@ def train(_run, _config, _log):
     for key in SWITCHES:  # "auto" chosen for this device, recorded in checkpoints as chosen
         cfg[key] = resolve_switch(key, cfg[key], device)
     seed_everything(cfg["seed"], cfg["deterministic"])
+    _run.info["code_version"] = code_version()
     _log.info("run folder %s, device %s, rank %d of %d (one episode per rank and step), "
               "bf16 %s, channels_last %s (config: %s, %s)", run_dir, device, rank.rank,
               rank.world_size, cfg["bf16"], cfg["channels_last"], _config["bf16"],
               _config["channels_last"])
+    return cfg, rank, device, run_dir
+
+
+class Books:
+    """Everything of a training run but the arithmetic: the step count and learning rate, the
+    logs (tensorboard, metrics.json, the progress bar, a line every ``print_interval``),
+    validation with ``best.pth``, and the checkpoints. Every rank counts steps and validates
+    in step (rank 0 alone writes); ``with books:`` holds the progress bar."""
+
+    def __init__(self, cfg: dict, rank: distributed.DistInfo, device: torch.device,
+                 run_dir: Path, model, optimizer, ds, fold, val_set, run, log) -> None:
+        self.cfg, self.rank, self.device, self.run_dir = cfg, rank, device, run_dir
+        self.model, self.optimizer, self.ds, self.fold = model, optimizer, ds, fold
+        self.val_set, self.run, self.log = val_set, run, log
+        self.record = ds.info.record()  # the preprocessing record every checkpoint carries
+        self.snapshots = run_dir / SNAPSHOT_DIR
+        self.step = self.start_step = 0
+        self.best = {"step": None, "mean": None}  # best validation mean Dice so far
+        self.lr, self.last = cfg["lr"], None
+        self.logger = RunLogger(run_dir, run, cfg["print_interval"]) if rank.is_main else None
+        self.curve = LearningCurve(run_dir) if val_set is not None else None
+        self.bar, self.window_start = None, 0.0
+
+    def resume(self, weights: Weights) -> None:
+        """Continue from a checkpoint's optimizer, RNG streams, step and best validation."""
+        if weights.kind == "none":
+            return
+        state = weights.training
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.step = self.start_step = int(state["step"])
+        self.best = state.get("best_val", self.best)
+        self.run.info["resumed_from"] = str(weights.path)
+        self.log.info("resumed from %s at step %d", weights.path, self.step)
+
+    def __enter__(self) -> "Books":
+        if self.rank.is_main:
+            self.bar = progress(total=self.cfg["n_steps"], desc="training", unit="step")
+            self.bar.update(self.step)
+        self.window_start = time.perf_counter()  # the s/step of each print_interval window
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def set_lr(self) -> None:
+        self.lr = lr_at(self.step, self.cfg["lr"], self.cfg["lr_step_gamma"],
+                        self.cfg["lr_step_size"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def after_step(self, done: Step) -> None:
+        """Count the step; validate, log and checkpoint at their intervals."""
+        cfg = self.cfg
+        self.step, self.last = self.step + 1, done
+        if cfg["val_every"] and self.step % cfg["val_every"] == 0:
+            began = time.perf_counter()
+            self.validate()
+            self.window_start += time.perf_counter() - began  # s/step counts training alone
+        if self.logger is None:
+            return
+        query_loss = done.query_loss.item()
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{query_loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
+        means = self.logger.scalars(self.step, {
+            "train/loss": query_loss, "train/align_loss": done.align_loss.item(),
+            "train/lr": self.lr, "train/empty_prototype_sets": float(done.n_fallback),
+            "train/skipped_steps": float(done.skipped)})
+        if means is not None:
+            now = time.perf_counter()
+            rate, self.window_start = (now - self.window_start) / cfg["print_interval"], now
+            self.log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  "
+                          "%.3f s/step", self.step, cfg["n_steps"], means["train/loss"],
+                          means["train/align_loss"], self.lr,
+                          means["train/empty_prototype_sets"], rate)
+        if self.step % cfg["image_every"] == 0:
+            b = done.batch
+            self.logger.image("train/episode", self.step, episode_panel(
+                b["support_images"][0], b["support_fg"][0], b["query_images"][0],
+                b["query_labels"][0], done.logits[0].argmax(0)))
+        if self.step % cfg["save_snapshot_every"] == 0:
+            self.checkpoint(f"{self.step}.pth")
+        if self.step % cfg["checkpoint_every"] == 0:
+            self.checkpoint(LATEST)
+
+    def validate(self) -> None:
+        """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
+        if self.val_set is not None:
+            dice = validate_now(self.model, self.ds, self.val_set, self.device,
+                                self.cfg["eval_batch_size"])
+            self.logger.summary(self.step, {f"val/dice/{o}": d for o, d in dice.items()})
+            self.curve.add(self.step, dice)
+            self.log.info("step %d validation: mean Dice %.2f%% (%s)", self.step,
+                          100 * dice["mean"], ", ".join(f"{o} {100 * d:.2f}"
+                                                        for o, d in dice.items() if o != "mean"))
+            if self.best["mean"] is None or dice["mean"] > self.best["mean"]:
+                self.best.update(step=self.step, mean=dice["mean"])
+                self.checkpoint(BEST)
+        distributed.barrier(self.rank)
+
+    def checkpoint(self, name: str) -> None:
+        if self.rank.is_main:
+            save_checkpoint(self.snapshots / name, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "rng": rng_state(), "config": self.cfg,
+                "dataset": self.ds.name, "dataset_record": self.record, "fold": self.fold,
+                "best_val": self.best, "code_version": code_version()})
+
+    def preempt(self, signum: int) -> None:
+        self.checkpoint(LATEST)
+        raise Preempted(signum, self.step, self.snapshots / LATEST)
+
+    def finish(self) -> dict:
+        """The last validation and checkpoint; the run's result (rank 0) for sacred."""
+        cfg, step, latest = self.cfg, self.step, self.snapshots / LATEST
+        if cfg["val_every"] and step % cfg["val_every"] and step > self.start_step:
+            self.validate()
+        if step % cfg["checkpoint_every"] or not latest.is_file():
+            self.checkpoint(LATEST)
+        distributed.barrier(self.rank)
+        distributed.shutdown(self.rank)
+        if self.logger is None:
+            return {"step": step, "rank": self.rank.rank}
+        self.logger.close()
+        self.log.info("finished at step %d; checkpoint %s", step, latest)
+        final = None if self.last is None else (self.last.query_loss
+                                                + self.last.align_loss).item()
+        return {"step": step, "final_loss": final, "checkpoint": str(latest),
+                "best_val": self.best}
+
+
+@ex.command
+def train(_run, _config, _log):
+    cfg, rank, device, run_dir = setup(_run, _config, _log)
 
     # data
     ds = load_dataset(cfg["data_dir"])
     check_dataset(cfg, ds)
     train_pids, fold = ds.training_cases(cfg["eval_fold"])
-    record = ds.info.record()  # the preprocessing record every checkpoint carries
     cfg["exclude_labels"] = resolve_exclude_labels(cfg, ds)
     episodes = build_episodes(cfg, ds, train_pids)
     _log.info("%s %s: %d training scans, excluded classes %s", ds.name,
@@ -214,13 +312,11 @@ def train(_run, _config, _log):
     # rank 0 validates during training while the other ranks wait
     val_set = validation_set(cfg, ds) if cfg["val_every"] > 0 and rank.is_main else None
 
-    # model and optimizer
-    resumed = find_resume_checkpoint(cfg["resume"], map_location=device) if cfg["resume"] \
-        else None
-    if resumed is not None:
-        check_resume_config(resumed[0], resumed[1].get("config", {}), cfg)
-    model = build_model(cfg, device, weights_of_state(*resumed) if resumed else NO_WEIGHTS,
-                        explicit=given_keys(_run))
+    # model, optimizer and the books (logs, validation, checkpoints), from a checkpoint if resumed
+    resumed = resolve_weights(cfg["resume"], purpose="resume", map_location=device)
+    if resumed.kind != "none":
+        check_resume_config(resumed.path, resumed.config, cfg)
+    model = build_model(cfg, device, resumed, explicit=given_keys(_run))
     if cfg["compile"]:
         model.encoder.compile()  # in place: state-dict keys stay those of the original
     # DDP averages the gradients of the ranks' episodes (effective batch: world_size episodes)
@@ -228,127 +324,29 @@ def train(_run, _config, _log):
                                       else None) if rank.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
-    step = 0
-    best = {"step": None, "mean": None}  # best validation mean Dice so far
-    if resumed is not None:
-        path, state = resumed
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-        best = state.get("best_val", best)
-        _run.info["resumed_from"] = str(path)
-        _log.info("resumed from %s at step %d", path, step)
-
-    def checkpoint(path: Path) -> None:
-        if not rank.is_main:
-            return
-        save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "step": step, "rng": rng_state(), "config": cfg,
-                               "dataset": ds.name, "dataset_record": record,
-                               "fold": fold, "best_val": best})
-
-    def validation() -> None:
-        """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
-        if val_set is not None:
-            dice = validate_now(model, ds, val_set, device, cfg["eval_batch_size"])
-            logger.summary(step, {f"val/dice/{organ}": d for organ, d in dice.items()})
-            curve.add(step, dice)
-            _log.info("step %d validation: mean Dice %.2f%% (%s)", step, 100 * dice["mean"],
-                      ", ".join(f"{o} {100 * d:.2f}" for o, d in dice.items() if o != "mean"))
-            if best["mean"] is None or dice["mean"] > best["mean"]:
-                best.update(step=step, mean=dice["mean"])
-                checkpoint(snapshots / BEST)
-        distributed.barrier(rank)
+    books = Books(cfg, rank, device, run_dir, model, optimizer, ds, fold, val_set, _run, _log)
+    books.resume(resumed)
 
     # the step loop: the sampler yields the global steps step .. n_steps - 1
-    logger = RunLogger(run_dir, _run, cfg["print_interval"]) if rank.is_main else None
-    curve = LearningCurve(run_dir) if val_set is not None else None
-    loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=step,
-                            n_steps=max(cfg["n_steps"] - step, 0),
+    loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=books.step,
+                            n_steps=max(cfg["n_steps"] - books.step, 0),
                             pin_memory=device.type == "cuda", rank=rank.rank,
                             world_size=rank.world_size)
-    weights = CLASS_WEIGHTS if cfg["use_wce"] else (1.0, 1.0)
-    snapshots = run_dir / SNAPSHOT_DIR
+    class_weights = CLASS_WEIGHTS if cfg["use_wce"] else (1.0, 1.0)
+    skip_empty = cfg["empty_prototypes"] == "skip"
     model.train()
-    loss = None
-    window_start = time.perf_counter()  # the s/step of each print_interval window
-    start_step = step
-    stops = StopRequests(_log)
-    bar = progress(total=cfg["n_steps"], desc="training", unit="step") if rank.is_main \
-        else None
-    if bar is not None:
-        bar.update(step)
-    try:
+    with StopRequests(_log) as stops, books:
         for episode in loader:
             if stops.signum is not None:  # the last step is logged: checkpoint, then stop
-                checkpoint(snapshots / LATEST)
-                raise Preempted(stops.signum, step, snapshots / LATEST)
-            lr = lr_at(step, cfg["lr"], cfg["lr_step_gamma"], cfg["lr_step_size"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+                books.preempt(stops.signum)
+            books.set_lr()
             batch = {k: episode[k][0].to(device, non_blocking=True) for k in EPISODE_TENSORS}
-            out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
-                          batch["query_images"])
-            query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], weights)
-            loss = query_loss + out.align_loss
-            if not distributed.all_finite(loss, rank):
-                stop_on_nonfinite(run_dir, step + 1, episode, loss, rank)  # counted as logged
-            # the original skips the update of an episode with an empty prototype set
-            skipped = cfg["empty_prototypes"] == "skip" and out.n_fallback > 0
-            if not skipped:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            step += 1
-            if cfg["val_every"] and step % cfg["val_every"] == 0:
-                began = time.perf_counter()
-                validation()
-                window_start += time.perf_counter() - began  # s/step counts training alone
-            if logger is None:
-                continue
-
-            bar.update(1)
-            bar.set_postfix(loss=f"{query_loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
-            means = logger.scalars(step, {"train/loss": query_loss.item(),
-                                          "train/align_loss": out.align_loss.item(),
-                                          "train/lr": lr,
-                                          "train/empty_prototype_sets": float(out.n_fallback),
-                                          "train/skipped_steps": float(skipped)})
-            if means is not None:
-                now = time.perf_counter()
-                rate = (now - window_start) / cfg["print_interval"]
-                window_start = now
-                _log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  "
-                          "%.3f s/step", step, cfg["n_steps"], means["train/loss"],
-                          means["train/align_loss"], lr, means["train/empty_prototype_sets"],
-                          rate)
-            if step % cfg["image_every"] == 0:
-                pred = out.logits[0].argmax(0)
-                logger.image("train/episode", step, episode_panel(
-                    batch["support_images"][0], batch["support_fg"][0], batch["query_images"][0],
-                    batch["query_labels"][0], pred))
-            if step % cfg["save_snapshot_every"] == 0:
-                checkpoint(snapshots / f"{step}.pth")
-            if step % cfg["checkpoint_every"] == 0:
-                checkpoint(snapshots / LATEST)
-    finally:
-        stops.restore()
-        if bar is not None:
-            bar.close()
-
-    if cfg["val_every"] and step % cfg["val_every"] and step > start_step:
-        validation()  # at the end
-    if step % cfg["checkpoint_every"] or not (snapshots / LATEST).is_file():
-        checkpoint(snapshots / LATEST)
-    distributed.barrier(rank)
-    distributed.shutdown(rank)
-    if logger is None:
-        return {"step": step, "rank": rank.rank}
-    logger.close()
-    _log.info("finished at step %d; checkpoint %s", step, snapshots / LATEST)
-    return {"step": step, "final_loss": None if loss is None else loss.item(),
-            "checkpoint": str(snapshots / LATEST), "best_val": best}
+            step = train_step(forward, optimizer, batch, class_weights, skip_empty,
+                              lambda loss: check_finite(loss, rank, run_dir, books.step + 1,
+                                                        episode))  # counted as logged
+            books.after_step(step)
+    return books.finish()
 
 
 if __name__ == "__main__":
-    run_cli("train", sys.argv)
+    run_cli(ex, KEYS, "train", sys.argv)

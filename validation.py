@@ -17,23 +17,20 @@ import math
 import sys
 from pathlib import Path
 
-from config_ssl_upload import ex, given_keys, run_cli
+from config_ssl_upload import KEYS, ex
 from data_preprocessing.contract import load_dataset
 from data_preprocessing.registry import make_folds
 from dataloaders.evaluation import build_evaluation
 from inference.evaluate import Outputs, evaluate
-from inference.loader import Weights, architecture, build_model, read_weights, weights_of_state
-from util.checkpoint import BEST, SNAPSHOT_DIR, find_resume_checkpoint
+from inference.loader import architecture, build_model, resolve_weights
 from util.cli import progress
 from util.device import SWITCHES, resolve_device, resolve_switch
 from util.io import atomic_path, write_json
 from util.logger import RunLogger
 from util.metrics import METRICS, format_table, summarize
 from util.seeding import seed_everything
-from util.errors import InputError, MissingInput
-
-
-KEYWORDS = ("latest", "best")  # reload_model_path keywords
+from util.errors import InputError
+from util.runs import given_keys, log_file_only, run_cli
 
 
 def fold_scans(ds, cfg: dict) -> dict:
@@ -45,27 +42,24 @@ def fold_scans(ds, cfg: dict) -> dict:
                       cfg["support_idx"][0])[cfg["eval_fold"]]
 
 
-def resolve_weights(cfg: dict) -> Weights:
-    """``reload_model_path``, read once: "latest" / "best" → that checkpoint of the newest
-    training run of this experiment under ``log_dir/train`` (``best.pth`` exists in runs trained
-    with ``val_every``); a run folder → its newest loadable checkpoint; a file → itself."""
-    target = cfg["reload_model_path"]
-    if target in KEYWORDS:
-        runs = Path(cfg["log_dir"]) / "train" / cfg["exp_name"]
-        ids = sorted((int(p.name) for p in runs.glob("*") if p.name.isdigit()), reverse=True)
-        found = [runs / str(i) for i in ids if (runs / str(i) / SNAPSHOT_DIR).is_dir()]
-        if not found:
-            raise MissingInput(f"{runs}: expected a training run with checkpoints for "
-                                    f"reload_model_path={target}, found none; train first or "
-                                    f"name the checkpoint")
-        if target == "best" and not (found[0] / SNAPSHOT_DIR / BEST).is_file():
-            raise MissingInput(f"{found[0] / SNAPSHOT_DIR / BEST}: expected the best "
-                                    f"checkpoint of the newest run (written when training with "
-                                    f"val_every > 0), found nothing there")
-        target = found[0] if target == "latest" else found[0] / SNAPSHOT_DIR / BEST
-    if target and Path(target).is_dir():
-        return weights_of_state(*find_resume_checkpoint(target))
-    return read_weights(target)
+def write_report(run_dir: Path, run, summary: dict, scores: list) -> None:
+    """``summary.json``, ``scores.csv`` (one row per scan and organ), the metrics for sacred and
+    tensorboard, and the table on the terminal."""
+    write_json(run_dir / "summary.json", summary)
+    with atomic_path(run_dir / "scores.csv") as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(scores[0].as_dict()) if scores else ["scan"])
+        writer.writeheader()
+        for s in scores:
+            writer.writerow(s.as_dict())
+    logger = RunLogger(run_dir, run)
+    for organ, stats in summary["per_organ"].items():
+        logger.summary(0, {f"val/{m}/{organ}": stats[m]["mean"] for m in METRICS
+                           if not math.isnan(stats[m]["mean"])})
+    logger.close()
+    table = format_table(summary)
+    print(table)
+    log_file_only(table)
 
 
 @ex.command
@@ -92,7 +86,8 @@ def validate(_run, _config, _log):
               cfg["channels_last"])
 
     # model
-    weights = resolve_weights(cfg)
+    weights = resolve_weights(cfg["reload_model_path"],
+                              runs=Path(cfg["log_dir"]) / "train" / cfg["exp_name"])
     if weights.kind == "none":
         _log.warning("reload_model_path is not set: evaluating an UNTRAINED model")
     trained_on = weights.config.get("dataset")
@@ -122,24 +117,11 @@ def validate(_run, _config, _log):
                     "label_group": cfg["label_sets"], "n_shots": cfg["n_shots"],
                     "support": split["support"], "queries": split["query"], "absent": absent,
                     "checkpoint": weights.path})
-    write_json(run_dir / "summary.json", summary)
-    with atomic_path(run_dir / "scores.csv") as tmp, \
-            open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(scores[0].as_dict()) if scores else ["scan"])
-        writer.writeheader()
-        for s in scores:
-            writer.writerow(s.as_dict())
-    logger = RunLogger(run_dir, _run)
-    for organ, stats in summary["per_organ"].items():
-        logger.summary(0, {f"val/{m}/{organ}": stats[m]["mean"] for m in METRICS
-                           if not math.isnan(stats[m]["mean"])})
-    logger.close()
-    table = format_table(summary)
-    print(table)
+    write_report(run_dir, _run, summary, scores)
     _log.info("wrote %s", run_dir / "summary.json")
     return {"dice": {o: s["dice"]["mean"] for o, s in summary["per_organ"].items()},
             "mean_dice": summary["overall"]["dice"]["mean"], "run_dir": str(run_dir)}
 
 
 if __name__ == "__main__":
-    run_cli("validate", sys.argv)
+    run_cli(ex, KEYS, "validate", sys.argv)

@@ -58,6 +58,38 @@ def no_labels_error(where: str | os.PathLike, what: str) -> InputError:
                       f"with predict.py")
 
 
+def folder_facts(data_dir: str) -> dict | None:
+    """The name in ``data_dir``'s dataset.json and whether every scan is labelled; None when
+    there is no readable one (the run then stops on it with the loader's message)."""
+    try:
+        meta = read_json(Path(data_dir) / "dataset.json")
+        labelled = set(meta.get("labelled", meta["cases"]))
+        return {"name": str(meta["name"]), "n_cases": len(meta["cases"]),
+                "n_labelled": len(labelled), "all_labelled": labelled >= set(meta["cases"]),
+                "preset": bool(meta.get("preset") or meta["name"] in REGISTRY),
+                "where": str(Path(data_dir) / "dataset.json")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_labels_needed(cfg: dict, command: str, n_labelled: int, n_cases: int,
+                        where: str) -> None:
+    """Stop in one line when the run needs labels that the folder lacks: Setting 2 (every scan),
+    val_every, manual episodes and validation (some)."""
+    needs = [what for what, needed in (
+        ("validation", command == "validate"),
+        ("setting=2", command == "train" and cfg["setting"] == 2),
+        ("val_every > 0", command == "train" and cfg["val_every"] > 0),
+        ("pseudolabel='manual'", command == "train" and cfg["pseudolabel"] == "manual"))
+        if needed]
+    if needs and n_labelled == 0:
+        raise no_labels_error(where, " and ".join(needs))
+    if "setting=2" in needs and n_labelled < n_cases:
+        raise InputError(f"{where}: setting=2 removes every slice holding a test class, which "
+                         f"needs every scan labelled; {n_labelled} of {n_cases} are; expects "
+                         f"setting=1")
+
+
 @dataclass
 class Dataset:
     """A registered dataset folder: its description and folds, read from the JSON files."""

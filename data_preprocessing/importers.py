@@ -420,30 +420,7 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
             raise InputError(f"--modality {modality} contradicts --preset {preset} "
                              f"({base.modality})")
     modality = _modality(source, modality)
-    headers = {}
-    for case in source.cases:
-        size3, sp, direction = _header(case)
-        if size3[2] < 2:
-            raise InputError(f"{case.source}: expected a 3-D scan of several slices, found size "
-                             f"{size3}")
-        if not all(s > 0 for s in sp):
-            raise InputError(f"{case.source}: expected positive voxel spacing, found "
-                             f"{fmt_spacing(sp)} mm")
-        headers[case.name] = (size3, sp, direction)
-    codes = Counter(orientation(d) for _, _, d in headers.values()
-                    if not is_oblique(d))
-    code = codes.most_common(1)[0][0] if codes else None
-    if len(codes) > 1:
-        notes.append(f"orientations {dict(codes)}: every scan brought to {code}")
-    # spacings in the common orientation: the reorientation permutes the axes
-    spacings = {n: _reoriented_spacing(sp, d, code) for n, (_, sp, d) in headers.items()}
-    median = tuple(statistics.median(s[i] for s in spacings.values()) for i in range(3))
-    odd = [f"{n} ({fmt_spacing(s)})" for n, s in spacings.items()
-           if any(max(a / b, b / a) > SPACING_SPREAD for a, b in zip(s, median))]
-    if odd:
-        notes.append(f"WARNING: {len(odd)} scan(s) with a spacing more than "
-                     f"{SPACING_SPREAD:g}x off the median {fmt_spacing(median)} mm: "
-                     f"{', '.join(odd[:10])}")
+    headers, code, median = _geometry(source, notes)
     label_values = _check_labels(source, headers)
     labels, label_map = _label_table(source, label_values)
     n_labelled = sum(c.label is not None for c in source.cases)
@@ -484,6 +461,37 @@ def plan_import(source: Source, *, name: str, preset: str | None = None,
         target_spacing=target, raw_label_values=label_map, orientation=code,
         size=size or CROP_SIZE, intensity=intensity)
     return Plan(info, source.cases, notes)
+
+
+def _geometry(source: Source, notes: list[str]) -> tuple[dict, str | None, tuple]:
+    """Every case's header (size, spacing, direction), checked; the most common orientation
+    code (None when every scan is oblique) and the median spacing in it. Mixed orientations
+    and outlying spacings are noted."""
+    headers = {}
+    for case in source.cases:
+        size3, sp, direction = _header(case)
+        if size3[2] < 2:
+            raise InputError(f"{case.source}: expected a 3-D scan of several slices, found size "
+                             f"{size3}")
+        if not all(s > 0 for s in sp):
+            raise InputError(f"{case.source}: expected positive voxel spacing, found "
+                             f"{fmt_spacing(sp)} mm")
+        headers[case.name] = (size3, sp, direction)
+    codes = Counter(orientation(d) for _, _, d in headers.values()
+                    if not is_oblique(d))
+    code = codes.most_common(1)[0][0] if codes else None
+    if len(codes) > 1:
+        notes.append(f"orientations {dict(codes)}: every scan brought to {code}")
+    # spacings in the common orientation: the reorientation permutes the axes
+    spacings = {n: _reoriented_spacing(sp, d, code) for n, (_, sp, d) in headers.items()}
+    median = tuple(statistics.median(s[i] for s in spacings.values()) for i in range(3))
+    odd = [f"{n} ({fmt_spacing(s)})" for n, s in spacings.items()
+           if any(max(a / b, b / a) > SPACING_SPREAD for a, b in zip(s, median))]
+    if odd:
+        notes.append(f"WARNING: {len(odd)} scan(s) with a spacing more than "
+                     f"{SPACING_SPREAD:g}x off the median {fmt_spacing(median)} mm: "
+                     f"{', '.join(odd[:10])}")
+    return headers, code, median
 
 
 def _reoriented_spacing(spacing, direction, code: str | None) -> tuple[float, float, float]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from util.io import array_to_image, array_with_geometry, read_image, write_image
+from util.io import array_to_image, read_image, write_image
 from util.errors import InputError
 
 

@@ -60,6 +60,7 @@ SLICE_DRAWS = ("uniform", "original")
 # the original's epoch length for CHAOS-T2 and CMR (``fix_length``); SABS' epoch is its slice count
 ORIGINAL_EPOCH = 1000
 EXCLUDE_MODES = ("any", "all")
+PSEUDOLABELS = ("superpixel", "supervoxel", "manual")  # the episode sources of training
 
 
 def episode_rng(seed: int, step: int) -> np.random.Generator:
@@ -116,6 +117,14 @@ def setting_exclusions(dataset: Dataset | str | os.PathLike, setting: int,
     if setting == 2:
         return ds.test_labels(label_group)
     raise InputError(f"setting: expected 1 or 2 (method.md §3.7), got {setting!r}")
+
+
+def resolve_exclude_labels(cfg: dict, ds) -> list[int]:
+    """``exclude_labels`` as given, else the test classes of ``label_sets`` in Setting 2 (read
+    from the dataset folder's ``dataset.json``, as the episodes are), else []."""
+    if cfg["exclude_labels"] is not None:
+        return list(cfg["exclude_labels"])
+    return setting_exclusions(ds, cfg["setting"], cfg["label_sets"])
 
 
 def training_classes(dataset: Dataset | str | os.PathLike, label_group: int) -> list[int]:

@@ -1,6 +1,6 @@
 """The embedded-default run: phantom data → pseudolabels → training → validation, on a CPU.
 
-    python examples/quickstart.py [--out exps/quickstart] [--data data/PHANTOM] [--steps 1500]
+    python examples/quickstart.py [--quiet] [--out exps/quickstart] [--data data/PHANTOM] [--steps 1500]
                                   [--seed 1234] [--margin 15]
 
 Builds the synthetic phantom dataset (if missing), its superpixels and class index, verifies it,
@@ -25,6 +25,7 @@ from data_preprocessing import classmap, superpixels  # noqa: E402
 from data_preprocessing.phantom import write_phantom  # noqa: E402
 from data_preprocessing.verify import DatasetVerificationError, verify_dataset  # noqa: E402
 from util.aggregate import aggregate, collect, to_markdown, write_outputs  # noqa: E402
+from util.cli import run_main  # noqa: E402
 import training  # noqa: E402,F401  (registers the train command)
 import validation  # noqa: E402,F401  (registers the validate command)
 
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("examples/quickstart.py", main)

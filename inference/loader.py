@@ -34,20 +34,17 @@ from torchvision.models import ResNet50_Weights, ResNet101_Weights
 from torchvision.models.segmentation import (DeepLabV3_ResNet50_Weights,
                                              DeepLabV3_ResNet101_Weights)
 
+from config_ssl_upload import ARCH_BEFORE, ARCH_KEYS, ORIGINAL_ASSUMED
 from models.alpnet import ALPNet
 from models.encoder import Encoder
-from util.checkpoint import check_training_state, safe_load
+from util.checkpoint import (BEST, SNAPSHOT_DIR, check_training_state,
+                              find_resume_checkpoint, safe_load)
 from util.device import resolve_switch
 from util.io import found_at
 from util.errors import InputError, MissingInput, NoPermission
 
 logger = logging.getLogger(__name__)
 
-# the config keys that decide the architecture (and its evaluation windows / thresholds)
-ARCH_KEYS = ("encoder", "feature_hw", "proto_grid_size", "val_wsize", "fg_thresh", "bg_thresh",
-             "usealign", "prototypes")
-# keys that checkpoints written before they existed lack, with the value those were trained with
-ARCH_BEFORE = {"prototypes": "alp"}
 # pretrained_weights keywords → torchvision's files per encoder; ImageNet V1 is the trunk the
 # original falls back to without COCO weights
 PRETRAINED = {
@@ -57,9 +54,6 @@ PRETRAINED = {
     ("imagenet", "deeplabv3_resnet50"): ResNet50_Weights.IMAGENET1K_V1.url,
 }
 PRETRAINED_KEYWORDS = ("coco", "imagenet")
-# what a bare state dict of the original code is assumed to have been trained with
-ORIGINAL_ASSUMED = {"feature_hw": [32, 32], "proto_grid_size": 8, "val_wsize": 2,
-                    "fg_thresh": 0.95, "bg_thresh": 0.95, "usealign": True, "prototypes": "alp"}
 _KEYS_SHOWN = 8
 ENCODER_RESNETS = {"deeplabv3_resnet101": "ResNet-101", "deeplabv3_resnet50": "ResNet-50"}
 # torchvision ResNets by (blocks in layer3, bottleneck blocks)
@@ -77,6 +71,7 @@ class Weights:
     config: dict = field(default_factory=dict)
     step: int | None = None
     record: dict | None = None  # the dataset's preprocessing record (checkpoints carry it)
+    training: Mapping | None = None  # our checkpoint in full (optimizer, RNG, best): resume
 
 
 NO_WEIGHTS = Weights(None, "none")
@@ -114,8 +109,7 @@ def read_weights(path: str | os.PathLike | None) -> Weights:
     obj = safe_load(path, "cpu", "a checkpoint")
     if isinstance(obj, Mapping) and "format_version" in obj:
         check_training_state(path, obj)
-        return Weights(str(path), "ours", obj["model"], dict(obj.get("config", {})),
-                       int(obj["step"]), obj.get("dataset_record"))
+        return weights_of_state(path, obj)
     state = _state_dict(obj, path, "an SSL-ALPNet checkpoint")
     kind = _torchvision_layout(state)
     if kind is not None:
@@ -126,9 +120,55 @@ def read_weights(path: str | os.PathLike | None) -> Weights:
 
 
 def weights_of_state(path: str | os.PathLike, state: Mapping) -> Weights:
-    """:class:`Weights` of a training checkpoint already read (resume)."""
+    """:class:`Weights` of a training checkpoint already read."""
     return Weights(str(path), "ours", state["model"], dict(state.get("config", {})),
-                   int(state["step"]))
+                   int(state["step"]), state.get("dataset_record"), state)
+
+
+WEIGHT_KEYWORDS = ("latest", "best")  # reload_model_path: a checkpoint of the newest run
+
+
+def resolve_weights(target: str | os.PathLike | None, purpose: str = "evaluate", *,
+                    runs: str | os.PathLike | None = None, encoder: str | None = None,
+                    map_location: str | torch.device = "cpu") -> Weights:
+    """The one way from what a user names to :class:`Weights`:
+
+    - nothing (None, ""): :data:`NO_WEIGHTS`;
+    - ``latest`` / ``best``: that checkpoint of the newest training run under ``runs``
+      (``<log_dir>/train/<exp_name>``; ``best.pth`` exists in runs trained with ``val_every``);
+    - a training run folder: its newest checkpoint that loads (damaged ones are skipped);
+    - a file: our checkpoint, or the original code's bare state dict;
+    - ``purpose="pretrained"``: ``coco`` / ``imagenet`` or a torchvision file, checked for
+      ``encoder`` (kind 'pretrained': the trunk is loaded by :func:`build_model`);
+    - ``purpose="resume"``: our checkpoint only (it carries the optimizer and RNG state).
+    """
+    if not target:
+        return NO_WEIGHTS
+    if purpose == "pretrained":
+        return Weights(str(pretrained_file(target, encoder)), "pretrained")
+    if str(target) in WEIGHT_KEYWORDS:
+        target = _newest_run_checkpoint(Path(runs or "."), str(target))
+    path = Path(target)
+    if purpose == "resume" or path.is_dir():
+        return weights_of_state(*find_resume_checkpoint(path, map_location))
+    return read_weights(path)
+
+
+def _newest_run_checkpoint(runs: Path, keyword: str) -> Path:
+    """The newest run folder under ``runs`` (``latest``) or its ``best.pth`` (``best``)."""
+    ids = sorted((int(p.name) for p in runs.glob("*") if p.name.isdigit()), reverse=True)
+    found = [runs / str(i) for i in ids if (runs / str(i) / SNAPSHOT_DIR).is_dir()]
+    if not found:
+        raise MissingInput(f"{runs}: expected a training run with checkpoints for "
+                           f"reload_model_path={keyword}, found none; train first or name the "
+                           f"checkpoint")
+    if keyword == "latest":
+        return found[0]
+    best = found[0] / SNAPSHOT_DIR / BEST
+    if not best.is_file():
+        raise MissingInput(f"{best}: expected the best checkpoint of the newest run (written "
+                           f"when training with val_every > 0), found nothing there")
+    return best
 
 
 def architecture(cfg: dict, weights: Weights, explicit: Collection[str] = (),
@@ -175,9 +215,10 @@ def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
     if bf16 and device.type == "mps":
         raise InputError("config bf16=True: bfloat16 autocast is not supported on mps; use "
                          "bf16=False")
-    pretrained = None
-    if cfg["pretrained_weights"] is not None and weights.state is None:
-        pretrained = pretrained_file(cfg["pretrained_weights"], cfg["encoder"])
+    pretrained = NO_WEIGHTS
+    if weights.state is None:
+        pretrained = resolve_weights(cfg["pretrained_weights"], "pretrained",
+                                     encoder=cfg["encoder"])
     model = ALPNet(cfg["encoder"], align=cfg["usealign"], fg_threshold=cfg["fg_thresh"],
                    bg_threshold=cfg["bg_thresh"],
                    train_window=cfg["feature_hw"][0] // cfg["proto_grid_size"],
@@ -194,19 +235,13 @@ def build_model(cfg: dict, device: torch.device, weights: Weights = NO_WEIGHTS,
             raise InputError(f"{err} (a bare state dict records no encoder: the model was built "
                              f"as {built}; give the encoder it was trained with)") from None
         logger.info("loaded weights from %s", weights.path)
-    elif pretrained is not None:
-        load_pretrained_trunk(model.encoder, pretrained)
+    elif pretrained.path is not None:
+        load_pretrained_trunk(model.encoder, pretrained.path)
     elif cfg["encoder"] != "tiny":
         logger.warning("encoder %s: no pretrained_weights given, the trunk is randomly "
                        "initialised (the paper starts from COCO DeepLabV3 weights: "
                        "pretrained_weights=coco, or the path of a local copy)", cfg["encoder"])
     return model.to(device)
-
-
-def load_original_checkpoint(model: ALPNet, path: str | os.PathLike) -> None:
-    """Load a snapshot written by the original code (``<run>/snapshots/<iter>.pth``) into
-    ``model``; any missing, unexpected or misshapen key is an error naming the file and keys."""
-    load_checked_state_dict(model, read_state_dict(path, "an SSL-ALPNet checkpoint"), str(path))
 
 
 def pretrained_file(value: str | os.PathLike, encoder: str) -> Path:

@@ -52,7 +52,7 @@ from data_preprocessing.preprocess import orientation as orientation_code
 from data_preprocessing.resample import (BORDER, CROP_SIZE, crop_or_pad_volume, crop_windows,
                                          full_spacing, resample_label)
 from dataloaders.volumes import Volume, body_extent, normalize
-from inference.loader import ORIGINAL_ASSUMED, build_model, read_weights
+from inference.loader import ORIGINAL_ASSUMED, build_model, resolve_weights
 from models.alpnet import ALPNet
 from util.io import array_to_image, check_scan, read_image
 from util.errors import InputError, MissingInput
@@ -396,7 +396,7 @@ def load_model(path: str | os.PathLike, encoder: str | None,
     must agree), a bare state dict of the original code is built as ``encoder`` (default
     deeplabv3_resnet101) with the original's defaults. Precision and memory layout are chosen
     for this machine (``auto``)."""
-    weights = read_weights(path)
+    weights = resolve_weights(path)  # a file or a training run folder
     base = {"encoder": encoder or "deeplabv3_resnet101", **ORIGINAL_ASSUMED,
             "pretrained_weights": None, "bf16": "auto", "channels_last": "auto"}
     model = build_model(base, device, weights, explicit=("encoder",) if encoder else (),

@@ -32,9 +32,12 @@ from models.encoder import build_encoder
 from models.losses import alignment_target, per_image_cross_entropy
 from util.errors import InputError
 
+FEATURE_HW = 32   # the encoder's output grid for a 256 x 256 input
 TRAIN_WINDOW = 4  # feature_hw / proto_grid_size = 32 / 8
 EVAL_WINDOW = 2   # val_wsize
 PROTOTYPES = ("alp", "global")  # ALP (local + global), or one masked average each (PANet)
+# training on an empty local prototype set: the global prototype, or the original's skipped step
+EMPTY_PROTOTYPES = ("fallback", "skip")
 
 
 class ALPNetOutput(NamedTuple):

@@ -175,7 +175,8 @@ def test_an_injected_bug_keeps_its_traceback_and_user_errors_stay_one_line(monke
     """Only the user-error family (util.errors) is one line, exit 2: a genuine ValueError,
     KeyError or IndexError deep inside a command propagates (a traceback, exit status 1)."""
     import training
-    from config_ssl_upload import run_cli
+    from config_ssl_upload import KEYS, ex
+    from util.runs import run_cli
     from util.cli import run_main
     from util.errors import InputError
 
@@ -186,7 +187,7 @@ def test_an_injected_bug_keeps_its_traceback_and_user_errors_stay_one_line(monke
             run_main("prog", broken)
         monkeypatch.setattr(training, "build_episodes", broken)
         with pytest.raises(type(bug)):
-            run_cli("train", ["training.py", "with", "phantom", "setting1",
+            run_cli(ex, KEYS, "train", ["training.py", "with", "phantom", "setting1",
                               f"data_dir={setup['data']}", "encoder=tiny",
                               "num_workers=0", "n_steps=1", "device=cpu",
                               f"log_dir={setup['root'] / 'bug'}"])

@@ -52,7 +52,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 
 def _nonfinite_worker(rank: int, port: int, tmp: str) -> None:
-    import training  # in the spawned process
+    from util import guards  # in the spawned process
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
     info, _ = distributed.init(torch.device("cpu"))
@@ -61,8 +61,7 @@ def _nonfinite_worker(rank: int, port: int, tmp: str) -> None:
     episode = {"scan_id": ["2"], "z": torch.tensor([4]), "superpixel_id": torch.tensor([9])}
     message = "no error"
     try:
-        if not distributed.all_finite(loss, info):
-            training.stop_on_nonfinite(run_dir, 3, episode, loss, info)
+        guards.check_finite(loss, info, run_dir, 3, episode)
     except FloatingPointError as err:
         message = str(err)
     finally:

@@ -13,7 +13,8 @@ import torchvision
 from torchvision.models import segmentation
 
 from inference import loader
-from inference.loader import build_model, load_original_checkpoint, load_pretrained_trunk
+from inference.loader import (build_model, load_checked_state_dict, load_pretrained_trunk,
+                              read_weights, resolve_weights)
 from models.alpnet import ALPNet
 from models.encoder import build_encoder
 
@@ -258,23 +259,28 @@ def test_original_checkpoint_loads_from_a_wrapped_state_dict(tmp_path, r101):
     state["encoder.backbone.layer4.2.bn3.running_var"].fill_(2.0)
     path = tmp_path / "100000.pth"
     torch.save({"model": state}, path)
-    load_original_checkpoint(r101, path)
+    load_checked_state_dict(r101, read_weights(path).state, str(path))
     assert torch.all(r101.encoder.localconv.weight == 0.5)
     assert torch.all(r101.encoder.backbone.layer4[2].bn3.running_var == 2.0)
 
 
 def test_original_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path):
+    """A bare state dict (DataParallel prefix) builds through resolve_weights and build_model;
+    wrong keys and a missing file are errors naming the file."""
+    cfg = {**BASE, "encoder": "tiny"}
     model = ALPNet("tiny")
     state = {f"module.{k}": v for k, v in model.state_dict().items()}   # DataParallel prefix
     path = tmp_path / "ok.pth"
     torch.save(state, path)
-    load_original_checkpoint(model, path)
+    weights = resolve_weights(path)
+    assert weights.kind == "original"
+    build_model(cfg, torch.device("cpu"), weights)
     del state["module.encoder.localconv.weight"]
     state["module.encoder.asppconv.weight"] = torch.zeros(256, 256, 1, 1)
     bad = tmp_path / "25000.pth"
     torch.save(state, bad)
     with pytest.raises(ValueError, match=r"25000\.pth.*missing keys: encoder\.localconv\.weight"
                                          r".*unexpected keys: encoder\.asppconv\.weight"):
-        load_original_checkpoint(model, bad)
-    with pytest.raises(FileNotFoundError, match="50000.pth: expected an SSL-ALPNet checkpoint"):
-        load_original_checkpoint(model, tmp_path / "50000.pth")
+        build_model(cfg, torch.device("cpu"), resolve_weights(bad))
+    with pytest.raises(FileNotFoundError, match="50000.pth: expected a checkpoint file"):
+        resolve_weights(tmp_path / "50000.pth")

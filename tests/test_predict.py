@@ -364,7 +364,7 @@ def test_cli_end_to_end_with_a_bare_state_dict(checkpoints, scans, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "voxels predicted" in done.stdout
     # the loader's decision reaches the user (logging is configured by the entry point)
-    assert "INFO - inference.loader - " in done.stderr and "a bare state dict" in done.stderr
+    assert "INFO inference.loader: " in done.stderr and "a bare state dict" in done.stderr
     pred = sitk.ReadImage(str(tmp_path / "out" / "query_a_pred.nii.gz"))
     assert pred.GetSize() == sitk.ReadImage(str(scans["query"])).GetSize()
     cmd[cmd.index("--support-mask") + 1] = str(tmp_path / "missing_mask.nii.gz")
@@ -395,3 +395,19 @@ def test_the_checkpoints_record_decides_the_preprocessing(checkpoints, scans, tm
                    "predict.py", "the checkpoint's dataset record: expected a preprocessing "
                    "record of the types DatasetInfo declares, found intensity expects one of")
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_training_run_folder_is_a_checkpoint_too(checkpoints, scans, tmp_path):
+    """--checkpoint <run folder> takes the run's newest checkpoint (the one loader's
+    resolve_weights): the same mask as naming the file."""
+    import shutil
+
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    shutil.copy(checkpoints["ours"], run / "snapshots" / "latest.pth")
+    by_file, = predict.main(args(checkpoints["ours"], scans["support"], scans["mask"],
+                                 [scans["query"]], tmp_path / "file"))
+    by_run, = predict.main(args(run, scans["support"], scans["mask"], [scans["query"]],
+                                tmp_path / "run_out"))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(by_file))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(by_run))))

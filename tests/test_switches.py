@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,57 @@ def test_prototypes_global_gives_one_prototype_per_mask():
         counts[kind] = (support.fg.vectors.shape[0], support.bg.vectors.shape[0])
     assert counts["global"] == (1, 1)
     assert counts["alp"][0] > 1 and counts["alp"][1] > 1  # local windows (+ the global fg)
+
+
+def _episodes(data: Path, **overrides):
+    """The training episodes that training.py builds from the config with ``overrides``."""
+    import training
+    from config_ssl_upload import KEYS
+    from data_preprocessing.contract import load_dataset
+    from dataloaders.episodes import resolve_exclude_labels
+
+    ds = load_dataset(data)
+    cfg = {name: key.default for name, key in KEYS.items()}
+    cfg.update({"dataset": "PHANTOM", "label_sets": 0, "min_superpixel_px": 100, **overrides})
+    cfg["exclude_labels"] = resolve_exclude_labels(cfg, ds)  # as given, else the group's
+    return training.build_episodes(cfg, ds, ds.fold(0)["train"]), ds
+
+
+def test_superpixel_draw_original_draws_from_one_to_the_largest_id_minus_one(data):
+    """superpixel_draw='original' acts: every id lies in 1..max-1 of its slice and the largest
+    id is never drawn; the default uniform draw does reach the largest id."""
+    reached_top = {}
+    for draw, min_px in (("original", 1), ("uniform", 1)):
+        episodes, _ = _episodes(data, setting=1, superpixel_draw=draw, min_superpixel_px=min_px)
+        tops = []
+        for step in range(300):
+            vi, z, sp = episodes.draw_superpixel(np.random.default_rng(step), step)
+            top = int(episodes.volumes[vi].superpix[z].max())
+            assert 1 <= sp <= top
+            tops.append(sp == top)
+        reached_top[draw] = any(tops)
+    assert reached_top == {"original": False, "uniform": True}
+
+
+def test_exclude_mode_all_excludes_only_slices_holding_every_test_class(data):
+    """exclude_mode='all' (supervoxel episodes, Setting 2) acts: slices with one test class but
+    not all of them are drawn, which exclude_mode='any' never does; slices with all test classes
+    are drawn by neither. (The phantom's kidneys always share their slices, so the test classes
+    here are RK and SPLEEN, which do not.)"""
+    from dataloaders.volumes import load_volumes
+
+    drawn = {}
+    for mode in ("any", "all"):
+        episodes, ds = _episodes(data, setting=2, pseudolabel="supervoxel",
+                                 superpix_scale="SV200", exclude_mode=mode, exclude_labels=[2, 4])
+        test = episodes.exclude_labels
+        labels = {v.pid: v.label for v in load_volumes(ds, ds.fold(0)["train"])}
+        kinds = set()
+        for step in range(200):
+            ep = episodes[step]
+            for z in (int(ep["z"]), int(ep["query_z"])):
+                present = {c for c in test if (labels[ep["scan_id"]][z] == c).any()}
+                kinds.add("all" if present == set(test) else "some" if present else "none")
+        drawn[mode] = kinds
+    assert "all" not in drawn["any"] | drawn["all"]
+    assert "some" not in drawn["any"] and "some" in drawn["all"]

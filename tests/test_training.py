@@ -1,5 +1,6 @@
 """training.py end to end on small inputs: logs, checkpoints, determinism, kill and resume, errors."""
 import json
+import re
 import os
 import signal
 import queue
@@ -342,6 +343,31 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(phantom_dir, 
     assert sorted(got) == list(range(1, 301))  # nothing lost, nothing repeated
     assert len(metrics["steps"]) == 300
     assert all(got[s] == pytest.approx(reference[s], rel=1e-5) for s in got)
+    # log.txt holds both segments: the stop, the resume and the end
+    log = (run_dir / "log.txt").read_text(encoding="utf-8")
+    assert "SIGTERM: stopping after this step" in log and "resumed from" in log
+    assert log.index("SIGTERM") < log.index("resumed from") < log.index("finished at step 300")
+
+
+def test_quiet_terminal_full_log_txt_and_the_code_version_recorded(phantom_dir, tmp_path):
+    """--quiet leaves the terminal to warnings; the run folder's log.txt has the INFO lines
+    with dates; run.json and the checkpoint record the code version (a git checkout here)."""
+    args = cli_run_args(phantom_dir, n_steps=2, checkpoint_every=1000)
+    out = subprocess.run([sys.executable, "training.py", "--quiet", *args,
+                          f"log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                         encoding="utf-8", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert " INFO " not in out.stderr and "finished at step" not in out.stderr
+    run_dir = next(tmp_path.rglob("run.json")).parent
+    log = (run_dir / "log.txt").read_text(encoding="utf-8")
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO \S+: finished at step 2",
+                     log, re.M), log[-2000:]
+    assert not (run_dir / "cout.txt").exists()  # sacred's capture is off: no empty file
+    version = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["meta"][
+        "code_version"]
+    assert len(version["commit"]) == 40 and isinstance(version["dirty"], bool)
+    saved = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=True)
+    assert saved["code_version"] == version
 
 
 @pytest.mark.slow

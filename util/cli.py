@@ -44,7 +44,7 @@ def run_main(prog: str, main: Callable[[], Any]) -> Any:
 
     debug = debug_requested()
     sys.argv[0] = prog  # argparse's usage and errors name the command as the user ran it
-    configure_logging()
+    configure_logging(sys.argv)
     try:
         with stop_on_signals():
             return main()
@@ -59,14 +59,30 @@ def run_main(prog: str, main: Callable[[], Any]) -> Any:
         sys.exit(EXIT_EXPECTED)
 
 
-LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"  # sacred's, for training and validation
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE = "%H:%M:%S"
+VERBOSITY = {"--quiet": logging.WARNING, "--verbose": logging.DEBUG}
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Log lines of the library modules (the loader's decisions, evaluation warnings) to stderr,
-    unless something (sacred, a test) configured logging already."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+def configure_logging(argv: list[str] | None = None) -> None:
+    """Log lines (time, level, module) of every module to stderr: the loader's decisions, the
+    training progress, warnings. ``--quiet`` (warnings and errors only) or ``--verbose`` (debug
+    lines too) among ``argv`` set the terminal's level and are removed from it; the run
+    folder's log.txt keeps INFO lines either way. Nothing changes where logging is configured
+    already (a test, a caller's own setup)."""
+    level = logging.INFO
+    for flag, flag_level in VERBOSITY.items():
+        while argv is not None and flag in argv:
+            argv.remove(flag)
+            level = flag_level
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
 
 
 def fail(prog: str, message: str) -> None:

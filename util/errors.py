@@ -2,7 +2,7 @@
 
 Code that judges a user's input (a config key, a file, a folder, a checkpoint, an output path)
 raises one of these with a message naming the key or file, what was expected and what was
-found. :func:`util.cli.run_main` and :func:`config_ssl_upload.run_cli` print such an error as one
+found. :func:`util.cli.run_main` and :func:`util.runs.run_cli` print such an error as one
 line and exit with status 2; anything else is a bug and keeps its traceback (exit status 1).
 
 Each class also derives from the built-in exception it refines, so ``except ValueError`` and
