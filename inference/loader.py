@@ -134,8 +134,9 @@ def resolve_weights(target: str | os.PathLike | None, purpose: str = "evaluate",
     """The one way from what a user names to :class:`Weights`:
 
     - nothing (None, ""): :data:`NO_WEIGHTS`;
-    - ``latest`` / ``best``: that checkpoint of the newest training run under ``runs``
-      (``<log_dir>/train/<exp_name>``; ``best.pth`` exists in runs trained with ``val_every``);
+    - ``latest`` / ``best`` (where ``runs`` is given): that checkpoint of the newest training
+      run under ``runs`` (``<log_dir>/train/<exp_name>``; ``best.pth`` exists in runs trained
+      with ``val_every``);
     - a training run folder: its newest checkpoint that loads (damaged ones are skipped);
     - a file: our checkpoint, or the original code's bare state dict;
     - ``purpose="pretrained"``: ``coco`` / ``imagenet`` or a torchvision file, checked for
@@ -146,8 +147,8 @@ def resolve_weights(target: str | os.PathLike | None, purpose: str = "evaluate",
         return NO_WEIGHTS
     if purpose == "pretrained":
         return Weights(str(pretrained_file(target, encoder)), "pretrained")
-    if str(target) in WEIGHT_KEYWORDS:
-        target = _newest_run_checkpoint(Path(runs or "."), str(target))
+    if runs is not None and str(target) in WEIGHT_KEYWORDS:
+        target = _newest_run_checkpoint(Path(runs), str(target))
     path = Path(target)
     if purpose == "resume" or path.is_dir():
         return weights_of_state(*find_resume_checkpoint(path, map_location))

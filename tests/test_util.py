@@ -217,3 +217,30 @@ def test_checkpoints_with_numpy_values_convert_to_safe_ones(tmp_path):
     assert torch.equal(state["rng"]["numpy"], torch.arange(4, dtype=torch.int32).to(torch.uint32)) \
         or state["rng"]["numpy"].tolist() == [0, 1, 2, 3]
     assert state["rng"]["pos"] == 7 and state["step"] == 3
+
+
+def test_resolve_weights_is_the_one_way_from_a_name_to_weights(tmp_path):
+    """Nothing, latest / best of the newest run, a run folder, a file of ours, the original's
+    bare state dict; resume takes ours only."""
+    from inference.loader import NO_WEIGHTS, resolve_weights
+
+    runs = tmp_path / "train" / "exp"
+    for run_id, step in (("1", 7), ("2", 9)):
+        save_checkpoint(runs / run_id / "snapshots" / "latest.pth", _state(step))
+    save_checkpoint(runs / "1" / "snapshots" / "best.pth", _state(5))
+    assert resolve_weights(None) is NO_WEIGHTS and resolve_weights("") is NO_WEIGHTS
+    assert resolve_weights("latest", runs=runs).step == 9  # the newest run
+    with pytest.raises(FileNotFoundError, match=r"2/snapshots/best.pth: expected the best"):
+        resolve_weights("best", runs=runs)  # the newest run has none
+    with pytest.raises(FileNotFoundError, match="expected a checkpoint file"):
+        resolve_weights("latest")  # no runs to look in: a file name like any other
+    by_folder = resolve_weights(runs / "1")
+    assert (by_folder.kind, by_folder.step) == ("ours", 7)
+    assert by_folder.training["optimizer"] == {}  # resume needs the whole checkpoint
+    by_file = resolve_weights(runs / "1" / "snapshots" / "best.pth")
+    assert (by_file.kind, by_file.step, by_file.config) == ("ours", 5, {"a": 1})
+    bare = tmp_path / "bare.pth"
+    torch.save(torch.nn.Linear(2, 1).state_dict(), bare)
+    assert resolve_weights(bare).kind == "original"
+    with pytest.raises(ValueError, match="expected a training checkpoint with a format_version"):
+        resolve_weights(bare, purpose="resume")
