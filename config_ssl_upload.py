@@ -16,10 +16,9 @@ Run folders and the command line are :mod:`util.runs`.
 """
 from __future__ import annotations
 
-import warnings
+from util import runs  # first: it imports sacred without pkg_resources' warning
 
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-from sacred import Experiment, SETTINGS  # noqa: E402  (sacred 0.8.7 imports pkg_resources)
+from sacred import Experiment, SETTINGS  # noqa: E402
 
 from data_preprocessing import contract  # noqa: E402
 from data_preprocessing.registry import get_dataset_info  # noqa: E402
@@ -31,7 +30,6 @@ from models.alp import THRESHOLD  # noqa: E402
 from models.alpnet import (EMPTY_PROTOTYPES, EVAL_WINDOW, FEATURE_HW, PROTOTYPES,  # noqa: E402
                            TRAIN_WINDOW)
 from models.encoder import ENCODER_NAMES  # noqa: E402
-from util import runs  # noqa: E402
 from util.device import resolve_device  # noqa: E402
 from util.keys import DERIVED, NONE, UNSET, Key  # noqa: E402
 from util.errors import InputError  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-# config_ssl_upload first: it silences sacred's pkg_resources warning before importing sacred
+# config_ssl_upload first: util.runs imports sacred without its pkg_resources warning
 from config_ssl_upload import BEFORE_KEY, KEYS, RESUME_MUST_MATCH, ex
 from data_preprocessing.contract import check_labels_needed, load_dataset
 from data_preprocessing.registry import get_dataset_info

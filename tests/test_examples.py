@@ -57,3 +57,34 @@ def test_learning_curve_script_validates_each_snapshot_and_the_untrained_model(c
                          env={**env, "PRECISION": "fp16"}, capture_output=True, text=True,
                          encoding="utf-8", timeout=60)
     assert bad.returncode == 2 and "PRECISION expects fp32 or bf16, got 'fp16'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_scripts_submit_a_job_array_with_submitits_local_executor(chaos_prepared, tmp_path):
+    """LAUNCHER=local: a task per fold and group (Setting 2), each its training then its
+    validation, run by submitit; the table is gathered when all are done. A failing task fails
+    the launcher (exit 1) naming its log, and no table is gathered."""
+    env = {**os.environ, "PY": str(Path(os.sys.executable)), "FOLDS": "1",
+           "LOG_DIR": str(tmp_path / "exps"), "LAUNCHER": "local",
+           "OUT": str(tmp_path / "results"),
+           "EXTRA": f"data_dir={chaos_prepared} encoder=tiny n_steps=2 num_workers=0 "
+                    f"device=cpu eval_batch_size=48 save_predictions=False"}
+    # nothing trained yet: each validation task fails on reload_model_path=latest
+    failed = subprocess.run(["bash", "examples/abdominal_mri_setting2.sh"], cwd=ROOT,
+                            env={**env, "STAGE": "validate"}, capture_output=True, text=True,
+                            encoding="utf-8", timeout=600)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "2 of 2 task(s) failed" in failed.stderr and "FAILED" in failed.stderr
+    assert not (tmp_path / "results").exists()
+
+    out = subprocess.run(["bash", "examples/abdominal_mri_setting2.sh"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    assert "submitted 2 local task(s)" in out.stdout and out.stdout.count(": done (2 command") == 2
+    trained = sorted(p.parts[-4] for p in (tmp_path / "exps" / "train").glob(
+        "*/1/snapshots/latest.pth"))
+    assert trained == ["CHAOST2_setting2_group0_superpixel_MIDDLE_fold1",
+                       "CHAOST2_setting2_group1_superpixel_MIDDLE_fold1"]
+    assert len(list((tmp_path / "exps" / "validate").glob("*/*/summary.json"))) == 2
+    table = (tmp_path / "results" / "results.md").read_text(encoding="utf-8")
+    assert "CHAOST2, Setting 2, paper protocol" in table

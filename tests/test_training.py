@@ -200,7 +200,7 @@ def uninterrupted_run(args: list[str], log_dir: Path, env: dict) -> Path:
     """Run training to the end in a subprocess; its run folder."""
     full = subprocess.run([sys.executable, "training.py", *args, f"log_dir={log_dir}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8",
-                          timeout=300)
+                          timeout=900)
     assert full.returncode == 0, full.stderr[-2000:]
     return next(log_dir.rglob("metrics.json")).parent
 

@@ -37,9 +37,14 @@ def message_of(err: BaseException) -> str:
     return str(err)
 
 
-def run_main(prog: str, main: Callable[[], Any]) -> Any:
+STOPPED_NOTE = ("the files being written were discarded, those already in place (a previous "
+                "pseudolabel set, the dataset files) are intact")
+
+
+def run_main(prog: str, main: Callable[[], Any], stopped_note: str = STOPPED_NOTE) -> Any:
     """Run ``main``; an expected error is printed as one line and exits with status 2. SIGTERM
-    and SIGINT stop it (:mod:`util.workers`): one line, exit status 128 + the signal number."""
+    and SIGINT stop it (:mod:`util.workers`): one line (the stop, then ``stopped_note`` unless
+    the stop brings its own account), exit status 128 + the signal number."""
     from util.workers import Stopped, stop_on_signals
 
     debug = debug_requested()
@@ -49,8 +54,8 @@ def run_main(prog: str, main: Callable[[], Any]) -> Any:
         with stop_on_signals():
             return main()
     except Stopped as stop:
-        print(f"{prog}: {stop}; the files being written were discarded, those already in place "
-              f"(a previous pseudolabel set, the dataset files) are intact", file=sys.stderr)
+        note = stopped_note if stop.note is None else stop.note
+        print(f"{prog}: {stop}" + (f"; {note}" if note else ""), file=sys.stderr)
         sys.exit(128 + stop.signum)
     except EXPECTED as err:
         if debug:

@@ -15,16 +15,19 @@ import threading
 from pathlib import Path
 
 import torch
-from sacred.utils import SacredInterrupt
 
 from util import distributed
 from util.errors import NonFiniteLoss
+from util.runs import SacredInterrupt
+from util.workers import Stopped
 
 
-class Preempted(SacredInterrupt):
+class Preempted(SacredInterrupt, Stopped):
     """Training stopped by SIGTERM / SIGINT after a full checkpoint; sacred marks the run
-    INTERRUPTED and the command line exits with 128 + the signal number."""
+    INTERRUPTED and the command line exits with 128 + the signal number (training.py, and
+    :func:`util.cli.run_main` for a script that trains, e.g. the quickstart)."""
     STATUS = "INTERRUPTED"
+    note = ""  # the message names the checkpoint and how to continue
 
     def __init__(self, signum: int, step: int, path: Path) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; "

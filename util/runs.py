@@ -18,17 +18,20 @@ import difflib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from sacred.arg_parser import get_config_updates
-from sacred.observers import FileStorageObserver
-from sacred.utils import SacredInterrupt
+# sacred 0.8.7 imports pkg_resources, which warns on import: this module imports sacred first
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+from sacred.arg_parser import get_config_updates  # noqa: E402
+from sacred.observers import FileStorageObserver  # noqa: E402
+from sacred.utils import SacredInterrupt  # noqa: E402
 
-from util.cli import EXPECTED, configure_logging, debug_requested, fail, message_of
-from util.distributed import env_info
-from util.errors import InputError
-from util.io import ensure_writable_dir
-from util.version import code_version
+from util.cli import EXPECTED, configure_logging, debug_requested, fail, message_of  # noqa: E402
+from util.distributed import env_info  # noqa: E402
+from util.errors import InputError  # noqa: E402
+from util.io import ensure_writable_dir  # noqa: E402
+from util.version import code_version  # noqa: E402
 
 LOG_FILE = "log.txt"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

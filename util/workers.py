@@ -30,7 +30,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class Stopped(BaseException):
     """A command stopped by a signal (a BaseException, like KeyboardInterrupt, so that no
-    ``except Exception`` swallows it)."""
+    ``except Exception`` swallows it). ``note``: what the stop left behind, where the stop knows
+    (None: the command's own note, :func:`util.cli.run_main`)."""
+
+    note: str | None = None
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
