@@ -39,7 +39,7 @@ import torch
 from scipy import stats as sstats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dataloaders.augment import PRESETS, smooth_field  # noqa: E402
+from dataloaders.augment import PRESETS, smooth_fields  # noqa: E402
 from dataloaders.episodes import SuperpixelEpisodes, episode_rng  # noqa: E402
 from dataloaders.volumes import as_dataset, normalize  # noqa: E402
 from models.alp import MODE_CHECK_WINDOW, THRESHOLD, choose_fg_mode, downsample_mask  # noqa: E402
@@ -110,7 +110,8 @@ def draw_variant(ds_root: Path, pids: list[str], kwargs: dict, n: int, seed: int
             u = rng.uniforms[8 * view: 8 * view + 8]
             post["params"].append([float(x) for x in (*u[:5], u[7])])
             aug = PRESETS["sabs_aug"]
-            disp = [smooth_field(f, aug.elastic_alpha, aug.elastic_sigma) for f in u[5:7]]
+            disp = smooth_fields(torch.from_numpy(np.stack(u[5:7])).float()[None],
+                                 aug.elastic_alpha, aug.elastic_sigma)[0].numpy()
             post["elastic"].append(float(np.sqrt(np.mean(disp[0] ** 2 + disp[1] ** 2) / 2)))
     drawable = episodes.eligible_slices()
     per_slice = {}

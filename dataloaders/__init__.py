@@ -5,10 +5,11 @@
   ``load_volumes``, ``normalization_stats(dataset, train_pids) -> NormStats | None`` (CT
   training-fold mean / std; None for per-volume MR z-scoring), ``train_fold_stats``,
   ``normalize``.
-- ``dataloaders.augment``   method.md §3.5 on a generator passed in: ``AugParams``, ``PRESETS``
-  ('sabs_aug', 'aug_v3'), ``augment_pair(image, label, rng, params)``, its steps
-  ``affine_matrix`` / ``random_affine`` / ``elastic_deform`` / ``recover_label`` /
-  ``gamma_transform``, and ``geometric`` / ``random_gamma`` (used by supervoxel episodes).
+- ``dataloaders.augment``   method.md §3.5 in torch, batched, on any device, with parameters
+  drawn from a generator passed in: ``AugParams``, ``PRESETS`` ('sabs_aug', 'aug_v3'),
+  ``augment_pair(image, label, rng, params)``, its steps ``draw_affine`` / ``draw_fields`` /
+  ``warp`` / ``recover_label`` / ``gamma_transform``, and ``geometric`` / ``random_gamma``
+  (used by supervoxel episodes).
 - ``dataloaders.episodes``  torch Datasets of flat episode dicts (tensors ``EPISODE_TENSORS``):
   ``SuperpixelEpisodes`` (self-supervised, Setting 1 / 2), ``SupervoxelEpisodes`` (3-D,
   adjacent slices), ``ManualLabelEpisodes`` (supervised baseline); ``episode_loader`` (batch 1

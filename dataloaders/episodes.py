@@ -5,8 +5,8 @@ drawn from its own generator ``episode_rng(seed, step)`` with ``step = index`` (
 an episode is a pure function of (run seed, step), the same with 0, 2 or 8 workers, in any order,
 and on resume. Use :func:`episode_loader` (a sampler over global steps); ``length`` is only the
 size a plain iteration sees. No ``worker_init_fn`` is needed: nothing reads a global RNG, and
-torch already runs each worker with one intra-op thread. Do not call ``cv2.setNumThreads`` in a
-forked worker: once the parent has used OpenCV's thread pool, that call deadlocks the worker.
+torch already runs each worker with one intra-op thread (the augmentation is torch,
+:mod:`dataloaders.augment`).
 
 One episode is a flat dict (S support shots, one query; H = W = 256 on real data):
 
