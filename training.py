@@ -93,9 +93,10 @@ def validate_now(model, ds, evalset, device: torch.device, batch_size: int) -> d
 
 def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
     for key in RESUME_MUST_MATCH:
-        if saved.get(key, BEFORE_KEY.get(key)) != cfg[key]:
+        trained_with = saved.get(key, BEFORE_KEY.get(key))
+        if trained_with != cfg[key]:
             raise InputError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
-                             f"expected {saved.get(key)!r}, got {cfg[key]!r}")
+                             f"expected {trained_with!r}, got {cfg[key]!r}")
 
 
 def check_dataset(cfg: dict, ds) -> None:
@@ -123,7 +124,7 @@ class Step:
 
 
 def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool,
-               check_finite) -> Step:
+               stop_unless_finite) -> Step:
     """One episode: forward, loss (weighted query cross-entropy + alignment), the finite check,
     and the SGD update (skipped, as in the original, when ``skip_empty`` and a prototype set was
     empty)."""
@@ -131,7 +132,7 @@ def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool,
                   batch["query_images"])
     query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], class_weights)
     loss = query_loss + out.align_loss
-    check_finite(loss)
+    stop_unless_finite(loss)
     skipped = skip_empty and out.n_fallback > 0
     if not skipped:
         optimizer.zero_grad(set_to_none=True)

@@ -42,7 +42,7 @@ def test_checkpoint_roundtrip_and_newest_first(tmp_path):
     assert not [p for p in snap.iterdir() if p.name.startswith(".")]   # no temp files left
 
 
-def test_truncated_checkpoint_is_rejected_and_previous_used(tmp_path):
+def test_truncated_checkpoint_is_rejected_and_previous_used(tmp_path, caplog):
     snap = tmp_path / "snapshots"
     save_checkpoint(snap / "10.pth", _state(10))
     save_checkpoint(snap / "20.pth", _state(20))
@@ -52,8 +52,10 @@ def test_truncated_checkpoint_is_rejected_and_previous_used(tmp_path):
         (snap / name).write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="latest.pth: expected a readable torch checkpoint"):
         load_checkpoint(snap / "latest.pth")
-    with pytest.warns(UserWarning, match="skipping damaged checkpoint.*20.pth"):
-        path, state = find_resume_checkpoint(tmp_path)
+    path, state = find_resume_checkpoint(tmp_path)  # a log line names each damaged one
+    assert [r.levelname for r in caplog.records if "skipping damaged" in r.message] == [
+        "WARNING", "WARNING"]
+    assert "20.pth" in caplog.text
     assert path.name == "10.pth" and state["step"] == 10
 
 
@@ -244,3 +246,28 @@ def test_resolve_weights_is_the_one_way_from_a_name_to_weights(tmp_path):
     assert resolve_weights(bare).kind == "original"
     with pytest.raises(ValueError, match="expected a training checkpoint with a format_version"):
         resolve_weights(bare, purpose="resume")
+
+
+def test_stop_requests_are_the_training_process_s_alone():
+    """A signal sets ``signum`` once and logs once; a process forked inside the block (a loader
+    worker) neither records nor logs it, so one SIGTERM to the group gives one warning."""
+    import logging
+    import signal
+    from util.guards import StopRequests
+
+    log = logging.getLogger("test.stops")
+    with StopRequests(log) as stops:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: the handler it inherited must ignore the signal
+            os.close(read)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.write(write, b"none" if stops.signum is None else b"set")
+            os._exit(0)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        assert os.read(read, 16) == b"none" and os.waitstatus_to_exitcode(status) == 0
+        assert stops.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stops.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is not stops._handle  # restored

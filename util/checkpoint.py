@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import torch
 
 from util.io import atomic_path
 from util.errors import InputError, MissingInput
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 LATEST = "latest.pth"
@@ -152,7 +154,7 @@ def find_resume_checkpoint(target: str | os.PathLike,
             return path, load_checkpoint(path, map_location)
         except ValueError as err:
             problems.append(str(err))
-            warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=2)
+            logger.warning("skipping damaged checkpoint: %s", err)
     detail = "; ".join(problems) if problems else "none found"
     raise MissingInput(f"{target / SNAPSHOT_DIR}: expected a loadable checkpoint, {detail}")
 

@@ -46,6 +46,7 @@ class StopRequests:
         self.signum: int | None = None
         self.log = log
         self.previous = {}
+        self.pid = os.getpid()
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
@@ -57,6 +58,8 @@ class StopRequests:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            return  # a loader worker forked inside the block: the training process decides
         if self.signum is not None:
             os._exit(128 + signum)  # the second signal: stop at once
         self.signum = signum
