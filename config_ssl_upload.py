@@ -12,7 +12,8 @@ checks, ``print_config`` and the role lists (:data:`ARCH_KEYS`, :data:`RESUME_MU
 :data:`BEFORE_KEY`) come from there. sacred's read-only config stays on, an unknown key fails
 (sacred: "Added new config entry"; on the command line with a suggestion), and a value of the
 wrong type or outside its allowed values fails naming the key, what it expects and what it got.
-Run folders and the command line are :mod:`util.runs`.
+Rules across keys and derived values are :mod:`dataloaders.config_rules`; run folders and the
+command line are :mod:`util.runs`.
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from util import runs  # first: it imports sacred without pkg_resources' warning
 
 from sacred import Experiment, SETTINGS  # noqa: E402
 
-from data_preprocessing import contract  # noqa: E402
-from data_preprocessing.registry import get_dataset_info  # noqa: E402
 from dataloaders.augment import PRESETS as AUG_PRESETS  # noqa: E402
 from dataloaders.episodes import (EXCLUDE_MODES, PSEUDOLABELS, SLICE_DRAWS,  # noqa: E402
                                   SUPERPIXEL_DRAWS)
@@ -30,9 +29,8 @@ from models.alp import THRESHOLD  # noqa: E402
 from models.alpnet import (EMPTY_PROTOTYPES, EVAL_WINDOW, FEATURE_HW, PROTOTYPES,  # noqa: E402
                            TRAIN_WINDOW)
 from models.encoder import ENCODER_NAMES  # noqa: E402
-from util.device import resolve_device  # noqa: E402
+from dataloaders import config_rules  # noqa: E402
 from util.keys import DERIVED, NONE, UNSET, Key  # noqa: E402
-from util.errors import InputError  # noqa: E402
 
 # the run folder's log.txt records the log (util.runs); the code version is recorded there too
 SETTINGS.CAPTURE_MODE = "no"
@@ -41,7 +39,8 @@ SETTINGS.DISCOVER_SOURCES = "none"
 ex = Experiment("SSL-ALPNet", save_git_info=False)
 
 
-# Every key of training.py and validation.py, declared once; defaults are the original's (method.md §7.1).
+# Every key of training.py and validation.py, declared once; defaults: the original's
+# (method.md §7.1)
 KEYS: dict[str, Key] = {
     # run
     "seed": Key(1234, (int,), low=0, resume=True),
@@ -50,9 +49,9 @@ KEYS: dict[str, Key] = {
                                              "on a CPU)"),
     "num_workers": Key(4, (int,), low=0),
     # data
-    "dataset": Key(DERIVED, (str,), resume=True, doc="CHAOST2 | SABS | CMR | PHANTOM, or your own folder's "
-                                        "name; default: the name in data_dir's dataset.json, "
-                                        "else CHAOST2"),
+    "dataset": Key(DERIVED, (str,), resume=True,
+                   doc="CHAOST2 | SABS | CMR | PHANTOM, or your own folder's name; default: the "
+                       "name in data_dir's dataset.json, else CHAOST2"),
     "data_dir": Key(DERIVED, (str,), doc="default ./data/<dataset>"),
     "eval_fold": Key(0, (int,), low=0, resume=True),
     "label_sets": Key(DERIVED, (int, str), doc="label group whose classes are tested (default "
@@ -61,44 +60,47 @@ KEYS: dict[str, Key] = {
     "setting": Key(DERIVED, (int,), (1, 2), doc="1: all slices; 2: slices with any test class "
                                                 "never sampled; default 2 (the original's), 1 "
                                                 "for a folder with unlabelled scans"),
-    "exclude_labels": Key(DERIVED, (list,), resume=True, doc="default: the test classes of label_sets in "
-                                                "Setting 2 (from dataset.json), [] in Setting 1"),
-    "exclude_mode": Key("any", (str,), EXCLUDE_MODES, resume=True, before="any", doc="supervoxel episodes, Setting 2: a "
-                        "slice is excluded when it holds any test class (paper) or all of them "
-                        "(the original code)"),
+    "exclude_labels": Key(DERIVED, (list,), resume=True,
+                          doc="default: the test classes of label_sets in Setting 2 (from "
+                              "dataset.json), [] in Setting 1"),
+    "exclude_mode": Key("any", (str,), EXCLUDE_MODES, resume=True, before="any",
+                        doc="supervoxel episodes, Setting 2: a slice is excluded when it holds "
+                            "any test class (paper) or all of them (the original code)"),
     "pseudolabel": Key("superpixel", (str,), PSEUDOLABELS, resume=True),
-    "superpix_scale": Key("MIDDLE", (str,), resume=True, doc="pseudolabel variant: MIDDLE, SMALL, LARGE, "
-                                                "SV<min_size>"),
-    "superpixel_draw": Key("uniform", (str,), SUPERPIXEL_DRAWS, resume=True, before="uniform", doc="uniform over the "
-                           "superpixels present, or the original's UniformInt[1, max-1]"),
-    "slice_draw": Key("uniform", (str,), SLICE_DRAWS, resume=True, before="uniform", doc="uniform over the "
-                      "slices with a drawable pseudolabel, or the original's shuffled epoch of "
-                      "1000 indices modulo the slice count"),
-    "min_superpixel_px": Key(DERIVED, (int,), resume=True, doc="smallest pseudolabel an episode draws; "
-                             "default 100 (uniform draw), 1 (original draw)"),
+    "superpix_scale": Key("MIDDLE", (str,), resume=True,
+                          doc="pseudolabel variant: MIDDLE, SMALL, LARGE, SV<min_size>"),
+    "superpixel_draw": Key("uniform", (str,), SUPERPIXEL_DRAWS, resume=True, before="uniform",
+                           doc="uniform over the superpixels present, or the original's "
+                               "UniformInt[1, max-1]"),
+    "slice_draw": Key("uniform", (str,), SLICE_DRAWS, resume=True, before="uniform",
+                      doc="uniform over the slices with a drawable pseudolabel, or the "
+                          "original's shuffled epoch of 1000 indices modulo the slice count"),
+    "min_superpixel_px": Key(DERIVED, (int,), resume=True,
+                             doc="smallest pseudolabel an episode draws; default 100 (uniform "
+                                 "draw), 1 (original draw)"),
     "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice",
                      low=1, resume=True),
     "which_aug": Key("sabs_aug", (str,), tuple(AUG_PRESETS), resume=True),
     # model
     "encoder": Key("deeplabv3_resnet101", (str,), ENCODER_NAMES, arch=True, resume=True),
     "prototypes": Key(PROTOTYPES[0], (str,), PROTOTYPES, arch=True, resume=True, before="alp",
-                      doc="alp, or the ablation 'global': one "
-                      "masked-average prototype for foreground and background (PANet)"),
+                      doc="alp, or the ablation 'global': one masked-average prototype for "
+                          "foreground and background (PANet)"),
     "pretrained_weights": Key(None, (str, NONE), doc="coco, imagenet (torchvision's files via the "
                               "torch hub cache) or the path of a local copy"),
     "reload_model_path": Key(None, (str, NONE), doc="weights to evaluate: a .pth (ours or the "
                              "original's), a training run folder, 'latest' or 'best'"),
     "usealign": Key(True, (bool,), arch=True, resume=True),
     "use_wce": Key(True, (bool,), resume=True),
-    "proto_grid_size": Key(FEATURE_HW // TRAIN_WINDOW, (int,), low=1, arch=True,
-                           resume=True),
+    "proto_grid_size": Key(FEATURE_HW // TRAIN_WINDOW, (int,), low=1, arch=True, resume=True),
     "feature_hw": Key([FEATURE_HW, FEATURE_HW], (list,), arch=True, resume=True),
     "val_wsize": Key(EVAL_WINDOW, (int,), low=1, arch=True),
     "fg_thresh": Key(THRESHOLD, (float,), low=0.0, arch=True, resume=True),
-    "empty_prototypes": Key("fallback", (str,), EMPTY_PROTOTYPES, resume=True, before="fallback",
-                            doc="training: an empty "
-                            "local prototype set uses the mask's global prototype (fallback), "
-                            "or the step is skipped without an update (the original)"),
+    "empty_prototypes": Key("fallback", (str,), EMPTY_PROTOTYPES, resume=True,
+                            before="fallback",
+                            doc="training: an empty local prototype set uses the mask's global "
+                                "prototype (fallback), or the step is skipped without an "
+                                "update (the original)"),
     "bg_thresh": Key(THRESHOLD, (float,), low=0.0, arch=True, resume=True),
     # optimisation
     "n_steps": Key(100000, (int,), low=1),
@@ -158,35 +160,6 @@ ARCH_BEFORE = {name: BEFORE_KEY[name] for name in ARCH_KEYS if name in BEFORE_KE
 ORIGINAL_ASSUMED = {name: KEYS[name].default for name in ARCH_KEYS if name != "encoder"}
 
 
-def derive(config: dict) -> dict:
-    """Values of the DERIVED keys that were not given (``exclude_labels`` is resolved from
-    ``dataset.json`` when the run starts: see :func:`resolve_exclude_labels`)."""
-    # declared DERIVED only so that a named config's other type is no sacred type change
-    out = {key: value for key, value in (("bf16", "auto"), ("channels_last", "auto"),
-                                          ("label_sets", 0)) if config[key] is None}
-    label_sets = out.get("label_sets", config["label_sets"])
-    facts = contract.folder_facts(config["data_dir"]) if config["data_dir"] is not None else None
-    dataset = config["dataset"]
-    if dataset is None:
-        dataset = out["dataset"] = facts["name"] if facts else "CHAOST2"
-    if config["data_dir"] is None:
-        out["data_dir"] = f"./data/{dataset}"
-        facts = contract.folder_facts(out["data_dir"])
-    setting = config["setting"]
-    if setting is None:  # the original's Setting 2 on the published datasets, else Setting 1
-        setting = out["setting"] = 2 if facts is None or (facts["preset"]
-                                                           and facts["all_labelled"]) else 1
-    if config["min_superpixel_px"] is None:
-        out["min_superpixel_px"] = 100 if config["superpixel_draw"] == "uniform" else 1
-    if config["exp_name"] is None:
-        # Setting 1 trains one model for every label group: the group is not part of its name
-        parts = (config["exp_prefix"], dataset, f"setting{setting}",
-                 f"group{label_sets}" if setting == 2 else "",
-                 config["pseudolabel"], config["superpix_scale"], f"fold{config['eval_fold']}")
-        out["exp_name"] = "_".join(str(p) for p in parts if p != "")
-    return out
-
-
 NAMED_CONFIGS = {
     "chaost2": {"dataset": "CHAOST2"},
     "sabs": {"dataset": "SABS"},
@@ -215,69 +188,21 @@ for _name, _values in NAMED_CONFIGS.items():
     ex.add_named_config(_name, _values)
 
 
-def check_config(config: dict) -> None:
-    """Types and allowed values of every key, from :data:`KEYS`; raises ValueError naming the
-    key, what it expects and what it got."""
-    for name, key in KEYS.items():
-        key.check(name, config[name])
-    try:  # a preset's groups; a folder of one's own is checked against its dataset.json
-        groups = len(get_dataset_info(config["dataset"]).label_groups) if config["dataset"] \
-            else None
-    except KeyError:
-        groups = None
-    if config["label_sets"] not in ("all", None) and not (isinstance(config["label_sets"], int)
-                                              and 0 <= config["label_sets"] < (groups or 10**9)):
-        allowed = f"0..{groups - 1}" if groups else "a group index >= 0"
-        raise InputError(f"config: label_sets for {config['dataset']} expects {allowed} "
-                         f"(or 'all' in validation), got {config['label_sets']!r}")
-    if config["n_sup_part"] < 1 or config["n_sup_part"] % 2 == 0:
-        raise InputError(f"config: n_sup_part expects a positive odd number, got "
-                         f"{config['n_sup_part']}")
-    if config["feature_hw"][0] % config["proto_grid_size"]:
-        raise InputError(f"config: proto_grid_size {config['proto_grid_size']} must divide "
-                         f"feature_hw {config['feature_hw']}")
-    if config["n_shots"] > 1 and config["support_idx"] != [-1]:
-        raise InputError(f"config: support_idx chooses the one support scan of 1-shot "
-                         f"evaluation; with n_shots={config['n_shots']} the last "
-                         f"{config['n_shots']} validation scans are the support, so expects "
-                         f"support_idx=[-1], got {config['support_idx']}")
-    if len(config["support_idx"]) != 1 or not isinstance(config["support_idx"][0], int):
-        raise InputError(f"config: support_idx expects one scan index in a list, e.g. [-1], got "
-                         f"{config['support_idx']}")
-    if config["superpixel_draw"] == "original" and config["min_superpixel_px"] not in (None, 1):
-        raise InputError(f"config: superpixel_draw='original' has no size check, so "
-                         f"min_superpixel_px expects 1, got {config['min_superpixel_px']}")
-    if config["slice_draw"] == "original" and config["pseudolabel"] != "superpixel":
-        raise InputError(f"config: slice_draw='original' is the 2-D superpixel episodes' "
-                         f"sampling; expects pseudolabel='superpixel', got "
-                         f"{config['pseudolabel']!r}")
-    if config["exclude_mode"] == "all" and config["pseudolabel"] != "supervoxel":
-        raise InputError(f"config: exclude_mode='all' is the supervoxel episodes' original "
-                         f"rule; expects pseudolabel='supervoxel', got {config['pseudolabel']!r}")
-
-
 SACRED_COMMANDS = ("print_named_configs", "print_dependencies")  # no config to check
 
 
 @ex.config_hook
 def checked_config(config, command_name, logger):
-    """Check every key (:func:`check_config`), fill in the derived ones (:func:`derive`), refuse
-    a run that cannot start, then give the run its folder (:func:`util.runs.attach_run_folder`)."""
+    """Check every key and their combinations, fill in the derived ones, refuse a run that
+    cannot start (:mod:`dataloaders.config_rules`), then give the run its folder
+    (:func:`util.runs.attach_run_folder`)."""
     if command_name in SACRED_COMMANDS:
         return {}
-    check_config(config)
-    updates = derive(config)
+    for name, key in KEYS.items():  # type and allowed values, naming the key
+        key.check(name, config[name])
+    config_rules.check_combinations(config)
+    updates = config_rules.derive(config)
     if command_name != "print_config":
-        refuse_unstartable({**config, **updates}, command_name)
+        config_rules.refuse_unstartable({**config, **updates}, command_name)
         runs.attach_run_folder(ex, {**config, **updates}, command_name)
     return updates
-
-
-def refuse_unstartable(config: dict, command: str) -> None:
-    """Stop, before a run folder exists, a run that cannot start: labels it needs that the
-    folder lacks, a device this machine lacks. (training.py adds the pretrained file's check.)"""
-    facts = contract.folder_facts(config["data_dir"])
-    if facts is not None:
-        contract.check_labels_needed(config, command, facts["n_labelled"], facts["n_cases"],
-                                     facts["where"])
-    resolve_device(config["device"])

@@ -19,8 +19,8 @@ UNSET = object()
 @dataclass(frozen=True)
 class Key:
     """One config key: default, accepted types, allowed values (None: any), what it does, and
-    its roles. A default of ``DERIVED`` is computed from other keys (:func:`derive`) unless
-    given."""
+    its roles. A default of ``DERIVED`` is computed from other keys unless given
+    (:func:`dataloaders.config_rules.derive`)."""
     default: Any
     types: tuple[type, ...]
     choices: tuple | None = None
