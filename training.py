@@ -119,7 +119,7 @@ class Step:
     query_loss: torch.Tensor
     align_loss: torch.Tensor
     logits: torch.Tensor
-    n_fallback: int
+    n_fallback: torch.Tensor  # 0-d, on the device
     skipped: bool
 
 
@@ -133,7 +133,7 @@ def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool,
     query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], class_weights)
     loss = query_loss + out.align_loss
     stop_unless_finite(loss)
-    skipped = skip_empty and out.n_fallback > 0
+    skipped = skip_empty and bool(out.n_fallback > 0)  # reads the device (skip mode only)
     if not skipped:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync()
-        fallbacks.append(out.n_fallback)
+        fallbacks.append(int(out.n_fallback))
         losses.append(loss.item())
         return time.perf_counter() - start
 

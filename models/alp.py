@@ -9,17 +9,21 @@ background), computed from the support features and a soft support mask at featu
    - ``'local'``        the k×k average-pooled support features whose pooled mask is > threshold,
                         shot by shot, raster order inside a shot (original: ``'gridconv'``);
    - ``'local+global'`` the local ones followed by one masked average per shot
-                        (original: ``'gridconv+'``).
+                        (original: ``'gridconv+'``);
+   - ``'adaptive'``     the foreground's rule: ``'local+global'`` when some 4×4 window of the
+                        mask averages ≥ threshold, else ``'global'`` (the original chooses
+                        between the two on the host).
 2. Similarities ``d_k(x) = scale · <n(q(x)), n(p_k)>`` with ``n(v) = v / max(|v|, 1e-4)``.
 3. Score ``Σ_k softmax_k(d(x)) · d_k(x)``: the softmax-weighted mean similarity. With a single
    prototype this is exactly ``scale · cos(q(x), p)``, the PANet score, so all modes share it.
 
 Fixed against the original (method.md §0): when no window passes the threshold in ``'local'`` mode
-the set is empty; we fall back to the global prototype of that mask instead of raising, and report it
-in :class:`ALPInfo` so training can count it.
+the set is empty; we fall back to the global prototype of that mask instead of raising, and flag
+it (``Prototypes.fallback``) so training can count it.
 
-The foreground mode is chosen by :func:`choose_fg_mode` from the mask alone, always with a 4×4
-window (also at test time, where prototypes use 2×2 windows).
+The foreground mode is chosen from the mask alone (:func:`local_allowed`), always with a 4×4
+window (also at test time, where prototypes use 2×2 windows). The number of prototypes is fixed
+per feature size: which ones count is a mask on the device (:class:`Prototypes`).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from util.errors import InputError
 
-MODES = ("global", "local", "local+global")
+MODES = ("global", "local", "local+global", "adaptive")
 NORM_EPS = 1e-4   # n(v) = v / max(|v|, NORM_EPS); also the cosine eps of the original
 MASK_EPS = 1e-5   # denominator guard of the masked average
 THRESHOLD = 0.95  # FG_THRESH = BG_THRESH in the original
@@ -41,9 +45,10 @@ MODE_CHECK_WINDOW = 4
 
 @dataclass(frozen=True)
 class ALPInfo:
-    """What one ALP call used; plain ints so a training loop can log them."""
+    """What one ALP call used, as plain values (reading them waits for the device): for tests,
+    benchmarks and logs, never inside a training step."""
 
-    mode: str           # the mode asked for
+    mode: str           # the mode used ('adaptive' resolves to 'global' or 'local+global')
     n_local: int        # local prototypes whose pooled mask passed the threshold
     n_prototypes: int   # prototypes the score was computed with
     fallback: bool      # True when the local set was empty and the global prototype was used
@@ -51,10 +56,34 @@ class ALPInfo:
 
 @dataclass(frozen=True)
 class Prototypes:
-    """L2-normalised prototypes ``vectors`` [K, C] of one mask, and how they were made."""
+    """The candidate prototypes of one mask, L2-normalised ``vectors`` [K, C], and the ones that
+    count, ``valid`` [K].
+
+    K depends on the feature size and the mode only (every pooling window, then the global
+    ones), never on the mask: how many windows pass the threshold stays on the device, so no
+    step waits for the host and a step can be captured whole (``torch.compile``, CUDA graphs).
+    Invalid candidates get zero softmax weight, which is the same score as leaving them out.
+    ``n_local`` (long) and ``fallback`` (bool) are 0-d tensors; ``local_chosen`` is the adaptive
+    mode's choice (None in the other modes)."""
 
     vectors: Tensor
-    info: ALPInfo
+    valid: Tensor
+    mode: str
+    n_local: Tensor
+    fallback: Tensor
+    local_chosen: Tensor | None = None
+
+    def used(self) -> Tensor:
+        """The prototypes the score uses, [K_valid, C] (reads the device)."""
+        return self.vectors[self.valid]
+
+    @property
+    def info(self) -> ALPInfo:
+        mode = self.mode
+        if self.local_chosen is not None:
+            mode = "local+global" if bool(self.local_chosen) else "global"
+        return ALPInfo(mode=mode, n_local=int(self.n_local),
+                       n_prototypes=int(self.valid.sum()), fallback=bool(self.fallback))
 
 
 def l2_normalize(x: Tensor, dim: int = 1) -> Tensor:
@@ -83,40 +112,68 @@ def masked_average(feats: Tensor, mask: Tensor) -> Tensor:
     return (feats * mask).sum(dim=(2, 3)) / (mask.sum(dim=(2, 3)) + MASK_EPS)
 
 
-def local_prototypes(feats: Tensor, mask: Tensor, window: int, threshold: float) -> Tensor:
-    """Pooled support features whose pooled mask is > threshold: [K, C], shot by shot, raster."""
+def local_candidates(feats: Tensor, mask: Tensor, window: int,
+                     threshold: float) -> tuple[Tensor, Tensor]:
+    """Every window's pooled support features [S·(h/k)·(w/k), C], shot by shot in raster order,
+    and whether its pooled mask is > threshold [S·(h/k)·(w/k)] (bool)."""
     pooled = F.avg_pool2d(feats, window)                 # [S, C, h/k, w/k]
     keep = F.avg_pool2d(mask, window).flatten() > threshold
-    return pooled.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[keep]
+    return pooled.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]), keep
+
+
+def local_prototypes(feats: Tensor, mask: Tensor, window: int, threshold: float) -> Tensor:
+    """The local prototypes that pass, [K, C] (a variable count: reads the device)."""
+    candidates, keep = local_candidates(feats, mask, window, threshold)
+    return candidates[keep]
+
+
+def local_allowed(fg_mask: Tensor, threshold: float = THRESHOLD,
+                  window: int = MODE_CHECK_WINDOW) -> Tensor:
+    """0-d bool on the mask's device: some ``window``×``window`` cell averages ≥ threshold (the
+    foreground then gets local prototypes, 'local+global'; else one global prototype)."""
+    if min(fg_mask.shape[-2:]) < window:
+        raise InputError(f"choose_fg_mode: expected a mask of at least {window}×{window} "
+                         f"(the mode-check window), got {list(fg_mask.shape)}")
+    return F.avg_pool2d(fg_mask, window).amax() >= threshold
 
 
 def choose_fg_mode(fg_mask: Tensor, threshold: float = THRESHOLD,
                    window: int = MODE_CHECK_WINDOW) -> str:
-    """'local+global' if some ``window``×``window`` cell of the mask averages ≥ threshold."""
-    if min(fg_mask.shape[-2:]) < window:
-        raise InputError(f"choose_fg_mode: expected a mask of at least {window}×{window} "
-                         f"(the mode-check window), got {list(fg_mask.shape)}")
-    passed = F.avg_pool2d(fg_mask, window).max().item() >= threshold
-    return "local+global" if passed else "global"
+    """'local+global' if some ``window``×``window`` cell of the mask averages ≥ threshold, else
+    'global' (reads the device; the model uses :func:`local_allowed`)."""
+    return "local+global" if bool(local_allowed(fg_mask, threshold, window)) else "global"
 
 
 def build_prototypes(support_feats: Tensor, support_mask: Tensor, mode: str, window: int,
-                     threshold: float = THRESHOLD) -> Prototypes:
-    """Prototypes of one mask: [S, C, h, w] features, [S, 1, h, w] soft mask → [K, C]."""
+                     threshold: float = THRESHOLD,
+                     check_window: int = MODE_CHECK_WINDOW) -> Prototypes:
+    """Prototypes of one mask: [S, C, h, w] features, [S, 1, h, w] soft mask.
+
+    Candidates and validity by mode (L: the local candidates, k: those that pass):
+    'global' [mean of the shots' masked averages]; 'local' [L, that mean], the mean valid only
+    when no window passed (the fallback); 'local+global' [L, one masked average per shot];
+    'adaptive' (the foreground rule) [L, per shot, mean]: 'local+global' when
+    :func:`local_allowed` (window ``check_window``), else 'global'."""
     _check_support(support_feats, support_mask, mode, window)
-    n_local, fallback = 0, False
+    shots = masked_average(support_feats, support_mask)            # [S, C]
+    mean = shots.mean(dim=0, keepdim=True)
+    no = torch.zeros((), dtype=torch.bool, device=support_feats.device)
     if mode == "global":
-        protos = masked_average(support_feats, support_mask).mean(dim=0, keepdim=True)
-    else:
-        protos = local_prototypes(support_feats, support_mask, window, threshold)
-        n_local = protos.shape[0]
-        if mode == "local+global":
-            protos = torch.cat([protos, masked_average(support_feats, support_mask)])
-        elif n_local == 0:
-            protos = masked_average(support_feats, support_mask).mean(dim=0, keepdim=True)
-            fallback = True
-    info = ALPInfo(mode=mode, n_local=n_local, n_prototypes=protos.shape[0], fallback=fallback)
-    return Prototypes(l2_normalize(protos, dim=1), info)
+        return Prototypes(l2_normalize(mean), ~no[None], mode, no.long(), no)
+    candidates, keep = local_candidates(support_feats, support_mask, window, threshold)
+    every_shot = torch.ones(len(shots), dtype=torch.bool, device=keep.device)
+    if mode == "local":
+        fallback = ~keep.any()
+        return Prototypes(l2_normalize(torch.cat([candidates, mean])),
+                          torch.cat([keep, fallback[None]]), mode, keep.sum(), fallback)
+    if mode == "local+global":
+        return Prototypes(l2_normalize(torch.cat([candidates, shots])),
+                          torch.cat([keep, every_shot]), mode, keep.sum(), no)
+    chosen = local_allowed(support_mask, threshold, check_window)
+    keep = keep & chosen
+    return Prototypes(l2_normalize(torch.cat([candidates, shots, mean])),
+                      torch.cat([keep, every_shot & chosen, ~chosen[None]]), mode, keep.sum(),
+                      no, chosen)
 
 
 def score_prototypes(query_normed: Tensor, protos: Prototypes, scale: float = SCALE) -> Tensor:
@@ -125,7 +182,8 @@ def score_prototypes(query_normed: Tensor, protos: Prototypes, scale: float = SC
         raise InputError(f"score_prototypes: expected query features [Q, "
                          f"{protos.vectors.shape[1]}, h, w], got {list(query_normed.shape)}")
     sim = scale * torch.einsum("qchw,kc->qkhw", query_normed, protos.vectors)
-    return (sim.softmax(dim=1) * sim).sum(dim=1, keepdim=True)
+    weights = sim.masked_fill(~protos.valid.view(1, -1, 1, 1), float("-inf")).softmax(dim=1)
+    return (weights * sim).sum(dim=1, keepdim=True)
 
 
 def alp_score(query_feats: Tensor, support_feats: Tensor, support_mask: Tensor, mode: str,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.alp import (MODE_CHECK_WINDOW, SCALE, THRESHOLD, Prototypes, build_prototypes,
-                        choose_fg_mode, downsample_mask, l2_normalize, score_prototypes)
+                        downsample_mask, l2_normalize, score_prototypes)
 from models.encoder import build_encoder
 from models.losses import alignment_target, per_image_cross_entropy
 from util.errors import InputError
@@ -43,7 +43,8 @@ EMPTY_PROTOTYPES = ("fallback", "skip")
 class ALPNetOutput(NamedTuple):
     logits: Tensor       # [Q, 2, H, W] (background, foreground), at the input resolution
     align_loss: Tensor   # scalar; 0 unless training with align=True
-    n_fallback: int      # ALP calls whose local set was empty and used the global prototype
+    n_fallback: Tensor   # 0-d long: ALP calls whose local set was empty (the global prototype
+    #                      stood in); a device tensor, read by the training loop at its intervals
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class SupportPrototypes:
     fg: Prototypes
 
     @property
-    def n_fallback(self) -> int:
-        return int(self.bg.info.fallback) + int(self.fg.info.fallback)
+    def n_fallback(self) -> Tensor:
+        return self.bg.fallback.long() + self.fg.fallback.long()
 
 
 class ALPNet(nn.Module):
@@ -150,7 +151,7 @@ class ALPNet(nn.Module):
                           score_prototypes(query_normed, support.fg, self.scale)], dim=1)
 
     def alignment_loss(self, query_feats: Tensor, query_logits: Tensor, support_feats: Tensor,
-                       support_fg: Tensor, support_bg: Tensor) -> tuple[Tensor, int]:
+                       support_fg: Tensor, support_bg: Tensor) -> tuple[Tensor, Tensor]:
         """Prototype alignment (method.md §4.5): segment the support with the query's prediction.
 
         The masks are the argmax of the low-resolution query logits [Q, 2, h, w] (no gradient);
@@ -165,14 +166,12 @@ class ALPNet(nn.Module):
         return loss, protos.n_fallback
 
     def _prototypes(self, feats: Tensor, fg: Tensor, bg: Tensor, window: int) -> SupportPrototypes:
-        if self.prototype_kind == "global":
-            bg_mode = fg_mode = "global"
-        else:
-            bg_mode = "local"
-            fg_mode = choose_fg_mode(fg, self.fg_threshold, self.mode_check_window)
+        bg_mode, fg_mode = ("global", "global") if self.prototype_kind == "global" \
+            else ("local", "adaptive")
         return SupportPrototypes(
             bg=build_prototypes(feats, bg, bg_mode, window, self.bg_threshold),
-            fg=build_prototypes(feats, fg, fg_mode, window, self.fg_threshold))
+            fg=build_prototypes(feats, fg, fg_mode, window, self.fg_threshold,
+                                self.mode_check_window))
 
 
 def _upsample(scores: Tensor, size) -> Tensor:

@@ -122,7 +122,7 @@ def test_local_prototypes_are_ordered_shot_by_shot_in_raster_order():
     protos = build_prototypes(feats, mask, "local", window=2, threshold=0.95)
     expected = torch.tensor([vec[(0, 0, 0)], vec[(0, 1, 0)], vec[(1, 1, 1)]], dtype=torch.float32)
     assert (protos.info.n_local, protos.info.n_prototypes) == (3, 3)
-    assert torch.allclose(protos.vectors, l2_normalize(expected))
+    assert torch.allclose(protos.used(), l2_normalize(expected))
 
 
 def test_local_plus_global_appends_one_masked_average_per_shot():
@@ -131,8 +131,8 @@ def test_local_plus_global_appends_one_masked_average_per_shot():
     assert (protos.info.n_local, protos.info.n_prototypes, protos.info.fallback) == (3, 5, False)
     shot0 = (4 * torch.tensor([1.0, 0, 0]) + 3 * torch.tensor([0.0, 1, 0])
              + 4 * torch.tensor([0.0, 0, 1])) / (11 + 1e-5)
-    assert torch.allclose(protos.vectors[3], l2_normalize(shot0[None])[0])
-    assert torch.allclose(protos.vectors[4], l2_normalize(torch.tensor([[0.0, 2, 1]]))[0])
+    assert torch.allclose(protos.used()[3], l2_normalize(shot0[None])[0])
+    assert torch.allclose(protos.used()[4], l2_normalize(torch.tensor([[0.0, 2, 1]]))[0])
 
 
 @pytest.mark.parametrize("ones, quarters, passes", [(13, 3, True), (12, 4, False)])
@@ -237,3 +237,60 @@ def test_errors_say_what_was_expected():
         ALPNet("tiny", prototypes="panet")
     with pytest.raises(ValueError, match="at least 4×4"):
         choose_fg_mode(torch.ones(1, 1, 2, 2))
+
+
+# --- fixed-size prototypes (no host sync) against the variable-size definition ----------------
+
+def variable_size_score(query, feats, mask, mode, window, threshold=0.95, scale=20.0):
+    """ALP as defined, with a variable number of prototypes (boolean indexing): the reference
+    the fixed-size, masked implementation must equal."""
+    pooled = F.avg_pool2d(feats, window)
+    cands = pooled.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    local = cands[F.avg_pool2d(mask, window).flatten() > threshold]
+    shots = (feats * mask).sum((2, 3)) / (mask.sum((2, 3)) + 1e-5)
+    if mode == "adaptive":
+        mode = "local+global" if F.avg_pool2d(mask, 4).max() >= threshold else "global"
+    if mode == "global" or (mode == "local" and len(local) == 0):
+        protos = shots.mean(0, keepdim=True)
+    elif mode == "local":
+        protos = local
+    else:
+        protos = torch.cat([local, shots])
+    protos = protos / protos.norm(dim=1, keepdim=True).clamp_min(1e-4)
+    q = query / query.norm(dim=1, keepdim=True).clamp_min(1e-4)
+    sim = scale * torch.einsum("qchw,kc->qkhw", q, protos)
+    return (sim.softmax(1) * sim).sum(1, keepdim=True), len(protos)
+
+
+@pytest.mark.parametrize("mode", ["global", "local", "local+global", "adaptive"])
+@pytest.mark.parametrize("window", [2, 4])
+def test_fixed_size_prototypes_score_and_gradients_equal_the_variable_size_definition(mode,
+                                                                                      window):
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(12):
+        shots = 1 + trial % 2
+        feats = torch.randn(shots, 6, 8, 8, generator=gen, dtype=torch.float64)
+        query = torch.randn(2, 6, 8, 8, generator=gen, dtype=torch.float64)
+        # from empty to full, with blocks that pass and soft edges that do not
+        density = trial / 11
+        mask = (torch.rand(shots, 1, 8, 8, generator=gen) < density).double()
+        if trial % 3 == 0:
+            mask[:, :, :4, :4] = 1.0
+        got_inputs = [t.clone().requires_grad_() for t in (query, feats)]
+        want_inputs = [t.clone().requires_grad_() for t in (query, feats)]
+        got, info = alp_score(got_inputs[0], got_inputs[1], mask, mode, window)
+        want, n_want = variable_size_score(want_inputs[0], want_inputs[1], mask, mode, window)
+        assert info.n_prototypes == n_want, (trial, info)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), trial
+        got.sum().backward()
+        want.sum().backward()
+        for g, w in zip(got_inputs, want_inputs):
+            assert torch.allclose(g.grad, w.grad, rtol=1e-10, atol=1e-12), trial
+
+
+def test_prototype_count_is_fixed_by_the_feature_size_not_the_mask():
+    feats = torch.randn(2, 4, 8, 8)
+    sizes = {build_prototypes(feats, m, "adaptive", 2).vectors.shape
+             for m in (torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8),
+                       (torch.rand(2, 1, 8, 8) > 0.5).float())}
+    assert sizes == {torch.Size([2 * 16 + 2 + 1, 4])}

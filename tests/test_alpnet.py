@@ -51,7 +51,8 @@ def test_forward_shapes_and_outputs_in_training():
     out = run(make_model().train(), ep)
     assert out.logits.shape == (1, 2, SIZE, SIZE)
     assert out.align_loss.shape == () and out.align_loss.requires_grad and out.align_loss > 0
-    assert isinstance(out.n_fallback, int)   # the alignment pass may fall back at random init
+    # a 0-d device tensor (no host sync in a step); the alignment pass may fall back at random init
+    assert out.n_fallback.shape == () and out.n_fallback.dtype == torch.long
     assert run(make_model(align=False).train(), ep).n_fallback == 0   # both support sets exist
 
 
@@ -255,3 +256,26 @@ def test_global_prototypes_ablation_uses_one_prototype_per_mask():
     with torch.no_grad():
         local = alp.encode_support(ep["support_images"], ep["support_fg"], ep["support_bg"])
     assert local.bg.info.n_prototypes > 1  # ALP keeps local background prototypes
+
+
+def test_a_training_step_forward_is_one_graph_without_host_syncs():
+    """torch.compile(fullgraph=True) refuses any graph break: a .item(), a data-dependent shape
+    or a Python branch on a tensor. The fixed-size prototypes make the episode's forward and
+    loss one graph (in training, with the alignment pass, and in evaluation)."""
+    ep = episode(n_shots=2)
+    model = make_model()
+
+    def step(support_images, fg, bg, query_images, label):
+        out = model(support_images, fg, bg, query_images)
+        return weighted_cross_entropy(out.logits, label, (0.05, 1.0)) + out.align_loss, out
+
+    captured = torch.compile(step, backend="eager", fullgraph=True)
+    args = (ep["support_images"], ep["support_fg"], ep["support_bg"], ep["query_images"],
+            ep["query_label"])
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(0)
+        loss, out = captured(*args)
+        torch.manual_seed(0)
+        want, want_out = step(*args)
+        assert torch.allclose(loss, want) and torch.equal(out.n_fallback, want_out.n_fallback)
