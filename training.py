@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import default_collate
 
 # config_ssl_upload first: util.runs imports sacred without its pkg_resources warning
 from config_ssl_upload import BEFORE_KEY, KEYS, RESUME_MUST_MATCH, ex
@@ -123,16 +124,14 @@ class Step:
     skipped: bool
 
 
-def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool,
-               stop_unless_finite) -> Step:
-    """One episode: forward, loss (weighted query cross-entropy + alignment), the finite check,
-    and the SGD update (skipped, as in the original, when ``skip_empty`` and a prototype set was
-    empty)."""
+def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool) -> Step:
+    """One episode: forward, loss (weighted query cross-entropy + alignment) and the SGD update
+    (skipped, as in the original, when ``skip_empty`` and a prototype set was empty). Nothing
+    here reads the device (but ``skip_empty``); the losses are checked by :meth:`Books.flush`."""
     out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
                   batch["query_images"])
     query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], class_weights)
     loss = query_loss + out.align_loss
-    stop_unless_finite(loss)
     skipped = skip_empty and bool(out.n_fallback > 0)  # reads the device (skip mode only)
     if not skipped:
         optimizer.zero_grad(set_to_none=True)
@@ -170,15 +169,23 @@ def setup(_run, _config, _log) -> tuple[dict, distributed.DistInfo, torch.device
 
 class Books:
     """Everything of a training run but the arithmetic: the step count and learning rate, the
-    logs (tensorboard, metrics.json, the progress bar, a line every ``print_interval``),
-    validation with ``best.pth``, and the checkpoints. Every rank counts steps and validates
-    in step (rank 0 alone writes); ``with books:`` holds the progress bar."""
+    logs (tensorboard, metrics.json, the progress bar, a line every ``print_interval``), the
+    finite-loss check, validation with ``best.pth``, and the checkpoints. Every rank counts
+    steps, checks and validates in step (rank 0 alone writes); ``with books:`` holds the
+    progress bar.
+
+    The steps' values stay on the device (``pending``) until :meth:`flush` reads them at once:
+    every ``print_interval`` steps and before a validation or a checkpoint, so the host never
+    waits for a step in between."""
 
     def __init__(self, cfg: dict, rank: distributed.DistInfo, device: torch.device,
-                 run_dir: Path, model, optimizer, ds, fold, val_set, run, log) -> None:
+                 run_dir: Path, model, optimizer, ds, fold, episodes, val_set, run,
+                 log) -> None:
         self.cfg, self.rank, self.device, self.run_dir = cfg, rank, device, run_dir
         self.model, self.optimizer, self.ds, self.fold = model, optimizer, ds, fold
-        self.val_set, self.run, self.log = val_set, run, log
+        self.episodes, self.val_set, self.run, self.log = episodes, val_set, run, log
+        self.pending: list[torch.Tensor] = []  # per step: query loss, align loss, fallbacks,
+        #                                        skipped, on the device
         self.record = ds.info.record()  # the preprocessing record every checkpoint carries
         self.snapshots = run_dir / SNAPSHOT_DIR
         self.step = self.start_step = 0
@@ -221,27 +228,19 @@ class Books:
         """Count the step; validate, log and checkpoint at their intervals."""
         cfg = self.cfg
         self.step, self.last = self.step + 1, done
+        self.pending.append(torch.stack([
+            done.query_loss.detach(), done.align_loss.detach(),
+            done.n_fallback.to(done.query_loss.dtype),
+            torch.full_like(done.query_loss, float(done.skipped))]))
+        if self.bar is not None:
+            self.bar.update(1)
         if cfg["val_every"] and self.step % cfg["val_every"] == 0:
             began = time.perf_counter()
             self.validate()
             self.window_start += time.perf_counter() - began  # s/step counts training alone
-        if self.logger is None:
-            return
-        query_loss = done.query_loss.item()
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{query_loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
-        means = self.logger.scalars(self.step, {
-            "train/loss": query_loss, "train/align_loss": done.align_loss.item(),
-            "train/lr": self.lr, "train/empty_prototype_sets": float(done.n_fallback),
-            "train/skipped_steps": float(done.skipped)})
-        if means is not None:
-            now = time.perf_counter()
-            rate, self.window_start = (now - self.window_start) / cfg["print_interval"], now
-            self.log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  "
-                          "%.3f s/step", self.step, cfg["n_steps"], means["train/loss"],
-                          means["train/align_loss"], self.lr,
-                          means["train/empty_prototype_sets"], rate)
-        if self.step % cfg["image_every"] == 0:
+        if self.step % cfg["print_interval"] == 0:
+            self.flush()
+        if self.logger is not None and self.step % cfg["image_every"] == 0:
             b = done.batch
             self.logger.image("train/episode", self.step, episode_panel(
                 b["support_images"][0], b["support_fg"][0], b["query_images"][0],
@@ -251,8 +250,46 @@ class Books:
         if self.step % cfg["checkpoint_every"] == 0:
             self.checkpoint(LATEST)
 
+    def flush(self) -> None:
+        """Read the pending steps' values from the device (one wait), stop at the first
+        non-finite loss of any rank (:func:`util.guards.check_finite`), then log them: every
+        step to tensorboard, window means to metrics.json and the log line."""
+        if not self.pending:
+            return
+        values, self.pending = torch.stack(self.pending), []
+        first = self.step - len(values) + 1
+        check_finite(values[:, 0] + values[:, 1], first, self.rank, self.run_dir,
+                     self.episode_of)
+        if self.logger is None:
+            return
+        cfg = self.cfg
+        for step, (loss, align, fallbacks, skipped) in enumerate(values.tolist(), first):
+            lr = lr_at(step - 1, cfg["lr"], cfg["lr_step_gamma"], cfg["lr_step_size"])
+            means = self.logger.scalars(step, {
+                "train/loss": loss, "train/align_loss": align, "train/lr": lr,
+                "train/empty_prototype_sets": fallbacks, "train/skipped_steps": skipped})
+            if means is not None:
+                self.log_means(step, means)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")  # read at this flush
+
+    def log_means(self, step: int, means: dict) -> None:
+        now = time.perf_counter()
+        window = (step - 1) % self.cfg["print_interval"] + 1
+        rate, self.window_start = (now - self.window_start) / window, now
+        self.log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  "
+                      "%.3f s/step", step, self.cfg["n_steps"], means["train/loss"],
+                      means["train/align_loss"], means["train/lr"],
+                      means["train/empty_prototype_sets"], rate)
+
+    def episode_of(self, step: int) -> dict:
+        """The episode this rank trained on at ``step`` (1-based), batched as the loader's."""
+        return default_collate([self.episodes[(step - 1) * self.rank.world_size
+                                              + self.rank.rank]])
+
     def validate(self) -> None:
         """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
+        self.flush()  # a non-finite step stops the run before its weights are validated
         if self.val_set is not None:
             dice = validate_now(self.model, self.ds, self.val_set, self.device,
                                 self.cfg["eval_batch_size"])
@@ -267,6 +304,7 @@ class Books:
         distributed.barrier(self.rank)
 
     def checkpoint(self, name: str) -> None:
+        self.flush()  # no checkpoint holds the weights of a non-finite step
         if self.rank.is_main:
             save_checkpoint(self.snapshots / name, {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -281,6 +319,9 @@ class Books:
     def finish(self) -> dict:
         """The last validation and checkpoint; the run's result (rank 0) for sacred."""
         cfg, step, latest = self.cfg, self.step, self.snapshots / LATEST
+        self.flush()  # every rank, before the rank-dependent checks below
+        if self.logger is not None and (means := self.logger.end_window(step)):
+            self.log_means(step, means)  # the last, partial print_interval window
         if cfg["val_every"] and step % cfg["val_every"] and step > self.start_step:
             self.validate()
         if step % cfg["checkpoint_every"] or not latest.is_file():
@@ -319,13 +360,16 @@ def train(_run, _config, _log):
         check_resume_config(resumed.path, resumed.config, cfg)
     model = build_model(cfg, device, resumed, explicit=given_keys(_run))
     if cfg["compile"]:
-        model.encoder.compile()  # in place: state-dict keys stay those of the original
+        # the whole episode forward is one graph (fixed-size prototypes); in place, so the
+        # state-dict keys stay those of the original
+        model.compile()
     # DDP averages the gradients of the ranks' episodes (effective batch: world_size episodes)
     forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None) if rank.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
-    books = Books(cfg, rank, device, run_dir, model, optimizer, ds, fold, val_set, _run, _log)
+    books = Books(cfg, rank, device, run_dir, model, optimizer, ds, fold, episodes, val_set,
+                  _run, _log)
     books.resume(resumed)
 
     # the step loop: the sampler yields the global steps step .. n_steps - 1
@@ -342,10 +386,7 @@ def train(_run, _config, _log):
                 books.preempt(stops.signum)
             books.set_lr()
             batch = {k: episode[k][0].to(device, non_blocking=True) for k in EPISODE_TENSORS}
-            step = train_step(forward, optimizer, batch, class_weights, skip_empty,
-                              lambda loss: check_finite(loss, rank, run_dir, books.step + 1,
-                                                        episode))  # counted as logged
-            books.after_step(step)
+            books.after_step(train_step(forward, optimizer, batch, class_weights, skip_empty))
     return books.finish()
 
 

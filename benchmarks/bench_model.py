@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the encoder")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model's forward (training's compile=True); "
+                             "compiled in the warm-up")
     parser.add_argument("--infer-slices", type=int, default=0,
                         help="also time eval-mode inference of this many query slices")
     parser.add_argument("--batch-size", type=int, default=16, help="query slices per batch")
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     model = ALPNet(args.encoder, autocast_bf16=args.bf16,
                    channels_last=args.channels_last).to(device).train()
+    if args.compile:
+        model.compile()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     ep = make_episode(args.size, args.shots, device)
     batch = torch.cat([ep["support_images"], ep["query_images"]])
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "encoder": args.encoder, "input": [args.shots + 1, 3, args.size, args.size],
         "device": str(device), **gpu, "bf16": args.bf16, "channels_last": args.channels_last,
-        "tf32": tf32_settings(),
+        "compile": args.compile, "tf32": tf32_settings(),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "encoder_fwd_bwd": summary(enc), "full_step": summary(full), "alp_fwd_bwd": summary(alp),

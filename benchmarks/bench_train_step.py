@@ -22,7 +22,7 @@ them by the measured times, next to a large fp32 matrix product timed in the sam
 arithmetic, and only fewer operations or lower precision make it faster.
 
     .venv/bin/python benchmarks/bench_train_step.py [--encoder deeplabv3_resnet101] [--steps 8]
-        [--device auto|cpu|cuda] [--channels-last] [--bf16] [--threads N]
+        [--device auto|cpu|cuda] [--channels-last] [--bf16] [--compile] [--threads N]
 """
 from __future__ import annotations
 
@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the encoder")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (as training's compile=True); the "
+                             "compilation happens in the warm-up steps")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -103,6 +106,8 @@ def main() -> None:
         episodes = SuperpixelEpisodes(ds, train, seed=1234, aug="sabs_aug")
         model = ALPNet(args.encoder, channels_last=args.channels_last,
                        autocast_bf16=args.bf16).to(device).train()
+        if args.compile:
+            model.compile()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=5e-4)
         rss_model = peak_rss_mb()
@@ -159,6 +164,7 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "device": str(device), **gpu,
               "torch": torch.__version__, "channels_last": args.channels_last, "bf16": args.bf16,
+              "compile": args.compile,
               "tf32": tf32_settings(),
               "steps": args.steps, **{k: stats(v) for k, v in parts.items()},
               "step_over_encoder_floor": round(step_s / floor_s, 3),

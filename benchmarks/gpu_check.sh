@@ -3,10 +3,13 @@
 # torchvision (none of the imaging packages are needed). It writes JSON files to $OUT (default
 # ./gpu_check):
 #   model_<variant>.json  bench_model.py: training step (fp32 / channels_last / bf16 autocast +
-#                         channels_last), encoder forward+backward, the loss of a fixed episode,
+#                         channels_last / the same compiled, torch.compile of the whole
+#                         forward), encoder forward+backward, the loss of a fixed episode,
 #                         and the validation's computation for 140 query slices scored against 2
 #                         classes (CHAOS fold 0, kidneys: 280 predictions), peak GPU memory;
-#   conv3x3.json          bench_conv3x3.py: the trunk's 3×3 convolutions, direct vs Winograd.
+#   conv3x3.json          bench_conv3x3.py: the trunk's 3×3 convolutions, direct vs Winograd;
+#   gpu_util_<variant>.txt the GPU's utilisation (%) every 200 ms during each variant, where
+#                         nvidia-smi exists (its mean is printed).
 # Usage: bash benchmarks/gpu_check.sh   (DEVICE, ENCODER, SIZE, RUNS, SLICES override defaults;
 # the tests run it on the CPU with ENCODER=tiny). A relative OUT is taken from the repository root.
 # The "fp32" CUDA step runs as training does, with cuDNN's default TF32 convolutions: each JSON
@@ -23,15 +26,28 @@ slices="${SLICES:-140}"
 mkdir -p "$out"
 "$py" -c "import sys, torch; d = torch.device(sys.argv[1]); print('torch', torch.__version__,
 'device', d, torch.cuda.get_device_name(d) if d.type == 'cuda' else '')" "$device"
-for variant in fp32 channels_last bf16_channels_last; do
+for variant in fp32 channels_last bf16_channels_last bf16_channels_last_compile; do
     case "$variant" in
         fp32) flags=() ;;
         channels_last) flags=(--channels-last) ;;
         bf16_channels_last) flags=(--channels-last --bf16) ;;
+        bf16_channels_last_compile) flags=(--channels-last --bf16 --compile) ;;
     esac
+    sampler=""
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 \
+            > "$out/gpu_util_$variant.txt" &
+        sampler=$!
+    fi
     "$py" -m benchmarks.bench_model --device "$device" --encoder "$encoder" --size "$size" \
         --runs "$runs" --warmup 3 --infer-slices "$slices" ${flags[@]+"${flags[@]}"} \
         > "$out/model_$variant.json"
+    if [ -n "$sampler" ]; then
+        kill "$sampler"
+        wait "$sampler" 2> /dev/null || true
+        awk '{s += $1; n++} END {if (n) printf "gpu utilisation %.0f%% (mean of %d samples)\n",
+            s / n, n}' "$out/gpu_util_$variant.txt"
+    fi
     "$py" -c "import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[2],
 'step %.4f s' % r['full_step']['median_s'], 'encoder %.4f s' % r['encoder_fwd_bwd']['median_s'],
 'loss %.6f' % r['first_step_loss'], 'inference %.4f s/slice' % r['inference']['s_per_slice'])" \

@@ -52,9 +52,14 @@ def test_gpu_check_runs_without_the_imaging_packages(tmp_path):
                          capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     results = {v: json.loads((out / f"model_{v}.json").read_text(encoding="utf-8"))
-               for v in ("fp32", "channels_last", "bf16_channels_last")}
-    assert [r["bf16"] for r in results.values()] == [False, False, True]
-    assert [r["channels_last"] for r in results.values()] == [False, True, True]
+               for v in ("fp32", "channels_last", "bf16_channels_last",
+                         "bf16_channels_last_compile")}
+    assert [r["bf16"] for r in results.values()] == [False, False, True, True]
+    assert [r["channels_last"] for r in results.values()] == [False, True, True, True]
+    assert [r["compile"] for r in results.values()] == [False, False, False, True]
+    # compiled, the same arithmetic up to the kernels' rounding
+    assert abs(results["bf16_channels_last"]["first_step_loss"]
+               - results["bf16_channels_last_compile"]["first_step_loss"]) < 2e-2
     for r in results.values():
         assert r["inference"]["slices"] == 5 and r["inference"]["s_per_slice"] > 0
         assert r["full_step"]["median_s"] > 0

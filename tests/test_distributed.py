@@ -61,7 +61,9 @@ def _nonfinite_worker(rank: int, port: int, tmp: str) -> None:
     episode = {"scan_id": ["2"], "z": torch.tensor([4]), "superpixel_id": torch.tensor([9])}
     message = "no error"
     try:
-        guards.check_finite(loss, info, run_dir, 3, episode)
+        # steps 2, 3, 4 read at once: step 3 is rank 1's first non-finite one
+        losses = torch.stack([torch.tensor(0.5), loss, torch.tensor(float("inf"))])
+        guards.check_finite(losses, 2, info, run_dir, lambda step: {**episode, "step": step})
     except FloatingPointError as err:
         message = str(err)
     finally:
@@ -79,3 +81,5 @@ def test_nonfinite_loss_on_one_rank_stops_both_and_saves_in_rank0s_folder(tmp_pa
     assert messages[1].startswith("non-finite loss nan at step 3: scan 2, slice 4, superpixel 9")
     saved = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.pt"))
     assert saved == ["run_of_rank0/nonfinite_episode_step3_rank1.pt"]
+    kept = torch.load(tmp_path / saved[0], weights_only=True)
+    assert kept["step"] == 3 and kept["episode"]["step"] == 3  # the episode of step 3

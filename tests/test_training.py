@@ -171,21 +171,37 @@ def test_cli_suggests_the_key_meant(tmp_path):
 
 
 def test_nonfinite_loss_stops_and_saves_the_episode(phantom_dir, tmp_path, monkeypatch):
+    """The losses are read at intervals (here every 4 steps) and before each checkpoint (every
+    2): the run stops at the first non-finite step, saves the episode it trained on and keeps
+    no checkpoint of later weights."""
     real = training.weighted_cross_entropy
-    calls = {"n": 0}
+    targets = []
 
     def poisoned(logits, target, weights):
-        calls["n"] += 1
+        targets.append(target.clone())
         loss = real(logits, target, weights)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return loss * float("nan") if len(targets) == 3 else loss
     monkeypatch.setattr(training, "weighted_cross_entropy", poisoned)
     # the third episode is step 3, as the log counts steps
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3: scan \d+, "
                                                  r"slice \d+, superpixel \d+"):
-        run_train(small(phantom_dir, tmp_path))
+        run_train(small(phantom_dir, tmp_path, print_interval=4))
+    assert len(targets) == 4  # found at step 4's checkpoint
     saved = list(Path(tmp_path).rglob("nonfinite_episode_step3.pt"))
     assert len(saved) == 1
-    assert torch.load(saved[0], weights_only=True)["episode"]["support_images"].shape[-1] == 64
+    episode = torch.load(saved[0], weights_only=True)["episode"]
+    assert torch.equal(episode["query_labels"][0], targets[2])  # the one trained at step 3
+    latest = torch.load(saved[0].parent / "snapshots" / "latest.pth", weights_only=True)
+    assert latest["step"] == 2 and all(torch.isfinite(v).all()
+                                       for v in latest["model"].values() if v.is_floating_point())
+
+
+def test_the_last_partial_window_reaches_metrics_json(phantom_dir, tmp_path):
+    run = run_train(small(phantom_dir, tmp_path, n_steps=6, print_interval=4))
+    metrics = json.loads((Path(run.observers[0].dir) / "metrics.json").read_text(
+        encoding="utf-8"))
+    assert metrics["train/loss"]["steps"] == [4, 6]  # means of steps 1-4, then of 5-6
+    assert metrics["train/lr"]["values"] == pytest.approx([1e-2, 1e-2])
 
 
 def cli_run_args(phantom_dir, n_steps: int, checkpoint_every: int) -> list[str]:

@@ -52,12 +52,17 @@ def init(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
-    """True when ``value`` is finite on every rank (so all ranks stop together)."""
-    ok = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+def first_nonfinite(values: torch.Tensor, info: DistInfo) -> int | None:
+    """The first index of ``values`` [n] that is not finite on some rank (None when all are), the
+    same on every rank so that all ranks stop together; one read of the device."""
+    values = values.detach().reshape(-1)
+    n = values.numel()
+    index = torch.arange(n, device=values.device, dtype=torch.float32)
+    first = torch.where(torch.isfinite(values), float(n), index).amin().reshape(1)
     if info.enabled:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item() > 0)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    first = int(first.item())
+    return None if first == n else first
 
 
 def from_main(value, info: DistInfo):

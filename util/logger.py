@@ -36,6 +36,13 @@ class RunLogger:
             self._window[tag].append(float(value))
         if step % self.print_interval:
             return None
+        return self.end_window(step)
+
+    def end_window(self, step: int) -> dict[str, float] | None:
+        """The means of the values logged since the last window, into ``metrics.json`` at
+        ``step`` (also a run's last, partial window); None when there are none."""
+        if not self._window:
+            return None
         means = {tag: float(np.mean(v)) for tag, v in self._window.items()}
         if self.run is not None:
             for tag, value in means.items():
