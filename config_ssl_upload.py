@@ -104,6 +104,10 @@ KEYS: dict[str, Key] = {
     "bg_thresh": Key(THRESHOLD, (float,), low=0.0, arch=True, resume=True),
     # optimisation
     "n_steps": Key(100000, (int,), low=1),
+    "episodes_per_step": Key(1, (int,), low=1, resume=True, before=1,
+                             doc="episodes averaged in one SGD step (1: the paper's); their "
+                                 "images are encoded as one batch, so batch-norm statistics "
+                                 "pool them (docs/training.md)"),
     "lr": Key(1e-3, (float,), low=0.0, positive=True, resume=True),
     "momentum": Key(0.9, (float,), low=0.0, resume=True),
     "weight_decay": Key(5e-4, (float,), low=0.0, resume=True),
@@ -124,7 +128,8 @@ KEYS: dict[str, Key] = {
                 "AVX512-BF16/AMX)"),
     "channels_last": Key(DERIVED, (bool, str), (True, False, "auto"), doc="memory layout only; "
                          "auto (default): CUDA and AVX-512 CPUs"),
-    "compile": Key(False, (bool,)),
+    "compile": Key(False, (bool,), doc="torch.compile the episode's forward and the encoder "
+                                       "(the first steps compile)"),
     "log_dir": Key("./exps", (str,)),
     "exp_prefix": Key("", (str,)),
     "exp_name": Key(DERIVED, (str,), doc="default from prefix, dataset, setting, group, "

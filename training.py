@@ -24,9 +24,9 @@ from config_ssl_upload import BEFORE_KEY, KEYS, RESUME_MUST_MATCH, ex
 from data_preprocessing.contract import check_labels_needed, load_dataset
 from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
-from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, SupervoxelEpisodes,
-                                  SuperpixelEpisodes, episode_loader, resolve_exclude_labels,
-                                  training_classes)
+from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, StepSampler,
+                                  SupervoxelEpisodes, SuperpixelEpisodes, episode_loader,
+                                  resolve_exclude_labels, training_classes)
 from inference.evaluate import evaluate
 from inference.loader import Weights, build_model, check_pretrained, resolve_weights
 from models.losses import CLASS_WEIGHTS, weighted_cross_entropy
@@ -35,7 +35,7 @@ from util.checkpoint import BEST, LATEST, SNAPSHOT_DIR, save_checkpoint
 from util.cli import progress
 from util.device import SWITCHES, resolve_device, resolve_switch
 from util.errors import InputError
-from util.guards import Preempted, StopRequests, check_finite
+from util.guards import Preempted, StopRequests, stop_on_nonfinite
 from util.logger import LearningCurve, RunLogger, episode_panel
 from util.metrics import summarize
 from util.runs import given_keys, run_cli
@@ -92,12 +92,22 @@ def validate_now(model, ds, evalset, device: torch.device, batch_size: int) -> d
     return {**dice, "mean": summary["overall"]["dice"]["mean"]}
 
 
-def check_resume_config(path: Path, saved: dict, cfg: dict) -> None:
+def check_resume_config(path: Path, saved: dict, cfg: dict, step: int) -> None:
+    """A resumed run keeps the keys that decide its episodes and arithmetic, and goes on."""
+    if cfg["n_steps"] < step:
+        raise InputError(f"{path}: n_steps={cfg['n_steps']} is below the checkpoint's step "
+                         f"{step}; expected n_steps >= {step} to continue this run")
     for key in RESUME_MUST_MATCH:
         trained_with = saved.get(key, BEFORE_KEY.get(key))
         if trained_with != cfg[key]:
             raise InputError(f"{path}: resuming needs the same {key!r} as the checkpoint's run; "
                              f"expected {trained_with!r}, got {cfg[key]!r}")
+
+
+def episode_batch(tensor: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """The loader's batch of one step: one episode without its batch axis, as the model's
+    forward takes it, or ``episodes_per_step`` episodes along it."""
+    return tensor[0] if cfg["episodes_per_step"] == 1 else tensor
 
 
 def check_dataset(cfg: dict, ds) -> None:
@@ -130,7 +140,9 @@ def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool)
     here reads the device (but ``skip_empty``); the losses are checked by :meth:`Books.flush`."""
     out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
                   batch["query_images"])
-    query_loss = weighted_cross_entropy(out.logits, batch["query_labels"], class_weights)
+    # [Q, H, W], or [N, Q, H, W] for N episodes: the logits stack their queries
+    labels = batch["query_labels"].flatten(0, -3)
+    query_loss = weighted_cross_entropy(out.logits, labels, class_weights)
     loss = query_loss + out.align_loss
     skipped = skip_empty and bool(out.n_fallback > 0)  # reads the device (skip mode only)
     if not skipped:
@@ -144,9 +156,6 @@ def setup(_run, _config, _log) -> tuple[dict, distributed.DistInfo, torch.device
     """The run's config as a plain dict (device switches resolved, ``world_size`` recorded),
     its rank and device, and its folder; every generator seeded."""
     cfg = json.loads(json.dumps(_config))  # plain, picklable copy of the read-only config
-    if cfg["label_sets"] == "all":
-        raise InputError("config: label_sets='all' is for validation; training takes one label "
-                         "group (Setting 2) or trains for every group at once (Setting 1)")
     rank, device = distributed.init(resolve_device(cfg["device"]))
     # rank 0's run folder (only rank 0 has an observer), so every rank writes beside it
     run_dir = Path(distributed.from_main(
@@ -160,10 +169,10 @@ def setup(_run, _config, _log) -> tuple[dict, distributed.DistInfo, torch.device
         cfg[key] = resolve_switch(key, cfg[key], device)
     seed_everything(cfg["seed"], cfg["deterministic"])
     _run.info["code_version"] = code_version()
-    _log.info("run folder %s, device %s, rank %d of %d (one episode per rank and step), "
+    _log.info("run folder %s, device %s, rank %d of %d (%d episode(s) per rank and step), "
               "bf16 %s, channels_last %s (config: %s, %s)", run_dir, device, rank.rank,
-              rank.world_size, cfg["bf16"], cfg["channels_last"], _config["bf16"],
-              _config["channels_last"])
+              rank.world_size, cfg["episodes_per_step"], cfg["bf16"], cfg["channels_last"],
+              _config["bf16"], _config["channels_last"])
     return cfg, rank, device, run_dir
 
 
@@ -194,6 +203,7 @@ class Books:
         self.logger = RunLogger(run_dir, run, cfg["print_interval"]) if rank.is_main else None
         self.curve = LearningCurve(run_dir) if val_set is not None else None
         self.bar, self.window_start = None, 0.0
+        self.window_end = 0  # the last step of the last logged window
 
     def resume(self, weights: Weights) -> None:
         """Continue from a checkpoint's optimizer, RNG streams, step and best validation."""
@@ -202,7 +212,7 @@ class Books:
         state = weights.training
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        self.step = self.start_step = int(state["step"])
+        self.step = self.start_step = self.window_end = int(state["step"])
         self.best = state.get("best_val", self.best)
         self.run.info["resumed_from"] = str(weights.path)
         self.log.info("resumed from %s at step %d", weights.path, self.step)
@@ -241,8 +251,8 @@ class Books:
         if self.step % cfg["print_interval"] == 0:
             self.flush()
         if self.logger is not None and self.step % cfg["image_every"] == 0:
-            b = done.batch
-            self.logger.image("train/episode", self.step, episode_panel(
+            b = {k: v.flatten(0, -(4 if "images" in k else 3)) for k, v in done.batch.items()}
+            self.logger.image("train/episode", self.step, episode_panel(  # the first episode
                 b["support_images"][0], b["support_fg"][0], b["query_images"][0],
                 b["query_labels"][0], done.logits[0].argmax(0)))
         if self.step % cfg["save_snapshot_every"] == 0:
@@ -250,42 +260,62 @@ class Books:
         if self.step % cfg["checkpoint_every"] == 0:
             self.checkpoint(LATEST)
 
-    def flush(self) -> None:
-        """Read the pending steps' values from the device (one wait), stop at the first
-        non-finite loss of any rank (:func:`util.guards.check_finite`), then log them: every
-        step to tensorboard, window means to metrics.json and the log line."""
+    def flush(self, agree: bool = True) -> None:
+        """Read the pending steps' values from the device (one wait) and log them: every step
+        to tensorboard, window means to metrics.json and the log line. A non-finite loss stops
+        the run at the first such step of any rank (``agree``; else of this rank), after the
+        steps before it are logged (:func:`util.guards.stop_on_nonfinite`)."""
         if not self.pending:
             return
         values, self.pending = torch.stack(self.pending), []
         first = self.step - len(values) + 1
-        check_finite(values[:, 0] + values[:, 1], first, self.rank, self.run_dir,
-                     self.episode_of)
-        if self.logger is None:
+        losses = values[:, 0] + values[:, 1]
+        n_finite = distributed.first_nonfinite(losses, self.rank if agree else None)
+        self.log_steps(first, values[:n_finite].tolist())  # [:None]: every step
+        if n_finite is not None:
+            bad = first + n_finite
+            self.close_window(bad - 1)
+            stop_on_nonfinite(self.run_dir, bad, self.episode_of(bad), losses[n_finite],
+                              self.rank)
+
+    def log_steps(self, first: int, rows: list) -> None:
+        if self.logger is None or not rows:
             return
-        cfg = self.cfg
-        for step, (loss, align, fallbacks, skipped) in enumerate(values.tolist(), first):
-            lr = lr_at(step - 1, cfg["lr"], cfg["lr_step_gamma"], cfg["lr_step_size"])
+        for step, (loss, align, fallbacks, skipped) in enumerate(rows, first):
             means = self.logger.scalars(step, {
-                "train/loss": loss, "train/align_loss": align, "train/lr": lr,
+                "train/loss": loss, "train/align_loss": align, "train/lr": self.lr_of(step),
                 "train/empty_prototype_sets": fallbacks, "train/skipped_steps": skipped})
             if means is not None:
                 self.log_means(step, means)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")  # read at this flush
+        if self.bar is not None:  # the last step read
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr_of(step):.2e}")
+
+    def lr_of(self, step: int) -> float:
+        """The learning rate of ``step`` (1-based), as :meth:`set_lr` set it."""
+        return lr_at(step - 1, self.cfg["lr"], self.cfg["lr_step_gamma"],
+                     self.cfg["lr_step_size"])
 
     def log_means(self, step: int, means: dict) -> None:
+        """The log line of a window of steps ending at ``step``: their means and s/step."""
         now = time.perf_counter()
-        window = (step - 1) % self.cfg["print_interval"] + 1
-        rate, self.window_start = (now - self.window_start) / window, now
+        rate = (now - self.window_start) / max(step - self.window_end, 1)
+        self.window_start, self.window_end = now, step
         self.log.info("step %d/%d  loss %.4f  align %.4f  lr %.2e  empty sets %.2f  "
                       "%.3f s/step", step, self.cfg["n_steps"], means["train/loss"],
-                      means["train/align_loss"], means["train/lr"],
+                      means["train/align_loss"], self.lr_of(step),
                       means["train/empty_prototype_sets"], rate)
 
+    def close_window(self, step: int) -> None:
+        """A last, partial window (the run ends or stops at ``step``) into metrics.json and the
+        log."""
+        if self.logger is not None and (means := self.logger.end_window(step)):
+            self.log_means(step, means)
+
     def episode_of(self, step: int) -> dict:
-        """The episode this rank trained on at ``step`` (1-based), batched as the loader's."""
-        return default_collate([self.episodes[(step - 1) * self.rank.world_size
-                                              + self.rank.rank]])
+        """The episodes this rank trained on at ``step`` (1-based), batched as the loader's."""
+        sampler = StepSampler(0, 0, self.rank.world_size, self.rank.rank,
+                              self.cfg["episodes_per_step"])
+        return default_collate([self.episodes[i] for i in sampler.indices(step - 1)])
 
     def validate(self) -> None:
         """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
@@ -313,6 +343,9 @@ class Books:
                 "best_val": self.best, "code_version": code_version()})
 
     def preempt(self, signum: int) -> None:
+        # this rank's values only: a signal is not agreed between ranks, so no collective here
+        self.flush(agree=False)
+        self.close_window(self.step)
         self.checkpoint(LATEST)
         raise Preempted(signum, self.step, self.snapshots / LATEST)
 
@@ -320,8 +353,7 @@ class Books:
         """The last validation and checkpoint; the run's result (rank 0) for sacred."""
         cfg, step, latest = self.cfg, self.step, self.snapshots / LATEST
         self.flush()  # every rank, before the rank-dependent checks below
-        if self.logger is not None and (means := self.logger.end_window(step)):
-            self.log_means(step, means)  # the last, partial print_interval window
+        self.close_window(step)
         if cfg["val_every"] and step % cfg["val_every"] and step > self.start_step:
             self.validate()
         if step % cfg["checkpoint_every"] or not latest.is_file():
@@ -357,12 +389,13 @@ def train(_run, _config, _log):
     # model, optimizer and the books (logs, validation, checkpoints), from a checkpoint if resumed
     resumed = resolve_weights(cfg["resume"], purpose="resume", map_location=device)
     if resumed.kind != "none":
-        check_resume_config(resumed.path, resumed.config, cfg)
+        check_resume_config(resumed.path, resumed.config, cfg, int(resumed.training["step"]))
     model = build_model(cfg, device, resumed, explicit=given_keys(_run))
     if cfg["compile"]:
-        # the whole episode forward is one graph (fixed-size prototypes); in place, so the
-        # state-dict keys stay those of the original
+        # the whole episode forward is one graph (fixed-size prototypes), and the encoder alone
+        # (what validation calls); in place, so the state-dict keys stay those of the original
         model.compile()
+        model.encoder.compile()
     # DDP averages the gradients of the ranks' episodes (effective batch: world_size episodes)
     forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None) if rank.enabled else model
@@ -376,8 +409,8 @@ def train(_run, _config, _log):
     loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=books.step,
                             n_steps=max(cfg["n_steps"] - books.step, 0),
                             pin_memory=device.type == "cuda", rank=rank.rank,
-                            world_size=rank.world_size)
-    class_weights = CLASS_WEIGHTS if cfg["use_wce"] else (1.0, 1.0)
+                            world_size=rank.world_size, per_step=cfg["episodes_per_step"])
+    class_weights = torch.tensor(CLASS_WEIGHTS if cfg["use_wce"] else (1.0, 1.0), device=device)
     skip_empty = cfg["empty_prototypes"] == "skip"
     model.train()
     with StopRequests(_log) as stops, books:
@@ -385,7 +418,8 @@ def train(_run, _config, _log):
             if stops.signum is not None:  # the last step is logged: checkpoint, then stop
                 books.preempt(stops.signum)
             books.set_lr()
-            batch = {k: episode[k][0].to(device, non_blocking=True) for k in EPISODE_TENSORS}
+            batch = {k: episode_batch(episode[k], cfg).to(device, non_blocking=True)
+                     for k in EPISODE_TENSORS}
             books.after_step(train_step(forward, optimizer, batch, class_weights, skip_empty))
     return books.finish()
 

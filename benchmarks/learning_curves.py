@@ -43,6 +43,9 @@ VARIANTS: dict[str, tuple[bool, tuple[str, ...]]] = {
     "skip_empty": (False, ("empty_prototypes=skip",)),
     "original": (True, ("superpixel_draw=original", "slice_draw=original",
                         "empty_prototypes=skip")),
+    # not the original's: N episodes per SGD step (docs/training.md)
+    "episodes2": (False, ("episodes_per_step=2",)),
+    "episodes4": (False, ("episodes_per_step=4",)),
 }
 
 

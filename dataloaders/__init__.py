@@ -12,8 +12,8 @@
   (used by supervoxel episodes).
 - ``dataloaders.episodes``  torch Datasets of flat episode dicts (tensors ``EPISODE_TENSORS``):
   ``SuperpixelEpisodes`` (self-supervised, Setting 1 / 2), ``SupervoxelEpisodes`` (3-D,
-  adjacent slices), ``ManualLabelEpisodes`` (supervised baseline); ``episode_loader`` (batch 1
-  over global steps, any number of workers), ``episode_rng(seed, step)``,
+  adjacent slices), ``ManualLabelEpisodes`` (supervised baseline); ``episode_loader`` (a batch of
+  ``per_step`` episodes per global step, any number of workers), ``episode_rng(seed, step)``,
   ``setting_exclusions``, ``training_classes``, ``excluded_slices_from_classmap``.
 - ``dataloaders.evaluation`` ``build_evaluation(dataset, fold, *, label_group, protocol,
   npart, ...) -> EvaluationSet`` with ``SupportSet`` / ``SupportPart`` per test class and a

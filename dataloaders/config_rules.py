@@ -3,10 +3,12 @@ derived from others, and what stops a run before its folder exists. Called by th
 of :mod:`config_ssl_upload`, where each key is declared."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from data_preprocessing import contract
 from data_preprocessing.registry import get_dataset_info
 from util.device import resolve_device
-from util.errors import InputError
+from util.errors import InputError, MissingInput
 
 
 def derive(config: dict) -> dict:
@@ -79,8 +81,16 @@ def check_combinations(config: dict) -> None:
 
 
 def refuse_unstartable(config: dict, command: str) -> None:
-    """Stop, before a run folder exists, a run that cannot start: labels it needs that the
-    folder lacks, a device this machine lacks. (training.py adds the pretrained file's check.)"""
+    """Stop, before a run folder exists, a run that cannot start: training on 'all' groups, a
+    resume target that does not exist, labels it needs that the folder lacks, a device this
+    machine lacks. (training.py adds the pretrained file's check.)"""
+    if command == "train" and config["label_sets"] == "all":
+        raise InputError("config: label_sets='all' is for validation; training takes one label "
+                         "group (Setting 2) or trains for every group at once (Setting 1)")
+    if command == "train" and config["resume"] is not None \
+            and not Path(config["resume"]).exists():
+        raise MissingInput(f"{config['resume']}: expected a checkpoint file or a run folder "
+                           f"to resume, found nothing there")
     facts = contract.folder_facts(config["data_dir"])
     if facts is not None:
         contract.check_labels_needed(config, command, facts["n_labelled"], facts["n_cases"],

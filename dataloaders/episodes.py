@@ -4,8 +4,8 @@ Every dataset here is a map-style ``torch.utils.data.Dataset`` whose item ``inde
 drawn from its own generator ``episode_rng(seed, step)`` with ``step = index`` (a global step):
 an episode is a pure function of (run seed, step), the same with 0, 2 or 8 workers, in any order,
 and on resume. Use :func:`episode_loader` (a sampler over global steps); ``length`` is only the
-size a plain iteration sees. No ``worker_init_fn`` is needed: nothing reads a global RNG, and
-torch already runs each worker with one intra-op thread (the augmentation is torch,
+size a plain iteration sees. Its ``worker_init_fn`` only handles signals: nothing reads a global
+RNG, and torch already runs each worker with one intra-op thread (the augmentation is torch,
 :mod:`dataloaders.augment`).
 
 One episode is a flat dict (S support shots, one query; H = W = 256 on real data):
@@ -47,6 +47,7 @@ from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volume
     normalization_stats, tile_slices
 from util.io import read_json
 from util.errors import InputError, MissingInput
+from util.workers import loader_worker_init
 
 __all__ = ["EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
            "setting_exclusions", "training_classes", "SLICE_DRAWS", "ORIGINAL_EPOCH",
@@ -71,31 +72,39 @@ def episode_rng(seed: int, step: int) -> np.random.Generator:
 
 
 class StepSampler(Sampler[int]):
-    """Yields the episode index of steps ``start .. start + n_steps − 1``: ``step · stride +
-    offset``. With one process (stride 1, offset 0) the index is the step; a distributed rank r
-    of W uses stride W and offset r, so ranks draw distinct episodes and a resumed run the same
-    ones."""
+    """Yields the episode indices of steps ``start .. start + n_steps − 1``, ``per_step`` of them
+    per step: ``(step · stride + offset) · per_step + i``. With one process and one episode per
+    step (stride 1, offset 0, per_step 1) the index is the step; a distributed rank r of W uses
+    stride W and offset r, so ranks draw distinct episodes and a resumed run the same ones."""
 
-    def __init__(self, start: int, n_steps: int, stride: int = 1, offset: int = 0) -> None:
-        if start < 0 or n_steps < 0 or stride < 1 or not 0 <= offset < stride:
-            raise InputError(f"StepSampler: expected start >= 0, n_steps >= 0, stride >= 1 and "
-                             f"0 <= offset < stride, got {start}, {n_steps}, {stride}, {offset}")
+    def __init__(self, start: int, n_steps: int, stride: int = 1, offset: int = 0,
+                 per_step: int = 1) -> None:
+        if start < 0 or n_steps < 0 or stride < 1 or not 0 <= offset < stride or per_step < 1:
+            raise InputError(f"StepSampler: expected start >= 0, n_steps >= 0, stride >= 1, "
+                             f"0 <= offset < stride and per_step >= 1, got {start}, {n_steps}, "
+                             f"{stride}, {offset}, {per_step}")
         self.start, self.n_steps = int(start), int(n_steps)
-        self.stride, self.offset = int(stride), int(offset)
+        self.stride, self.offset, self.per_step = int(stride), int(offset), int(per_step)
+
+    def indices(self, step: int) -> list[int]:
+        """The episode indices of the 0-based global ``step``."""
+        first = (step * self.stride + self.offset) * self.per_step
+        return list(range(first, first + self.per_step))
 
     def __iter__(self) -> Iterator[int]:
-        return iter(s * self.stride + self.offset
-                    for s in range(self.start, self.start + self.n_steps))
+        return iter(i for s in range(self.start, self.start + self.n_steps)
+                    for i in self.indices(s))
 
     def __len__(self) -> int:
-        return self.n_steps
+        return self.n_steps * self.per_step
 
 
 def episode_loader(dataset: EpisodeDataset, *, num_workers: int = 4, start_step: int = 0,
                    n_steps: int | None = None, pin_memory: bool = False,
                    prefetch_factor: int | None = None, rank: int = 0,
-                   world_size: int = 1) -> DataLoader:
-    """Batch-1 loader over the steps ``start_step .. start_step + n_steps − 1``.
+                   world_size: int = 1, per_step: int = 1) -> DataLoader:
+    """Loader of the steps ``start_step .. start_step + n_steps − 1``, a batch of ``per_step``
+    episodes each (:class:`StepSampler`).
 
     ``n_steps`` defaults to ``len(dataset)``; the sampler's indices are global episode indices.
     Resuming at step k is ``start_step=k``. Under distributed
@@ -103,9 +112,11 @@ def episode_loader(dataset: EpisodeDataset, *, num_workers: int = 4, start_step:
     """
     n = len(dataset) if n_steps is None else n_steps
     kwargs = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
-    return DataLoader(dataset, batch_size=1,
-                      sampler=StepSampler(start_step, n, stride=world_size, offset=rank),
-                      num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+    return DataLoader(dataset, batch_size=per_step,
+                      sampler=StepSampler(start_step, n, stride=world_size, offset=rank,
+                                          per_step=per_step),
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      worker_init_fn=loader_worker_init if num_workers > 0 else None, **kwargs)
 
 
 def setting_exclusions(dataset: Dataset | str | os.PathLike, setting: int,

@@ -132,7 +132,7 @@ def local_allowed(fg_mask: Tensor, threshold: float = THRESHOLD,
     """0-d bool on the mask's device: some ``window``×``window`` cell averages ≥ threshold (the
     foreground then gets local prototypes, 'local+global'; else one global prototype)."""
     if min(fg_mask.shape[-2:]) < window:
-        raise InputError(f"choose_fg_mode: expected a mask of at least {window}×{window} "
+        raise InputError(f"foreground mode check: expected a mask of at least {window}×{window} "
                          f"(the mode-check window), got {list(fg_mask.shape)}")
     return F.avg_pool2d(fg_mask, window).amax() >= threshold
 

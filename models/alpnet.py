@@ -100,21 +100,41 @@ class ALPNet(nn.Module):
 
     def forward(self, support_images: Tensor, support_fg: Tensor, support_bg: Tensor,
                 query_images: Tensor) -> ALPNetOutput:
-        """One episode; support and query go through the encoder in one batch (shared BN)."""
-        _check_support(support_images, support_fg, support_bg)
-        _check_query(query_images, support_images)
-        n_shots = support_images.shape[0]
-        feats = self.encode(torch.cat([support_images, query_images]))
-        support_feats, query_feats = feats[:n_shots], feats[n_shots:]
-        support = self.support_prototypes(support_feats, support_fg, support_bg)
-        low = self.lowres_logits(l2_normalize(query_feats), support)
-        n_fallback = support.n_fallback
-        align_loss = low.new_zeros(())
-        if self.training and self.align:
-            align_loss, n_align_fallback = self.alignment_loss(query_feats, low, support_feats,
-                                                               support_fg, support_bg)
-            n_fallback += n_align_fallback
-        return ALPNetOutput(_upsample(low, query_images.shape[-2:]), align_loss, n_fallback)
+        """One episode; support and query go through the encoder in one batch (shared BN).
+
+        N episodes at once (``episodes_per_step``): every tensor with a leading episode axis,
+        images [N, S or Q, 3, H, W] and masks [N, S, H, W]. Their 2N images are encoded as one
+        batch (batch-norm statistics pool them), prototypes and scores stay per episode; the
+        logits of the queries are stacked [N·Q, 2, H, W], ``align_loss`` is the episodes'
+        mean and ``n_fallback`` their sum."""
+        if support_images.dim() != 5:
+            return self.forward_episodes(support_images[None], support_fg[None],
+                                         support_bg[None], query_images[None])
+        return self.forward_episodes(support_images, support_fg, support_bg, query_images)
+
+    def forward_episodes(self, support_images: Tensor, support_fg: Tensor, support_bg: Tensor,
+                         query_images: Tensor) -> ALPNetOutput:
+        n, n_shots = support_images.shape[:2]
+        for i in range(n):
+            _check_support(support_images[i], support_fg[i], support_bg[i])
+            _check_query(query_images[i], support_images[i])
+        n_queries = query_images.shape[1]
+        feats = self.encode(torch.cat([support_images, query_images], dim=1).flatten(0, 1))
+        feats = feats.unflatten(0, (n, n_shots + n_queries))
+        logits, align, fallbacks = [], [], []
+        for i in range(n):
+            support_feats, query_feats = feats[i, :n_shots], feats[i, n_shots:]
+            support = self.support_prototypes(support_feats, support_fg[i], support_bg[i])
+            low = self.lowres_logits(l2_normalize(query_feats), support)
+            fallbacks.append(support.n_fallback)
+            if self.training and self.align:
+                loss, n_align_fallback = self.alignment_loss(query_feats, low, support_feats,
+                                                             support_fg[i], support_bg[i])
+                align.append(loss)
+                fallbacks.append(n_align_fallback)
+            logits.append(_upsample(low, query_images.shape[-2:]))
+        align_loss = torch.stack(align).mean() if align else feats.new_zeros(())
+        return ALPNetOutput(torch.cat(logits), align_loss, torch.stack(fallbacks).sum())
 
     def encode(self, images: Tensor) -> Tensor:
         """[N, 3, H, W] → float32 features [N, 256, H/8, W/8], with the configured speed-ups."""

@@ -20,7 +20,8 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor,
     """Cross-entropy of logits [N, K, H, W] against labels [N, H, W] with class weights.
 
     PyTorch's weighted mean: ``Σ w_y · nll / Σ w_y`` over pixels not equal to ``ignore_index``
-    (NaN when every pixel is ignored). The weights are built on the logits' device.
+    (NaN when every pixel is ignored). ``class_weights``: numbers, or a tensor on the logits'
+    device.
     """
     target = _check_target(logits, target, "weighted_cross_entropy")
     weight = None
@@ -28,7 +29,10 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor,
         if len(class_weights) != logits.shape[1]:
             raise InputError(f"weighted_cross_entropy: expected one weight per class "
                              f"({logits.shape[1]}), got {len(class_weights)}: {class_weights}")
-        weight = torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
+        # a tensor already on the device, as training passes it: building one from Python
+        # numbers here would copy to the GPU, and wait for it, at every step
+        weight = class_weights.to(logits.dtype) if isinstance(class_weights, Tensor) else \
+            torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
     return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
 
 

@@ -279,3 +279,25 @@ def test_a_training_step_forward_is_one_graph_without_host_syncs():
         torch.manual_seed(0)
         want, want_out = step(*args)
         assert torch.allclose(loss, want) and torch.equal(out.n_fallback, want_out.n_fallback)
+
+
+def test_n_episodes_at_once_equal_each_episode_alone_but_for_the_pooled_batch_norm():
+    """episodes_per_step: with batch-norm statistics frozen (the one thing the episodes share),
+    the [N, …] forward gives each episode's logits, the mean alignment loss and the sum of the
+    fallbacks, in training (alignment on) and in evaluation."""
+    eps = [episode(n_shots=1, n_queries=2, seed=s) for s in (0, 1, 2)]
+    stacked = {k: torch.stack([ep[k] for ep in eps]) for k in eps[0]}
+    model = make_model()
+    for training in (True, False):
+        model.train(training)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        with torch.no_grad():
+            together = run(model, stacked)
+            alone = [run(model, ep) for ep in eps]
+        assert together.logits.shape == (6, 2, SIZE, SIZE)
+        assert torch.allclose(together.logits, torch.cat([o.logits for o in alone]), atol=1e-5)
+        assert torch.allclose(together.align_loss,
+                              torch.stack([o.align_loss for o in alone]).mean(), atol=1e-6)
+        assert int(together.n_fallback) == sum(int(o.n_fallback) for o in alone)

@@ -23,6 +23,10 @@ def test_ranks_draw_distinct_episode_indices():
     assert rank0 == [6, 8, 10] and rank1 == [7, 9, 11]
     with pytest.raises(ValueError, match="offset"):
         StepSampler(0, 3, stride=2, offset=2)
+    # two episodes per step: each step's pair, the ranks' pairs distinct, none drawn twice
+    rank0, rank1 = list(StepSampler(3, 2, 2, 0, per_step=2)), list(StepSampler(3, 2, 2, 1, 2))
+    assert rank0 == [12, 13, 16, 17] and rank1 == [14, 15, 18, 19]
+    assert StepSampler(0, 0, 2, 1, per_step=2).indices(3) == [14, 15]
 
 
 @pytest.mark.slow
@@ -57,13 +61,16 @@ def _nonfinite_worker(rank: int, port: int, tmp: str) -> None:
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
     info, _ = distributed.init(torch.device("cpu"))
     run_dir = Path(distributed.from_main(str(Path(tmp) / f"run_of_rank{rank}"), info))
-    loss = torch.tensor(float("nan") if rank == 1 else 0.5)  # only rank 1 fails
+    loss = torch.tensor(float("nan") if rank == 1 else 0.5)  # rank 1 fails first
     episode = {"scan_id": ["2"], "z": torch.tensor([4]), "superpixel_id": torch.tensor([9])}
     message = "no error"
     try:
-        # steps 2, 3, 4 read at once: step 3 is rank 1's first non-finite one
+        # steps 2, 3, 4 read at once (as training's flush does): step 3 is rank 1's first
+        # non-finite one, and rank 0's inf at step 4 comes later
         losses = torch.stack([torch.tensor(0.5), loss, torch.tensor(float("inf"))])
-        guards.check_finite(losses, 2, info, run_dir, lambda step: {**episode, "step": step})
+        index = distributed.first_nonfinite(losses, info)
+        guards.stop_on_nonfinite(run_dir, 2 + index, {**episode, "step": 2 + index},
+                                 losses[index], info)
     except FloatingPointError as err:
         message = str(err)
     finally:

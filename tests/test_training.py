@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from config_ssl_upload import ex
+from util.errors import InputError
 from conftest import make_phantom_dataset
 import training  # noqa: F401  (registers the train command)
 
@@ -314,14 +315,25 @@ def test_auto_precision_and_layout_are_recorded_as_chosen(phantom_dir, tmp_path)
         run_train(small(phantom_dir, tmp_path, n_steps=2, bf16="on"))
 
 
-def test_a_failed_run_folder_is_marked(phantom_dir, tmp_path):
-    with pytest.raises(ValueError, match="label_sets='all' is for validation"):
-        run_train(small(phantom_dir, tmp_path, label_sets="all"))
+def test_a_failed_run_folder_is_marked(phantom_dir, tmp_path, monkeypatch):
+    def bad_data(*args, **kwargs):  # an error found once the run (and its folder) exists
+        raise InputError("data: a scan that cannot be read")
+    monkeypatch.setattr(training, "build_episodes", bad_data)
+    with pytest.raises(ValueError, match="a scan that cannot be read"):
+        run_train(small(phantom_dir, tmp_path))
     folders = list((tmp_path / "train").glob("*/[0-9]*"))
     assert len(folders) == 1
-    assert "label_sets='all' is for validation" in (folders[0] / "FAILED").read_text(
-        encoding="utf-8")
+    assert "a scan that cannot be read" in (folders[0] / "FAILED").read_text(encoding="utf-8")
     assert json.loads((folders[0] / "run.json").read_text(encoding="utf-8"))["status"] == "FAILED"
+
+
+def test_unstartable_runs_make_no_run_folder(phantom_dir, tmp_path):
+    for extra, error, message in (
+            ({"label_sets": "all"}, ValueError, "label_sets='all' is for validation"),
+            ({"resume": str(tmp_path / "nope")}, FileNotFoundError, "nope: expected a checkpoint")):
+        with pytest.raises(error, match=message):
+            run_train(small(phantom_dir, tmp_path, **extra))
+    assert not (tmp_path / "train").exists()
 
 
 @pytest.mark.slow
@@ -440,3 +452,68 @@ def test_a_failed_resume_leaves_the_run_as_it_was(phantom_dir, tmp_path):
         run_train(small(phantom_dir, tmp_path, print_interval=0))
     with pytest.raises(ValueError, match=r"support_idx chooses the one support scan"):
         run_train(small(phantom_dir, tmp_path, n_shots=2, support_idx=[0]))
+
+
+def test_episodes_per_step_trains_on_the_mean_of_its_episodes(phantom_dir, tmp_path,
+                                                              monkeypatch):
+    """episodes_per_step=2: each step draws episodes 2s and 2s + 1 (those a run with one
+    episode per step trains at steps 2s and 2s + 1), and its loss pools the two queries."""
+    seen = []
+    real = training.weighted_cross_entropy
+
+    def spy(logits, target, weights):
+        seen.append(target.clone())
+        return real(logits, target, weights)
+    monkeypatch.setattr(training, "weighted_cross_entropy", spy)
+    run_train(small(phantom_dir, tmp_path / "one", n_steps=4))
+    singles, seen[:] = list(seen), []
+    run = run_train(small(phantom_dir, tmp_path / "two", n_steps=2, episodes_per_step=2))
+    assert [t.shape[0] for t in seen] == [2, 2]  # two queries per step, one per episode
+    for step, target in enumerate(seen):
+        assert torch.equal(target, torch.cat(singles[2 * step:2 * step + 2]))
+    saved = torch.load(Path(run.observers[0].dir) / "snapshots" / "latest.pth",
+                       weights_only=True)
+    assert saved["step"] == 2 and saved["config"]["episodes_per_step"] == 2
+    with pytest.raises(ValueError, match="resuming needs the same 'episodes_per_step'"):
+        run_train(small(phantom_dir, tmp_path / "two", n_steps=4,
+                        resume=str(run.observers[0].dir)))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_job_with_loader_workers_checkpoints(phantom_dir, tmp_path):
+    """Slurm signals every process of the job: the loader workers ignore it, the training
+    process finishes its step, checkpoints and exits 143; nothing of the job is left."""
+    args = cli_run_args(phantom_dir, n_steps=100000, checkpoint_every=100000)
+    args[args.index("num_workers=0")] = "num_workers=2"
+    proc = subprocess.Popen([sys.executable, "training.py", *args, f"log_dir={tmp_path}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, encoding="utf-8", start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(tmp_path.rglob("tensorboard/events.out.*")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    time.sleep(2.0)  # the workers are up and producing
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "stopped by SIGTERM after step" in stderr and "Traceback" not in stderr
+    assert torch.load(next(tmp_path.rglob("latest.pth")), weights_only=True)["step"] >= 1
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # any process of the job left?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("loader workers outlived the training process")
+
+
+def test_resuming_to_fewer_steps_than_done_is_refused(phantom_dir, tmp_path):
+    run = run_train(small(phantom_dir, tmp_path, n_steps=4))
+    run_dir = Path(run.observers[0].dir)
+    before = (run_dir / "run.json").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match=r"n_steps=2 is below the checkpoint's step 4"):
+        run_train(small(phantom_dir, tmp_path, n_steps=2, resume=str(run_dir)))
+    assert (run_dir / "run.json").read_text(encoding="utf-8") == before

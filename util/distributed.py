@@ -52,14 +52,15 @@ def init(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-def first_nonfinite(values: torch.Tensor, info: DistInfo) -> int | None:
-    """The first index of ``values`` [n] that is not finite on some rank (None when all are), the
-    same on every rank so that all ranks stop together; one read of the device."""
+def first_nonfinite(values: torch.Tensor, info: DistInfo | None) -> int | None:
+    """The first index of ``values`` [n] that is not finite (None when all are); with ``info``,
+    the first on any rank, the same on every rank so that all ranks stop together. One read of
+    the device."""
     values = values.detach().reshape(-1)
     n = values.numel()
-    index = torch.arange(n, device=values.device, dtype=torch.float32)
-    first = torch.where(torch.isfinite(values), float(n), index).amin().reshape(1)
-    if info.enabled:
+    index = torch.arange(n, device=values.device)
+    first = torch.where(torch.isfinite(values), n, index).amin().reshape(1)
+    if info is not None and info.enabled:
         dist.all_reduce(first, op=dist.ReduceOp.MIN)
     first = int(first.item())
     return None if first == n else first

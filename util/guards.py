@@ -4,9 +4,9 @@
   step loop to stop after the current step; the loop writes a full checkpoint and raises
   :class:`Preempted` (sacred marks the run INTERRUPTED, the command exits with 128 + signal).
   A second signal stops at once.
-- :func:`check_finite`: a NaN/inf loss on any rank stops every rank at the first such step (read
-  at the loop's intervals and before every checkpoint); the rank whose loss it is saves that
-  step's episode in the run folder and the error names it.
+- :func:`stop_on_nonfinite`: a NaN/inf loss on any rank stops every rank at the first such step
+  (the training loop reads its losses at intervals and before every checkpoint); the rank whose
+  loss it is saves that step's episode in the run folder and the error names it.
 """
 from __future__ import annotations
 
@@ -66,19 +66,6 @@ class StopRequests:
         self.signum = signum
         self.log.warning("%s: stopping after this step with a checkpoint (a second signal stops "
                          "at once)", signal.Signals(signum).name)
-
-
-def check_finite(losses: torch.Tensor, first_step: int, rank: distributed.DistInfo,
-                 run_dir: Path, episode_at) -> None:
-    """Return when the losses of steps ``first_step, first_step + 1, …`` are finite on every
-    rank; else :func:`stop_on_nonfinite` at the first step that is not, with its episode from
-    ``episode_at(step)`` (episodes are a function of the step, so it is the one trained on).
-    Called at the training loop's intervals and before every checkpoint, so a step never waits
-    for the host and no checkpoint holds the weights of a non-finite step."""
-    index = distributed.first_nonfinite(losses, rank)
-    if index is not None:
-        step = first_step + index
-        stop_on_nonfinite(run_dir, step, episode_at(step), losses[index], rank)
 
 
 def save_bad_episode(run_dir: Path, step: int, episode: dict, loss: float,

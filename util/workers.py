@@ -51,6 +51,19 @@ def _worker_init(parent: int) -> None:
     """Pool initializer: ignore SIGINT, die with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of a DataLoader: the worker ignores SIGTERM and SIGINT, which Slurm and
+    a terminal send to every process of the job (the training process finishes its step,
+    checkpoints and stops its loader), and dies with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(os.getppid())
+
+
+def _die_with_parent(parent: int) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
