@@ -64,7 +64,8 @@ class Prototypes:
     step waits for the host and a step can be captured whole (``torch.compile``, CUDA graphs).
     Invalid candidates get zero softmax weight, which is the same score as leaving them out.
     ``n_local`` (long) and ``fallback`` (bool) are 0-d tensors; ``local_chosen`` is the adaptive
-    mode's choice (None in the other modes)."""
+    mode's choice (None in the other modes); ``dense``: every candidate is valid (known on the
+    host, after :meth:`compact`)."""
 
     vectors: Tensor
     valid: Tensor
@@ -72,10 +73,19 @@ class Prototypes:
     n_local: Tensor
     fallback: Tensor
     local_chosen: Tensor | None = None
+    dense: bool = False
 
     def used(self) -> Tensor:
         """The prototypes the score uses, [K_valid, C] (reads the device)."""
         return self.vectors[self.valid]
+
+    def compact(self) -> "Prototypes":
+        """The same prototypes without the invalid candidates (reads the device once): for a
+        support scored against many queries, where scoring every candidate would cost more
+        than the one read."""
+        used = self.used()
+        return Prototypes(used, self.valid.new_ones(len(used)), self.mode, self.n_local,
+                          self.fallback, self.local_chosen, dense=True)
 
     @property
     def info(self) -> ALPInfo:
@@ -182,7 +192,9 @@ def score_prototypes(query_normed: Tensor, protos: Prototypes, scale: float = SC
         raise InputError(f"score_prototypes: expected query features [Q, "
                          f"{protos.vectors.shape[1]}, h, w], got {list(query_normed.shape)}")
     sim = scale * torch.einsum("qchw,kc->qkhw", query_normed, protos.vectors)
-    weights = sim.masked_fill(~protos.valid.view(1, -1, 1, 1), float("-inf")).softmax(dim=1)
+    masked = sim if protos.dense else sim.masked_fill(~protos.valid.view(1, -1, 1, 1),
+                                                      float("-inf"))
+    weights = masked.softmax(dim=1)
     return (weights * sim).sum(dim=1, keepdim=True)
 
 

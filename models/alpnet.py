@@ -147,9 +147,11 @@ class ALPNet(nn.Module):
 
     def encode_support(self, support_images: Tensor, support_fg: Tensor,
                        support_bg: Tensor) -> SupportPrototypes:
-        """Prototypes of a support set, for scoring many queries (use in eval mode)."""
+        """Prototypes of a support set, for scoring many queries (use in eval mode); only the
+        valid candidates are kept (:meth:`models.alp.Prototypes.compact`)."""
         _check_support(support_images, support_fg, support_bg)
-        return self.support_prototypes(self.encode(support_images), support_fg, support_bg)
+        support = self.support_prototypes(self.encode(support_images), support_fg, support_bg)
+        return SupportPrototypes(bg=support.bg.compact(), fg=support.fg.compact())
 
     def score_features(self, support: SupportPrototypes, query_feats: Tensor,
                        size: tuple[int, int]) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models.alpnet import ALPNet
 from models.alp import (alp_score, build_prototypes, choose_fg_mode, downsample_mask,
-                        l2_normalize, local_prototypes, masked_average)
+                        l2_normalize, local_prototypes, masked_average, score_prototypes)
 
 
 def grid(*rows) -> torch.Tensor:
@@ -294,3 +294,17 @@ def test_prototype_count_is_fixed_by_the_feature_size_not_the_mask():
              for m in (torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8),
                        (torch.rand(2, 1, 8, 8) > 0.5).float())}
     assert sizes == {torch.Size([2 * 16 + 2 + 1, 4])}
+
+
+def test_compact_prototypes_score_as_the_full_candidate_set():
+    gen = torch.Generator().manual_seed(4)
+    feats, query = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    mask = (torch.rand(1, 1, 8, 8, generator=gen) > 0.4).float()
+    mask[:, :, :4, :4] = 1
+    for mode in ("local", "adaptive"):
+        full = build_prototypes(feats, mask, mode, 2)
+        small = full.compact()
+        assert len(small.vectors) == full.info.n_prototypes < len(full.vectors)
+        assert small.info == full.info
+        q = l2_normalize(query)
+        assert torch.allclose(score_prototypes(q, small), score_prototypes(q, full), atol=1e-5)
