@@ -7,7 +7,8 @@
 #   DATA=.device/data/CHAOST2 SITE=.device_site BUDGET=480 bash benchmarks/gpu_learning_curves.sh
 #
 # DATA: a prepared CHAOS-T2 folder (python -m data_preprocessing.prepare); SITE: a folder of the
-# Python packages the GPU machine lacks (PYTHONPATH); RUNS: "precision:seed" items in order.
+# Python packages the GPU machine lacks (PYTHONPATH); RUNS: "precision:seed" items in order;
+# EXTRA: more training overrides, e.g. EXTRA="compile=True episodes_per_step=4".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_curves}"
@@ -20,6 +21,7 @@ runs="${RUNS:-fp32:1234 bf16:1234 fp32:2024 bf16:2024 fp32:7}"
 device="${DEVICE:-cuda}"
 encoder="${ENCODER:-deeplabv3_resnet101}"
 workers="${WORKERS:-12}"
+read -r -a extra <<< "${EXTRA:-}"
 [ -n "${SITE:-}" ] && export PYTHONPATH="$PWD/$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 logs="$out/runs"
@@ -44,7 +46,7 @@ for item in $runs; do
     t0=$(date +%s)
     "$py" training.py with "${common[@]}" n_steps="$steps" val_every="$every" \
         save_snapshot_every=100000 checkpoint_every=100000 num_workers="$workers" print_interval=100 \
-        > "$logs/train_${precision}_$seed.log" 2>&1
+        ${extra[@]+"${extra[@]}"} > "$logs/train_${precision}_$seed.log" 2>&1
     rc=$?
     t1=$(date +%s)
     for group in 0 1; do
