@@ -34,17 +34,21 @@ def segment_features(model: ALPNet, prototypes: list[SupportPrototypes],
                      feats: dict[int, torch.Tensor], plan: QueryPlan,
                      shape: tuple[int, int, int], batch_size: int = 16) -> np.ndarray:
     """Binary prediction [Z, H, W] uint8 of one query scan from its encoded slices (0 on slices
-    the plan skips)."""
+    the plan skips); the slices' masks are read from the device once, together."""
     pred = np.zeros(shape, np.uint8)
     by_part: dict[int, list[int]] = {}
     for z, part in zip(plan.predict_z, plan.parts):
         by_part.setdefault(part, []).append(z)
+    order, masks = [], []
     for part, zs in by_part.items():
         for i in range(0, len(zs), batch_size):
             chunk = zs[i:i + batch_size]
             logits = model.score_features(prototypes[part], torch.stack([feats[z] for z in chunk]),
                                           shape[1:])
-            pred[chunk] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            order += chunk
+            masks.append(logits.argmax(dim=1).to(torch.uint8))
+    if masks:
+        pred[order] = torch.cat(masks).cpu().numpy()
     return pred
 
 
