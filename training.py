@@ -104,12 +104,6 @@ def check_resume_config(path: Path, saved: dict, cfg: dict, step: int) -> None:
                              f"expected {trained_with!r}, got {cfg[key]!r}")
 
 
-def episode_batch(tensor: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """The loader's batch of one step: one episode without its batch axis, as the model's
-    forward takes it, or ``episodes_per_step`` episodes along it."""
-    return tensor[0] if cfg["episodes_per_step"] == 1 else tensor
-
-
 def check_dataset(cfg: dict, ds) -> None:
     """The folder is the configured dataset and holds the labels the run needs."""
     try:
@@ -140,7 +134,7 @@ def train_step(forward, optimizer, batch: dict, class_weights, skip_empty: bool)
     here reads the device (but ``skip_empty``); the losses are checked by :meth:`Books.flush`."""
     out = forward(batch["support_images"], batch["support_fg"], batch["support_bg"],
                   batch["query_images"])
-    # [Q, H, W], or [N, Q, H, W] for N episodes: the logits stack their queries
+    # [N, Q, H, W] for N episodes: the logits stack their queries
     labels = batch["query_labels"].flatten(0, -3)
     query_loss = weighted_cross_entropy(out.logits, labels, class_weights)
     loss = query_loss + out.align_loss
@@ -199,7 +193,7 @@ class Books:
         self.snapshots = run_dir / SNAPSHOT_DIR
         self.step = self.start_step = 0
         self.best = {"step": None, "mean": None}  # best validation mean Dice so far
-        self.lr, self.last = cfg["lr"], None
+        self.last = None
         self.logger = RunLogger(run_dir, run, cfg["print_interval"]) if rank.is_main else None
         self.curve = LearningCurve(run_dir) if val_set is not None else None
         self.bar, self.window_start = None, 0.0
@@ -229,10 +223,9 @@ class Books:
             self.bar.close()
 
     def set_lr(self) -> None:
-        self.lr = lr_at(self.step, self.cfg["lr"], self.cfg["lr_step_gamma"],
-                        self.cfg["lr_step_size"])
+        """The learning rate of the coming step, into the optimizer."""
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr_of(self.step + 1)
 
     def after_step(self, done: Step) -> None:
         """Count the step; validate, log and checkpoint at their intervals."""
@@ -291,7 +284,7 @@ class Books:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr_of(step):.2e}")
 
     def lr_of(self, step: int) -> float:
-        """The learning rate of ``step`` (1-based), as :meth:`set_lr` set it."""
+        """The learning rate of ``step`` (1-based): a pure function of the step."""
         return lr_at(step - 1, self.cfg["lr"], self.cfg["lr_step_gamma"],
                      self.cfg["lr_step_size"])
 
@@ -418,8 +411,8 @@ def train(_run, _config, _log):
             if stops.signum is not None:  # the last step is logged: checkpoint, then stop
                 books.preempt(stops.signum)
             books.set_lr()
-            batch = {k: episode_batch(episode[k], cfg).to(device, non_blocking=True)
-                     for k in EPISODE_TENSORS}
+            # the loader's batch of episodes_per_step episodes, as the model's forward takes it
+            batch = {k: episode[k].to(device, non_blocking=True) for k in EPISODE_TENSORS}
             books.after_step(train_step(forward, optimizer, batch, class_weights, skip_empty))
     return books.finish()
 
