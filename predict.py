@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     name = f"label {args.label:g}" if args.label is not None else "mask"
     support_set = build_support([support_volume(str(args.support), inputs.support,
                                                 inputs.support_mask)], 1, name, args.n_part)
-    prototypes = encode_parts(model, support_set, device)
+    prototypes = encode_parts(model, support_set.parts, device)
 
     # per query: segment on the network grid, map back onto the query's grid, write
     for path, prepared, grid, out in zip(args.query, inputs.queries, inputs.grids, outputs):

@@ -24,10 +24,10 @@ from config_ssl_upload import BEFORE_KEY, KEYS, RESUME_MUST_MATCH, ex
 from data_preprocessing.contract import check_labels_needed, load_dataset
 from data_preprocessing.registry import get_dataset_info
 from dataloaders.evaluation import build_evaluation
-from dataloaders.episodes import (EPISODE_TENSORS, ManualLabelEpisodes, StepSampler,
+from dataloaders.episodes import (ManualLabelEpisodes, StepSampler,
                                   SupervoxelEpisodes, SuperpixelEpisodes, episode_loader,
                                   resolve_exclude_labels, training_classes)
-from inference.evaluate import evaluate
+from inference.evaluate import Staged, evaluate, stage
 from inference.loader import Weights, build_model, check_pretrained, resolve_weights
 from models.losses import CLASS_WEIGHTS, weighted_cross_entropy
 from util import distributed
@@ -79,12 +79,15 @@ def validation_set(cfg: dict, ds):
                             z_margin=cfg["z_margin"], realistic_chunks=cfg["realistic_chunks"])
 
 
-def validate_now(model, ds, evalset, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Mean Dice per organ and overall (``mean``) of the current weights; the model is put back
-    in train mode. Evaluation draws no random numbers, so the training stream is unchanged."""
+def validate_now(model, ds, evalset, device: torch.device, batch_size: int,
+                 staged: Staged | None = None) -> dict[str, float]:
+    """Mean Dice per organ and overall (``mean``) of the current weights (overlap metrics only,
+    on the device; ``staged``: the set already there); the model is put back in train mode.
+    Evaluation draws no random numbers, so the training stream is unchanged."""
     model.eval()
     try:
-        result = evaluate(model, ds, evalset, device, batch_size)
+        result = evaluate(model, ds, evalset, device, batch_size, distances=False,
+                          staged=staged)
     finally:
         model.train()
     summary = summarize(result.scores)
@@ -187,6 +190,8 @@ class Books:
         self.cfg, self.rank, self.device, self.run_dir = cfg, rank, device, run_dir
         self.model, self.optimizer, self.ds, self.fold = model, optimizer, ds, fold
         self.episodes, self.val_set, self.run, self.log = episodes, val_set, run, log
+        # the validation set, copied to the device once
+        self.val_staged = stage(val_set, device) if val_set is not None else None
         self.pending: list[torch.Tensor] = []  # per step: query loss, align loss, fallbacks,
         #                                        skipped, on the device
         self.record = ds.info.record()  # the preprocessing record every checkpoint carries
@@ -308,14 +313,15 @@ class Books:
         """The episodes this rank trained on at ``step`` (1-based), batched as the loader's."""
         sampler = StepSampler(0, 0, self.rank.world_size, self.rank.rank,
                               self.cfg["episodes_per_step"])
-        return default_collate([self.episodes[i] for i in sampler.indices(step - 1)])
+        recipes = default_collate([self.episodes.recipe(i) for i in sampler.indices(step - 1)])
+        return {**recipes, **self.episodes.assemble(recipes, self.device)}
 
     def validate(self) -> None:
         """Rank 0 validates the current weights, logs the curve and keeps ``best.pth``."""
         self.flush()  # a non-finite step stops the run before its weights are validated
         if self.val_set is not None:
             dice = validate_now(self.model, self.ds, self.val_set, self.device,
-                                self.cfg["eval_batch_size"])
+                                self.cfg["eval_batch_size"], self.val_staged)
             self.logger.summary(self.step, {f"val/dice/{o}": d for o, d in dice.items()})
             self.curve.add(self.step, dice)
             self.log.info("step %d validation: mean Dice %.2f%% (%s)", self.step,
@@ -399,7 +405,7 @@ def train(_run, _config, _log):
     books.resume(resumed)
 
     # the step loop: the sampler yields the global steps step .. n_steps - 1
-    loader = episode_loader(episodes, num_workers=cfg["num_workers"], start_step=books.step,
+    loader = episode_loader(episodes.recipes, num_workers=cfg["num_workers"], start_step=books.step,
                             n_steps=max(cfg["n_steps"] - books.step, 0),
                             pin_memory=device.type == "cuda", rank=rank.rank,
                             world_size=rank.world_size, per_step=cfg["episodes_per_step"])
@@ -407,12 +413,12 @@ def train(_run, _config, _log):
     skip_empty = cfg["empty_prototypes"] == "skip"
     model.train()
     with StopRequests(_log) as stops, books:
-        for episode in loader:
+        for recipes in loader:
             if stops.signum is not None:  # the last step is logged: checkpoint, then stop
                 books.preempt(stops.signum)
             books.set_lr()
-            # the loader's batch of episodes_per_step episodes, as the model's forward takes it
-            batch = {k: episode[k].to(device, non_blocking=True) for k in EPISODE_TENSORS}
+            # the loader's episodes_per_step recipes, made into episodes on the device
+            batch = episodes.assemble(recipes, device)
             books.after_step(train_step(forward, optimizer, batch, class_weights, skip_empty))
     return books.finish()
 

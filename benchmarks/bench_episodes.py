@@ -5,7 +5,9 @@ Links the shared CHAOS-T2 scans into a temporary folder, generates MIDDLE superp
 prints JSON with:
 
 - ``single_process``: the time of each of ``--episodes`` calls ``dataset[i]`` (median, p10, p90,
-  min, max) and the same without augmentation (the sampling and tensor cost alone);
+  min, max: a recipe drawn and assembled on the CPU), the same without augmentation (the
+  sampling and tensor cost alone), and ``recipe`` (drawing the recipe alone: the host's share
+  of an episode when training assembles it on its device);
 - ``dataloader``: ``episode_loader(num_workers=--workers)``, wall time per batch after the first
   (worker start-up excluded), repeated ``--repeats`` times.
 
@@ -33,9 +35,9 @@ from data_preprocessing.prepare import link_scans  # noqa: E402
 from dataloaders.episodes import SuperpixelEpisodes, episode_loader  # noqa: E402
 
 
-def per_call(dataset: SuperpixelEpisodes, n: int) -> list[float]:
+def per_call(get, n: int) -> list[float]:
     indices = iter(range(n))
-    return time_calls(lambda: dataset[next(indices)], n, lambda: None, warmup=0)
+    return time_calls(lambda: get(next(indices)), n, lambda: None, warmup=0)
 
 
 def loader_rate(dataset: SuperpixelEpisodes, workers: int, n: int) -> float:
@@ -66,8 +68,9 @@ def main() -> None:
         episodes = SuperpixelEpisodes(ds, pids, length=args.episodes, seed=0)
         build_s = time.perf_counter() - start
         plain = SuperpixelEpisodes(ds, pids, length=args.episodes, seed=0, aug=None)
-        augmented = per_call(episodes, args.episodes)
-        no_aug = per_call(plain, args.episodes)
+        augmented = per_call(episodes.__getitem__, args.episodes)
+        no_aug = per_call(plain.__getitem__, args.episodes)
+        recipe = per_call(episodes.recipe, args.episodes)
         loader = [loader_rate(episodes, args.workers, args.episodes)
                   for _ in range(args.repeats)]
     result = {"benchmark": "superpixel_episodes_256", "data": str(args.data),
@@ -75,7 +78,7 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "build_s": round(build_s, 3),
               "single_process": {"augmented": summary(augmented), "no_augmentation":
-                                 summary(no_aug)},
+                                 summary(no_aug), "recipe": summary(recipe)},
               "dataloader": {"workers": args.workers, "batches": args.episodes,
                              "seconds_per_batch": summary(loader),
                              "batches_per_s": round(1 / statistics.median(loader), 1)}}

@@ -4,8 +4,9 @@ Builds superpixel episodes (``sabs_aug``) from ``--scans`` shared CHAOS-T2 train
 configured ALPNet (ResNet-101 by default, random init, 256×256, 1 shot), then times each of
 ``--steps`` steps after ``--warmup`` warm-up steps:
 
-- ``episode``: producing the episode in-process (the loader hides this behind compute when it
-  runs in workers);
+- ``episode_host``: drawing the episode's recipe on the host (what the loader does);
+- ``episode``: that, plus assembling it on the device (gather, one batched warp, gamma): what
+  a training step adds to the model's work;
 - ``forward_loss``: encoder + ALP + alignment + weighted CE;
 - ``backward`` and ``optimizer``;
 - ``step``: forward_loss + backward + optimizer (what a training step costs with the data in
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_preprocessing import superpixels  # noqa: E402
 from data_preprocessing.contract import register  # noqa: E402
 from data_preprocessing.prepare import link_scans  # noqa: E402
-from dataloaders.episodes import EPISODE_TENSORS, SuperpixelEpisodes  # noqa: E402
+from dataloaders.episodes import SuperpixelEpisodes  # noqa: E402
 from models.alpnet import ALPNet  # noqa: E402
 from benchmarks.timing import peak_rss_mb, summary, synchronizer, tf32_settings  # noqa: E402
 from models.losses import weighted_cross_entropy  # noqa: E402
@@ -111,13 +113,15 @@ def main() -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=5e-4)
         rss_model = peak_rss_mb()
-        parts: dict[str, list[float]] = {k: [] for k in ("episode", "forward_loss", "backward",
+        parts: dict[str, list[float]] = {k: [] for k in ("episode_host", "episode",
+                                                          "forward_loss", "backward",
                                                           "optimizer", "step", "encoder_floor")}
         first_loss = None
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
-            ep = episodes[i]
-            batch = {k: ep[k].to(device) for k in EPISODE_TENSORS}
+            recipes = default_collate([episodes.recipe(i)])
+            t_host = time.perf_counter()
+            batch = episodes.assemble(recipes, device)  # [1, shots or 1, ...]: as training
             sync()
             t1 = time.perf_counter()
             out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
@@ -134,7 +138,7 @@ def main() -> None:
             t4 = time.perf_counter()
             if first_loss is None:
                 first_loss = loss.item()
-            images = torch.cat([batch["support_images"], batch["query_images"]])
+            images = torch.cat([batch["support_images"][0], batch["query_images"][0]])
             sync()
             t5 = time.perf_counter()
             model.encode(images).sum().backward()
@@ -142,7 +146,8 @@ def main() -> None:
             t6 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             if i >= args.warmup:
-                for key, value in (("episode", t1 - t0), ("forward_loss", t2 - t1),
+                for key, value in (("episode_host", t_host - t0), ("episode", t1 - t0),
+                                   ("forward_loss", t2 - t1),
                                    ("backward", t3 - t2), ("optimizer", t4 - t3),
                                    ("step", t4 - t1), ("encoder_floor", t6 - t5)):
                     parts[key].append(value)

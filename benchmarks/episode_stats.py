@@ -39,7 +39,7 @@ import torch
 from scipy import stats as sstats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dataloaders.augment import PRESETS, smooth_fields  # noqa: E402
+from dataloaders.augment import PRESETS, elastic_fields, smooth_fields  # noqa: E402
 from dataloaders.episodes import SuperpixelEpisodes, episode_rng  # noqa: E402
 from dataloaders.volumes import as_dataset, normalize  # noqa: E402
 from models.alp import MODE_CHECK_WINDOW, THRESHOLD, choose_fg_mode, downsample_mask  # noqa: E402
@@ -101,17 +101,18 @@ def draw_variant(ds_root: Path, pids: list[str], kwargs: dict, n: int, seed: int
         if step % aug_every:
             continue
         rng = RecordingRNG(episode_rng(seed, step))
-        ep = episodes.episode(rng, step)
+        recipe = episodes.draw_recipe(rng, step)
+        ep = episodes[step]  # the same episode, assembled on the CPU
         post["support_px"].append(float(ep["support_fg"].sum()))
         post["query_px"].append(float((ep["query_labels"] == 1).sum()))
         post["support_local"].append(fg_has_local(ep["support_fg"][0]))
-        # per view: θ, tx, ty, φ, s, field dx, field dy, γ
+        # per view the uniforms θ, tx, ty, φ, s, γ (the elastic fields come from a seed)
         for view in range(2):
-            u = rng.uniforms[8 * view: 8 * view + 8]
-            post["params"].append([float(x) for x in (*u[:5], u[7])])
+            u = rng.uniforms[6 * view: 6 * view + 6]
+            post["params"].append([float(x) for x in u])
             aug = PRESETS["sabs_aug"]
-            disp = smooth_fields(torch.from_numpy(np.stack(u[5:7])).float()[None],
-                                 aug.elastic_alpha, aug.elastic_sigma)[0].numpy()
+            raw = elastic_fields([int(recipe["field_seed"][view])], vol.image.shape[1:])
+            disp = smooth_fields(raw, aug.elastic_alpha, aug.elastic_sigma)[0].numpy()
             post["elastic"].append(float(np.sqrt(np.mean(disp[0] ** 2 + disp[1] ** 2) / 2)))
     drawable = episodes.eligible_slices()
     per_slice = {}

@@ -9,7 +9,11 @@
 #                         classes (CHAOS fold 0, kidneys: 280 predictions), peak GPU memory;
 #   conv3x3.json          bench_conv3x3.py: the trunk's 3×3 convolutions, direct vs Winograd;
 #   gpu_util_<variant>.txt the GPU's utilisation (%) every 200 ms during each variant, where
-#                         nvidia-smi exists (its mean is printed).
+#                         nvidia-smi exists (its mean is printed);
+#   host_reads.json       check_host_reads.py: training steps (episodes assembled on the device)
+#                         under CUDA's synchronisation check, and the validation's reads counted;
+#                         needs the imaging packages (SITE: a folder of them for PYTHONPATH),
+#                         skipped with a message without them.
 # Usage: bash benchmarks/gpu_check.sh   (DEVICE, ENCODER, SIZE, RUNS, SLICES override defaults;
 # the tests run it on the CPU with ENCODER=tiny). A relative OUT is taken from the repository root.
 # The "fp32" CUDA step runs as training does, with cuDNN's default TF32 convolutions: each JSON
@@ -24,6 +28,15 @@ size="${SIZE:-256}"
 runs="${RUNS:-20}"
 slices="${SLICES:-140}"
 mkdir -p "$out"
+[ -n "${SITE:-}" ] && export PYTHONPATH="$PWD/$SITE${PYTHONPATH:+:$PYTHONPATH}"
+if "$py" -c "import SimpleITK, skimage, scipy" 2> /dev/null; then
+    "$py" benchmarks/check_host_reads.py --device "$device" > "$out/host_reads.json"
+    "$py" -c "import json, sys; r = json.load(open(sys.argv[1])); print('host reads: steps',
+r['step_host_reads'], 'validation', r['validation_host_reads'], 'support parts',
+r['support_parts'])" "$out/host_reads.json"
+else
+    echo "host-read check skipped: SimpleITK, scikit-image or SciPy missing (set SITE)"
+fi
 "$py" -c "import sys, torch; d = torch.device(sys.argv[1]); print('torch', torch.__version__,
 'device', d, torch.cuda.get_device_name(d) if d.type == 'cuda' else '')" "$device"
 for variant in fp32 channels_last bf16_channels_last bf16_channels_last_compile; do

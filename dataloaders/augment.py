@@ -20,17 +20,23 @@ Both resamplings are ``torch.nn.functional.grid_sample`` with pixel centres at
 elastic with reflection padding is ``scipy.ndimage.map_coordinates`` (order 1, mode 'reflect');
 tests/test_augment.py compares both with those references.
 
-Every random number comes from the ``numpy.random.Generator`` passed in, in a fixed order per
-view (the affine parameters θ, tx, ty, φ, s; the two elastic fields dx, dy; γ), so an episode is
-a pure function of its generator's seed. Differences from the original: it drew affine and gamma
-from the unseeded global NumPy state and the elastic field from OS entropy (method.md §5.4), and
-it used OpenCV flag 3 (INTER_AREA), which ``warpAffine`` treats exactly as bilinear. The flip
-step of the original is configured off and is not implemented.
+A view's parameters are drawn on the host from the ``numpy.random.Generator`` passed in, in a
+fixed order (:func:`draw_view`: θ, tx, ty, φ, s, the seed of the elastic fields, γ): a few
+numbers, so the loader's share of an episode is microseconds. The two elastic fields, the only
+large random draw, come from a torch generator seeded with that seed on the device that warps
+(:func:`elastic_fields`). An episode is thus a pure function of its generator's seed on one
+device type; the CPU's and CUDA's generators give different fields of the same distribution
+(tests/test_augment.py compares both with the earlier NumPy draw). :func:`augment_views`
+applies a batch of views' plans at once. Differences from the original: it drew affine and
+gamma from the unseeded global NumPy state and the elastic field from OS entropy (method.md
+§5.4), and it used OpenCV flag 3 (INTER_AREA), which ``warpAffine`` treats exactly as bilinear.
+The flip step of the original is configured off and is not implemented.
 """
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,11 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from util.device import upload
 from util.errors import InputError
 
 __all__ = ["AugParams", "PRESETS", "get_aug_params", "affine_matrix", "draw_affine",
-           "draw_fields", "affine_grid", "smooth_fields", "elastic_grid", "warp",
-           "recover_label", "gamma_transform", "random_gamma", "geometric", "augment_pair"]
+           "draw_field_seed", "elastic_fields", "unit_theta", "smooth_fields", "elastic_grid",
+           "warp", "recover_label", "gamma_transform", "ViewPlan", "draw_view",
+           "augment_views", "one_hot_stack", "augment_pair"]
 
 @dataclass(frozen=True)
 class AugParams:
@@ -118,22 +126,37 @@ def draw_affine(rng: np.random.Generator, params: AugParams, shape: tuple[int, i
     return affine_matrix(theta, tx, ty, shear, s, shape)
 
 
-def draw_fields(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """The two raw elastic fields ``U(-1, 1)``, dx (columns) then dy (rows): [2, H, W]."""
-    return np.stack([rng.uniform(-1.0, 1.0, size=shape) for _ in range(2)]).astype(np.float32)
+def draw_field_seed(rng: np.random.Generator) -> int:
+    """The seed of one view's elastic fields (:func:`elastic_fields`), drawn after its affine."""
+    return int(rng.integers(2 ** 63 - 1))
 
 
-def affine_grid(matrices: np.ndarray, h: int, w: int, device: torch.device | str = "cpu"
-                ) -> Tensor:
-    """grid_sample's grid [N, H, W, 2] on ``device`` of source→destination matrices [N, 2, 3]
-    (pixels): destination pixel p samples the source at ``M⁻¹ p``."""
+def elastic_fields(seeds: Sequence[int], shape: tuple[int, int],
+                   device: torch.device | str = "cpu") -> Tensor:
+    """The raw elastic fields ``U(-1, 1)`` [N, 2, H, W] (dx columns, dy rows) of N views, each
+    from a torch generator on ``device`` seeded with its seed: drawn where they are used, so a
+    view costs the host one integer. A seed gives the same field on every run of one device
+    type (the CPU's and CUDA's generators differ)."""
+    device = torch.device(device)
+    out = torch.empty((len(seeds), 2) + tuple(shape), device=device)
+    gen = torch.Generator(device=device)
+    for i, seed in enumerate(seeds):
+        gen.manual_seed(int(seed))
+        out[i].uniform_(-1.0, 1.0, generator=gen)
+    return out
+
+
+def unit_theta(matrices: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``F.affine_grid``'s θ [N, 2, 3] float32 (unit → unit coordinates) of source→destination
+    pixel matrices [N, 2, 3]: destination pixel p samples the source at ``M⁻¹ p``."""
     m = np.asarray(matrices, dtype=np.float64)
     full = np.concatenate([m, np.broadcast_to([[[0.0, 0.0, 1.0]]], (len(m), 1, 3))], axis=1)
     # grid_sample's unit coordinates u = (2 p + 1) / n − 1: p = S u + t
     to_pixel = np.array([[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]])
-    theta = np.linalg.inv(to_pixel) @ np.linalg.inv(full) @ to_pixel  # unit → unit
-    return F.affine_grid(torch.from_numpy(theta[:, :2]).float().to(device), [len(m), 1, h, w],
-                         align_corners=False)
+    return (np.linalg.inv(to_pixel) @ np.linalg.inv(full) @ to_pixel)[:, :2].astype(np.float32)
+
+
+IDENTITY_THETA = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=8)
@@ -180,13 +203,13 @@ def elastic_grid(disp: Tensor) -> Tensor:
     return _base_grid(h, w, str(disp.device)) + (disp * scale).permute(0, 2, 3, 1)
 
 
-def warp(stack: Tensor, matrices: np.ndarray, raw_fields: Tensor | None,
-         params: AugParams) -> Tensor:
-    """Affine (zero outside) then, given raw fields [N, 2, H, W], elastic (mirrored border)
-    resampling of every channel of ``stack`` [N, C, H, W], on ``stack``'s device."""
-    h, w = stack.shape[-2:]
-    out = F.grid_sample(stack, affine_grid(matrices, h, w, stack.device), mode="bilinear",
-                        padding_mode="zeros", align_corners=False)
+def warp(stack: Tensor, theta: Tensor, raw_fields: Tensor | None, params: AugParams) -> Tensor:
+    """Affine (θ [N, 2, 3] of :func:`unit_theta`; zero outside) then, given raw fields
+    [N, 2, H, W], elastic (mirrored border) resampling of every channel of ``stack``
+    [N, C, H, W], on ``stack``'s device."""
+    n, _, h, w = stack.shape
+    grid = F.affine_grid(theta.to(stack.device, stack.dtype), [n, 1, h, w], align_corners=False)
+    out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if raw_fields is not None:
         disp = smooth_fields(raw_fields, params.elastic_alpha, params.elastic_sigma)
         out = F.grid_sample(out, elastic_grid(disp), mode="bilinear",
@@ -197,16 +220,14 @@ def warp(stack: Tensor, matrices: np.ndarray, raw_fields: Tensor | None,
 def recover_label(onehot: Tensor) -> Tensor:
     """Integer labels [N, H, W] int64 from interpolated one-hot channels [N, K, H, W]: the
     first channel of the largest rounded value (argmax, written as K comparisons: on a CPU
-    far faster than ``argmax`` over a short middle dimension)."""
+    far faster than ``argmax`` over a short middle dimension). Bilinear weights are convex, so
+    no channel rounds above 1; nothing here reads the device."""
     rounded = torch.round(onehot)  # half to even, as numpy's rint
-    if rounded.numel() and rounded.max() > 1:
-        raise AssertionError(f"recover_label: one-hot channels exceed 1 after rounding "
-                             f"(max {float(onehot.max())}); the interpolation is not convex")
-    best, label = rounded[:, 0], torch.zeros(rounded[:, 0].shape, dtype=torch.int64,
-                                             device=onehot.device)
+    best = rounded[:, 0]
+    label = torch.zeros(best.shape, dtype=torch.int64, device=onehot.device)
     for k in range(1, rounded.shape[1]):
         better = rounded[:, k] > best
-        label[better] = k
+        label = torch.where(better, k, label)
         best = torch.maximum(best, rounded[:, k])
     return label
 
@@ -216,39 +237,88 @@ def gamma_transform(images: Tensor, gammas: Tensor) -> Tensor:
     flat = images.flatten(1)
     m = flat.min(dim=1).values.view(-1, 1, 1)
     r = flat.max(dim=1).values.view(-1, 1, 1) - m + 1e-5
-    return r * torch.pow((images - m + 1e-5) / r, gammas.view(-1, 1, 1)) + m
+    return r * torch.pow((images - m + 1e-5) / r, gammas.view(-1, 1, 1).to(images)) + m
 
 
-def _check(image: np.ndarray, label: np.ndarray) -> None:
-    if image.ndim != 2 or image.shape != label.shape:
-        raise InputError(f"augment: expected image and label [H, W] of one shape, got "
-                         f"{image.shape} and {label.shape}")
+@dataclass
+class ViewPlan:
+    """The augmentation of N views, drawn on the host (:func:`draw_view`), applied on any device
+    by :func:`augment_views`. Host tensors: ``theta`` [N, 2, 3] float32 (:func:`unit_theta`;
+    the identity where ``geo`` is False), ``geo`` [N] bool, ``field_seed`` [N] int64,
+    ``gamma`` [N] float32 (1 where ``gamma_on`` is False), ``gamma_on`` [N] bool."""
+
+    theta: Tensor
+    geo: Tensor
+    field_seed: Tensor
+    gamma: Tensor
+    gamma_on: Tensor
+
+    FIELDS = ("theta", "geo", "field_seed", "gamma", "gamma_on")
+
+    @classmethod
+    def of(cls, views: Sequence[dict]) -> "ViewPlan":
+        """The plan of views drawn by :func:`draw_view`."""
+        return cls(*(torch.as_tensor(np.stack([v[k] for v in views])) for k in cls.FIELDS))
 
 
-def geometric(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-              params: AugParams, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Affine then elastic on (image [H, W], label [H, W] in 0..n_classes-1), label recovered;
-    the parameters drawn from ``rng`` (θ, tx, ty, φ, s, then the fields)."""
-    _check(image, label)
-    m = draw_affine(rng, params, image.shape)
-    fields = draw_fields(rng, image.shape) if params.elastic_alpha > 0 else None
-    stack = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32)]
-                                      + [label == k for k in range(n_classes)]
-                                      ).astype(np.float32, copy=False))[None]
-    out = warp(stack, m[None], None if fields is None else torch.from_numpy(fields)[None],
-               params)
-    return out[0, 0].contiguous().numpy(), recover_label(out[:, 1:])[0].numpy()
+def draw_view(rng: np.random.Generator | None, params: AugParams | None,
+              shape: tuple[int, int], geometry: bool = True, gamma: bool = True) -> dict:
+    """One view's augmentation, drawn from ``rng`` in a fixed order: the affine (θ, tx, ty, φ,
+    s) and the elastic field's seed when ``geometry``, then γ when ``gamma``. With no
+    ``params`` (no augmentation) nothing is drawn and the view stays as it is."""
+    geometry, gamma = geometry and params is not None, gamma and params is not None
+    view = {"theta": IDENTITY_THETA, "geo": np.bool_(geometry), "field_seed": np.int64(0),
+            "gamma": np.float32(1.0), "gamma_on": np.bool_(gamma)}
+    if geometry:
+        view["theta"] = unit_theta(draw_affine(rng, params, shape)[None], *shape)[0]
+        view["field_seed"] = np.int64(draw_field_seed(rng))
+    if gamma:
+        view["gamma"] = np.float32(rng.uniform(*params.gamma))
+    return view
 
 
-def random_gamma(image: np.ndarray, rng: np.random.Generator, params: AugParams) -> np.ndarray:
-    """Gamma with γ drawn from ``params.gamma``."""
-    gamma = torch.tensor([rng.uniform(*params.gamma)], dtype=torch.float32)
-    return gamma_transform(torch.from_numpy(np.asarray(image, dtype=np.float32))[None],
-                           gamma)[0].numpy()
+def augment_views(stack: Tensor, plan: ViewPlan, params: AugParams | None
+                  ) -> tuple[Tensor, Tensor]:
+    """Images [N, H, W] and labels [N, H, W] int64 of N views ``stack`` [N, 1 + K, H, W]
+    (channel 0 the image, 1..K a one-hot label), augmented by ``plan`` on ``stack``'s device:
+    the geometric views warped in one batch (elastic fields drawn there), labels recovered,
+    then gamma. The plan's flags are host tensors, so choosing the views reads no device."""
+    device, (h, w) = stack.device, stack.shape[-2:]
+    geo = plan.geo.nonzero().flatten() if params is not None else plan.geo[:0].long()
+    if len(geo):
+        fields = (elastic_fields(plan.field_seed[geo].tolist(), (h, w), device)
+                  if params.elastic_alpha > 0 else None)
+        theta = upload(plan.theta[geo], device)
+        if len(geo) == len(stack):
+            stack = warp(stack, theta, fields, params)
+        else:
+            on = upload(geo, device)
+            stack = stack.index_copy(0, on, warp(stack.index_select(0, on), theta, fields,
+                                                 params))
+    images, labels = stack[:, 0], recover_label(stack[:, 1:])
+    bright = plan.gamma_on.nonzero().flatten() if params is not None else geo[:0]
+    if len(bright):
+        on, gammas = upload(bright, device), upload(plan.gamma[bright], device)
+        images = images.index_copy(0, on, gamma_transform(images.index_select(0, on), gammas))
+    return images, labels
+
+
+def one_hot_stack(images: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """[N, 1 + K, H, W] float: the images [N, H, W] and a one-hot of labels [N, H, W]."""
+    return torch.cat([images[:, None].float()]
+                     + [(labels == k)[:, None].to(torch.float32) for k in range(n_classes)], 1)
 
 
 def augment_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                 params: AugParams, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """The full method.md §3.5 pipeline: (image [H, W] float32, label [H, W] int64)."""
-    image, label = geometric(image, label, rng, params, n_classes)
-    return random_gamma(image, rng, params), label
+                 params: AugParams, n_classes: int = 2, geometry: bool = True,
+                 gamma: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The method.md §3.5 pipeline of one view on the CPU, drawn from ``rng`` as an episode's
+    view is: (image [H, W] float32, label [H, W] int64 in 0..n_classes-1)."""
+    if image.ndim != 2 or image.shape != label.shape:
+        raise InputError(f"augment: expected image and label [H, W] of one shape, got "
+                         f"{image.shape} and {label.shape}")
+    plan = ViewPlan.of([draw_view(rng, params, image.shape, geometry, gamma)])
+    stack = one_hot_stack(torch.from_numpy(np.asarray(image, np.float32))[None],
+                          torch.from_numpy(np.asarray(label))[None], n_classes)
+    out_img, out_lab = augment_views(stack, plan, params)
+    return out_img[0].contiguous().numpy(), out_lab[0].numpy()

@@ -1,12 +1,24 @@
 """Training episodes: superpixel (method.md §3.2–§3.7), supervoxel (§9.3) and manual-label episodes.
 
-Every dataset here is a map-style ``torch.utils.data.Dataset`` whose item ``index`` is an episode
-drawn from its own generator ``episode_rng(seed, step)`` with ``step = index`` (a global step):
-an episode is a pure function of (run seed, step), the same with 0, 2 or 8 workers, in any order,
-and on resume. Use :func:`episode_loader` (a sampler over global steps); ``length`` is only the
-size a plain iteration sees. Its ``worker_init_fn`` only handles signals: nothing reads a global
-RNG, and torch already runs each worker with one intra-op thread (the augmentation is torch,
-:mod:`dataloaders.augment`).
+Every dataset here is a map-style ``torch.utils.data.Dataset`` whose item ``index`` is the
+episode of global step ``index``, drawn from its own generator ``episode_rng(seed, step)``: an
+episode is a pure function of (run seed, step), the same with 0, 2 or 8 workers, in any order,
+and on resume. An episode is made in two parts:
+
+- its **recipe** (:meth:`EpisodeDataset.recipe`), drawn on the host: the slice and pseudolabel
+  of each view, and each view's augmentation parameters (:func:`dataloaders.augment.draw_view`),
+  a few numbers per view (microseconds);
+- its **assembly** (:meth:`EpisodeDataset.assemble`) on the training device, for a batch of
+  recipes at once: the views gathered from the training slices staged there once
+  (:meth:`EpisodeDataset.bank`), the foreground masks compared there, and the augmentation one
+  batched ``grid_sample`` with the elastic fields drawn there from each view's seed. Nothing is
+  read back, so a GPU step does not wait for the host.
+
+Training loads recipes (``episode_loader(dataset.recipes, …)``) and assembles them on its
+device; ``dataset[i]`` is the same episode assembled on the CPU. The CPU's and CUDA's generators
+give different elastic fields for a seed, so the episodes of a run on a GPU differ from those of
+the CPU in their elastic deformation only (the same distribution: tests/test_augment.py).
+The loader's ``worker_init_fn`` only handles signals.
 
 One episode is a flat dict (S support shots, one query; H = W = 256 on real data):
 
@@ -28,8 +40,12 @@ key                   type / shape        meaning
 ``step``              int                 the global step the episode was drawn for
 ====================  ==================  ====================================================
 
-With ``batch_size=1`` the default collate adds a leading batch axis to every tensor, turns ints
-into tensors of shape [1] and strings into one-element lists.
+A recipe holds, instead of the five image tensors, ``RECIPE_TENSORS`` per view (V = S + 1, the
+query last): ``slices`` [V] (bank rows), ``ids`` [V] (the foreground's id there) and the plan
+``theta`` [V, 2, 3], ``geo`` [V], ``field_seed`` [V], ``gamma`` [V], ``gamma_on`` [V]. The
+default collate adds a leading batch axis to every tensor, turns ints into tensors of shape [B]
+and strings into lists; :meth:`EpisodeDataset.assemble` returns the five image tensors with that
+batch axis.
 """
 from __future__ import annotations
 
@@ -39,23 +55,27 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from data_preprocessing.contract import Dataset
-from dataloaders.augment import AugParams, augment_pair, geometric, get_aug_params, random_gamma
+from dataloaders.augment import AugParams, ViewPlan, augment_views, draw_view, get_aug_params
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
-    normalization_stats, tile_slices
+    normalization_stats
+from util.device import upload
 from util.io import read_json
 from util.errors import InputError, MissingInput
 from util.workers import loader_worker_init
 
-__all__ = ["EPISODE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
+__all__ = ["EPISODE_TENSORS", "RECIPE_TENSORS", "episode_rng", "StepSampler", "episode_loader",
            "setting_exclusions", "training_classes", "SLICE_DRAWS", "ORIGINAL_EPOCH",
            "excluded_slices_from_classmap",
-           "make_episode", "supervoxel_pairs", "EpisodeDataset", "SuperpixelEpisodes",
+           "make_recipe", "supervoxel_pairs", "EpisodeDataset", "Recipes", "SuperpixelEpisodes",
            "SupervoxelEpisodes", "ManualLabelEpisodes"]
 
 EPISODE_TENSORS = ("support_images", "support_fg", "support_bg", "query_images", "query_labels")
+# an episode's recipe per view (support shots, then the query): its slice in the bank, the id its
+# foreground is, and its augmentation plan (dataloaders.augment.ViewPlan)
+RECIPE_TENSORS = ("slices", "ids") + ViewPlan.FIELDS
 SUPERPIXEL_DRAWS = ("uniform", "original")
 SLICE_DRAWS = ("uniform", "original")
 # the original's epoch length for CHAOS-T2 and CMR (``fix_length``); SABS' epoch is its slice count
@@ -99,7 +119,7 @@ class StepSampler(Sampler[int]):
         return self.n_steps * self.per_step
 
 
-def episode_loader(dataset: EpisodeDataset, *, num_workers: int = 4, start_step: int = 0,
+def episode_loader(dataset: torch.utils.data.Dataset, *, num_workers: int = 4, start_step: int = 0,
                    n_steps: int | None = None, pin_memory: bool = False,
                    prefetch_factor: int | None = None, rank: int = 0,
                    world_size: int = 1, per_step: int = 1) -> DataLoader:
@@ -184,23 +204,19 @@ def excluded_slices_from_classmap(dataset: Dataset | str | os.PathLike, pids: Se
     return out
 
 
-def make_episode(support_images: Sequence[np.ndarray], support_labels: Sequence[np.ndarray],
-                 query_image: np.ndarray, query_label: np.ndarray, *, step: int,
-                 support_scans: Sequence[str], support_z: Sequence[int], query_scan: str,
-                 query_z: int, superpixel_id: int, class_id: int) -> dict:
-    """The flat episode dict (see the module docstring) from binary labels in {0, 1}.
-
-    The arithmetic is NumPy's; torch only wraps the arrays, so building an episode never enters
-    torch's intra-op thread pool (slow for tiny ops on a busy CPU).
-    """
-    fg = (np.stack(support_labels) == 1).astype(np.float32)
+def make_recipe(views: Sequence[tuple[int, int]], plans: Sequence[dict], *, step: int,
+                support_scans: Sequence[str], support_z: Sequence[int], query_scan: str,
+                query_z: int, superpixel_id: int, class_id: int) -> dict:
+    """An episode's recipe: per view (support shots, then the query) its (bank slice, foreground
+    id) and its augmentation plan (:func:`dataloaders.augment.draw_view`), as small tensors,
+    with the episode's metadata (the module docstring's table, less the image tensors)."""
+    slices, ids = zip(*views)
+    plan = ViewPlan.of(plans)
     return {
-        "support_images": tile_slices(support_images),
-        "support_fg": torch.from_numpy(fg),
-        "support_bg": torch.from_numpy(1.0 - fg),
-        "query_images": tile_slices([query_image]),
-        "query_labels": torch.from_numpy(np.asarray(query_label, dtype=np.int64)[None].copy()),
-        "support_z": torch.from_numpy(np.array([int(z) for z in support_z], dtype=np.int64)),
+        "slices": torch.tensor(slices, dtype=torch.int64),
+        "ids": torch.tensor(ids, dtype=torch.int64),
+        **{k: getattr(plan, k) for k in ViewPlan.FIELDS},
+        "support_z": torch.tensor([int(z) for z in support_z], dtype=torch.int64),
         "scan_id": ",".join(str(s) for s in support_scans),
         "z": int(support_z[0]),
         "query_scan_id": str(query_scan),
@@ -246,7 +262,15 @@ def supervoxel_pairs(superpix: np.ndarray, excluded: set[int] | Sequence[int],
 
 
 class EpisodeDataset(torch.utils.data.Dataset):
-    """Base: item ``i`` → :meth:`episode` of global step ``i`` with its own generator."""
+    """Base: item ``i`` → the episode of global step ``i``, from its own generator.
+
+    An episode is made in two parts. :meth:`recipe` draws it on the host (slice, pseudolabel,
+    augmentation parameters: a few numbers, microseconds); :meth:`assemble` makes a batch of
+    recipes into episode tensors on any device, from the training slices staged there once
+    (:meth:`bank`), the augmentation being one batched warp (:func:`augment_views`). Training
+    loads recipes (:attr:`recipes`) and assembles them on its device; ``dataset[i]`` is the same
+    episode assembled on the CPU.
+    """
 
     def __init__(self, length: int, seed: int, aug: str | AugParams | None) -> None:
         if length < 1:
@@ -255,27 +279,105 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise InputError(f"{type(self).__name__}: expected a non-negative seed, got {seed}")
         self.length, self.seed = int(length), int(seed)
         self.aug = get_aug_params(aug)
+        self._banks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict:
+        recipe = self.recipe(index)
+        episode = self.assemble(default_collate([recipe]), "cpu")
+        return {**{k: v for k, v in recipe.items() if k not in RECIPE_TENSORS},
+                **{k: episode[k][0] for k in EPISODE_TENSORS}}
+
+    def recipe(self, index: int) -> dict:
+        """The recipe of global step ``index`` (:func:`make_recipe`)."""
         index = int(index)
         if index < 0:
             raise IndexError(f"{type(self).__name__}: expected a non-negative index (a global "
                              f"step), got {index}")
-        return self.episode(episode_rng(self.seed, index), index)
+        return self.draw_recipe(episode_rng(self.seed, index), index)
 
-    def episode(self, rng: np.random.Generator, step: int) -> dict:
+    @property
+    def recipes(self) -> "Recipes":
+        """The dataset of recipes (what the training loader loads)."""
+        return Recipes(self)
+
+    def draw_recipe(self, rng: np.random.Generator, step: int) -> dict:
         raise NotImplementedError
 
     def _load_scans(self, ds: Dataset, pids: Sequence[str], stats: NormStats | None,
-                    **load) -> list[Volume]:
-        """The training scans, normalised; CT statistics from them unless ``stats`` is given."""
+                    source: str, **load) -> list[Volume]:
+        """The training scans, normalised (CT statistics from them unless ``stats`` is given),
+        and staged as one bank of slices: images [n, H, W] float32 and the ids of ``source``
+        ('superpix' or 'label') in the smallest integer type that holds them. Each volume's
+        arrays become views into the bank; volume ``v`` slice ``z`` is bank slice
+        ``offsets[v] + z``."""
         if not pids:
             raise InputError(f"{ds.root}: expected at least one training scan, got none")
         self.stats = stats if stats is not None else normalization_stats(ds, list(pids))
-        return load_volumes(ds, list(pids), stats=self.stats, **load)
+        volumes = load_volumes(ds, list(pids), stats=self.stats, **load)
+        sizes = {}
+        for vol in volumes:
+            sizes.setdefault(vol.image.shape[1:], []).append(vol.pid)
+        if len(sizes) > 1:
+            raise InputError(f"{ds.root}: expected training scans of one in-plane size, got "
+                             + "; ".join(f"{s} for {p}" for s, p in sizes.items()))
+        images = np.concatenate([vol.image for vol in volumes])
+        ids = np.concatenate([getattr(vol, source) for vol in volumes])
+        top = int(ids.max()) if ids.size else 0
+        ids = ids.astype(np.uint8 if top < 2 ** 8 else np.int16 if top < 2 ** 15 else np.int32)
+        self.offsets = np.cumsum([0] + [vol.n_slices for vol in volumes])[:-1].tolist()
+        for vol, first in zip(volumes, self.offsets):
+            vol.image = images[first:first + vol.n_slices]
+            setattr(vol, source, ids[first:first + vol.n_slices])
+        self._banks = {"cpu": (torch.from_numpy(images), torch.from_numpy(ids))}
+        return volumes
+
+    def bank(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The staged slices (images, ids) on ``device``, copied there on first use."""
+        device = torch.device(device)
+        key = str(device)
+        if key not in self._banks:
+            self._banks[key] = tuple(t.to(device) for t in self._banks["cpu"])
+        return self._banks[key]
+
+    def __getstate__(self) -> dict:
+        # a loader worker started by spawn gets the host bank only
+        return {**self.__dict__, "_banks": {"cpu": self._banks["cpu"]}}
+
+    def assemble(self, recipes: dict, device: torch.device | str) -> dict:
+        """Episode tensors on ``device`` of a collated batch of B recipes of V views each: the
+        module docstring's tensors with a leading batch axis, support ``[B, V − 1, …]``, query
+        ``[B, 1, …]``. Reads nothing back from the device."""
+        images, ids = self.bank(device)
+        b, v = recipes["slices"].shape
+        rows = upload(recipes["slices"].flatten(), images.device)
+        want = upload(recipes["ids"].flatten(), images.device).view(-1, 1, 1)
+        fg = ids.index_select(0, rows) == want
+        stack = torch.stack([images.index_select(0, rows), (~fg).float(), fg.float()], 1)
+        plan = ViewPlan(*(recipes[k].flatten(0, 1) for k in ViewPlan.FIELDS))
+        grey, label = augment_views(stack, plan, self.aug)
+        h, w = grey.shape[-2:]
+        tiled = grey.view(b, v, 1, h, w).expand(b, v, 3, h, w).contiguous()
+        label = label.view(b, v, h, w)
+        support_fg = (label[:, :-1] == 1).float()
+        return {"support_images": tiled[:, :-1], "support_fg": support_fg,
+                "support_bg": 1.0 - support_fg, "query_images": tiled[:, -1:],
+                "query_labels": label[:, -1:]}
+
+
+class Recipes(torch.utils.data.Dataset):
+    """Item ``i``: the recipe of an :class:`EpisodeDataset`'s global step ``i``."""
+
+    def __init__(self, episodes: EpisodeDataset) -> None:
+        self.episodes = episodes
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.episodes.recipe(index)
 
 
 class SuperpixelEpisodes(EpisodeDataset):
@@ -322,7 +424,7 @@ class SuperpixelEpisodes(EpisodeDataset):
         self.dataset_root, self.draw, self.min_superpixel_px = ds.root, draw, min_superpixel_px
         self.slice_draw = slice_draw
         self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
-        self.volumes = self._load_scans(ds, pids, stats, label=False,
+        self.volumes = self._load_scans(ds, pids, stats, "superpix", label=False,
                                         superpix_scale=superpix_scale, crop=crop)
         excluded = excluded_slices_from_classmap(ds, pids, self.exclude_labels)
         self.slices: list[tuple[int, int]] = []   # eligible (volume index, z)
@@ -393,19 +495,14 @@ class SuperpixelEpisodes(EpisodeDataset):
             return vi, z, int(choice[rng.integers(choice.size)])
         return vi, z, int(rng.integers(1, int(choice[0])))
 
-    def episode(self, rng: np.random.Generator, step: int) -> dict:
+    def draw_recipe(self, rng: np.random.Generator, step: int) -> dict:
         vi, z, sp_id = self.draw_superpixel(rng, step)
         vol = self.volumes[vi]
-        image = vol.image[z]
-        mask = (vol.superpix[z] == sp_id).astype(np.int64)
-        pairs = []
-        for _ in range(2):  # draw 0 is the support, draw 1 the query
-            pairs.append(augment_pair(image, mask, rng, self.aug) if self.aug is not None
-                         else (image, mask))
-        (s_img, s_lab), (q_img, q_lab) = pairs
-        return make_episode([s_img], [s_lab], q_img, q_lab, step=step, support_scans=[vol.pid],
-                            support_z=[z], query_scan=vol.pid, query_z=z, superpixel_id=sp_id,
-                            class_id=1)
+        shape = vol.image.shape[1:]
+        plans = [draw_view(rng, self.aug, shape) for _ in range(2)]  # the support, the query
+        return make_recipe([(self.offsets[vi] + z, sp_id)] * 2, plans, step=step,
+                           support_scans=[vol.pid], support_z=[z], query_scan=vol.pid,
+                           query_z=z, superpixel_id=sp_id, class_id=1)
 
 
 class SupervoxelEpisodes(EpisodeDataset):
@@ -441,7 +538,7 @@ class SupervoxelEpisodes(EpisodeDataset):
             raise InputError(f"min_size: expected >= 1 px, got {min_size}")
         self.min_size = int(min_size)
         self.exclude_labels = _check_classes(ds, exclude_labels, "exclude_labels")
-        self.volumes = self._load_scans(ds, pids, stats, label=False,
+        self.volumes = self._load_scans(ds, pids, stats, "superpix", label=False,
                                         superpix_scale=superpix_scale, crop=crop)
         excluded = excluded_slices_from_classmap(ds, pids, self.exclude_labels, exclude_mode)
         self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # ids, starts, cum p
@@ -456,29 +553,24 @@ class SupervoxelEpisodes(EpisodeDataset):
             raise InputError(f"{ds.root}: expected a supervoxel on two adjacent slices with >= "
                              f"{min_size} px on one of them in scans {list(pids)}, found none")
 
-    def episode(self, rng: np.random.Generator, step: int) -> dict:
+    def draw_recipe(self, rng: np.random.Generator, step: int) -> dict:
         t = int(rng.integers(len(self._tables)))
         ids, starts, cum = self._tables[t]
         k = min(int(np.searchsorted(cum, rng.random(), side="right")), ids.size - 1)
-        vol = self.volumes[self.volume_index[t]]
+        vi = self.volume_index[t]
+        vol = self.volumes[vi]
         v, s = int(ids[k]), int(starts[k])
         zs, zq = (s + 1, s) if rng.random() < 0.5 else (s, s + 1)
-        s_img, q_img = vol.image[zs], vol.image[zq]
-        s_lab = (vol.superpix[zs] == v).astype(np.int64)
-        q_lab = (vol.superpix[zq] == v).astype(np.int64)
+        geo_on_query = gamma_on_query = False
         if self.aug is not None:
             geo_on_query, gamma_on_query = rng.random() < 0.5, rng.random() < 0.5
-            if geo_on_query:
-                q_img, q_lab = geometric(q_img, q_lab, rng, self.aug)
-            else:
-                s_img, s_lab = geometric(s_img, s_lab, rng, self.aug)
-            if gamma_on_query:
-                q_img = random_gamma(q_img, rng, self.aug)
-            else:
-                s_img = random_gamma(s_img, rng, self.aug)
-        return make_episode([s_img], [s_lab], q_img, q_lab, step=step, support_scans=[vol.pid],
-                            support_z=[zs], query_scan=vol.pid, query_z=zq, superpixel_id=v,
-                            class_id=1)
+        shape = vol.image.shape[1:]
+        plans = [draw_view(rng, self.aug, shape, not geo_on_query, not gamma_on_query),
+                 draw_view(rng, self.aug, shape, geo_on_query, gamma_on_query)]
+        first = self.offsets[vi]
+        return make_recipe([(first + zs, v), (first + zq, v)], plans, step=step,
+                           support_scans=[vol.pid], support_z=[zs], query_scan=vol.pid,
+                           query_z=zq, superpixel_id=v, class_id=1)
 
 
 class ManualLabelEpisodes(EpisodeDataset):
@@ -512,7 +604,7 @@ class ManualLabelEpisodes(EpisodeDataset):
             raise InputError(f"expected n_shots >= 1 and min_fg_px >= 1, got {n_shots}, "
                              f"{min_fg_px}")
         self.n_shots, self.min_fg_px = int(n_shots), int(min_fg_px)
-        self.volumes = self._load_scans(ds, pids, stats, label=True, crop=crop)
+        self.volumes = self._load_scans(ds, pids, stats, "label", label=True, crop=crop)
         flats = [vol.label.reshape(vol.n_slices, -1) for vol in self.volumes]
         allowed = [~np.isin(flat, self.exclude_labels).any(axis=1) for flat in flats]
         self.eligible: dict[int, np.ndarray] = {}   # class → [n, 2] (volume index, z)
@@ -527,7 +619,7 @@ class ManualLabelEpisodes(EpisodeDataset):
                                  f"{list(pids)}; expected at least {self.n_shots + 1}")
             self.eligible[c] = np.array(rows, dtype=np.int64)
 
-    def episode(self, rng: np.random.Generator, step: int) -> dict:
+    def draw_recipe(self, rng: np.random.Generator, step: int) -> dict:
         c = self.classes[int(rng.integers(len(self.classes)))]
         rows = self.eligible[c]
         q = int(rng.integers(len(rows)))
@@ -536,21 +628,11 @@ class ManualLabelEpisodes(EpisodeDataset):
         other_scan = others[rows[others, 0] != qv]
         pool = other_scan if other_scan.size >= self.n_shots else others
         picks = rng.choice(pool, size=self.n_shots, replace=False)
-        images, labels, scans, zs = [], [], [], []
-        for p in picks:
-            vi, z = (int(x) for x in rows[p])
-            vol = self.volumes[vi]
-            img, lab = vol.image[z], (vol.label[z] == c).astype(np.int64)
-            if self.aug is not None:
-                img, lab = augment_pair(img, lab, rng, self.aug)
-            images.append(img)
-            labels.append(lab)
-            scans.append(vol.pid)
-            zs.append(z)
-        qvol = self.volumes[qv]
-        q_img, q_lab = qvol.image[qz], (qvol.label[qz] == c).astype(np.int64)
-        if self.aug is not None:
-            q_img, q_lab = augment_pair(q_img, q_lab, rng, self.aug)
-        return make_episode(images, labels, q_img, q_lab, step=step, support_scans=scans,
-                            support_z=zs, query_scan=qvol.pid, query_z=qz, superpixel_id=-1,
-                            class_id=c)
+        shots = [(int(rows[p][0]), int(rows[p][1])) for p in picks] + [(qv, qz)]
+        shape = self.volumes[qv].image.shape[1:]
+        plans = [draw_view(rng, self.aug, shape) for _ in shots]  # the shots, then the query
+        return make_recipe([(self.offsets[vi] + z, c) for vi, z in shots], plans, step=step,
+                           support_scans=[self.volumes[vi].pid for vi, _ in shots[:-1]],
+                           support_z=[z for _, z in shots[:-1]],
+                           query_scan=self.volumes[qv].pid, query_z=qz, superpixel_id=-1,
+                           class_id=c)

@@ -8,7 +8,7 @@ image's grid and PNG overlays.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +16,34 @@ import SimpleITK as sitk
 import torch
 
 from data_preprocessing.contract import Dataset
-from dataloaders.evaluation import EvaluationSet
-from inference.batched import encode_parts, encode_scan, segment_features
+from dataloaders.evaluation import EvaluationSet, SupportPart
+from inference.batched import encode_parts, encode_scan, segment_masks
 from models.alpnet import ALPNet
+from util.device import upload
 from util.io import array_with_geometry, atomic_path, read_image_info, write_image
 from util.logger import overlay
-from util.metrics import OrganScore, score_organ
+from util.metrics import OrganScore, score_counts, score_organ
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Evaluation:
-    """Scores of one evaluation run, and the (scan, organ) pairs absent from the ground truth."""
+    """Scores of one evaluation run, and the (scan, organ) pairs absent from the ground truth.
+    Overlap counts still on the device wait in ``pending`` until :meth:`read`."""
     scores: list[OrganScore] = field(default_factory=list)
     absent: list[dict] = field(default_factory=list)
+    pending: list[tuple[str, str, int, torch.Tensor]] = field(default_factory=list)
+
+    def read(self) -> "Evaluation":
+        """The pending (scan, organ, slices, [tp, predicted, ground truth]) counts, read from
+        the device at once, appended to ``scores`` in their order."""
+        if self.pending:
+            values = torch.stack([v for *_, v in self.pending]).tolist()
+            for (scan, organ, n, _), (tp, n_pred, n_gt) in zip(self.pending, values):
+                self.scores.append(score_counts(tp, n_pred - tp, n_gt - tp, n, scan, organ))
+            self.pending = []
+        return self
 
 
 @dataclass(frozen=True)
@@ -66,23 +79,50 @@ def write_overlays(folder: Path, pid: str, organ: str, grey: torch.Tensor, gt: n
             cv2.imwrite(str(tmp), (panel[..., ::-1] * 255).astype(np.uint8))
 
 
+@dataclass
+class Staged:
+    """An evaluation set's tensors on one device, copied once: the support parts per class, and
+    per query scan its grey volume and labels."""
+    device: torch.device
+    parts: dict[int, list[SupportPart]]
+    grey: list[torch.Tensor]
+    label: list[torch.Tensor]
+
+
+def stage(evalset: EvaluationSet, device: torch.device) -> Staged:
+    """:class:`Staged` of ``evalset`` on ``device`` (on the CPU the tensors themselves)."""
+    def on(part: SupportPart) -> SupportPart:
+        return replace(part, images=part.images.to(device), fg=part.fg.to(device),
+                       bg=part.bg.to(device))
+    return Staged(device, {c: [on(p) for p in evalset.support[c].parts] for c in evalset.classes},
+                  [q.grey.to(device) for q in evalset.queries],
+                  [q.label.to(device) for q in evalset.queries])
+
+
 @torch.no_grad()
 def evaluate(model: ALPNet, ds: Dataset, evalset: EvaluationSet, device: torch.device,
              batch_size: int = 16, outputs: Outputs = Outputs(),
-             progress=None) -> Evaluation:
+             progress=None, distances: bool = True, staged: Staged | None = None,
+             read: bool = True) -> Evaluation:
     """Predict and score every (query scan, test class) of ``evalset`` with ``model`` as it is.
 
     The caller puts the model in eval mode (and back in train mode). ``progress`` (optional) is
-    called with the scan id after each query scan.
+    called with the scan id after each query scan. Without ``distances`` (validation during
+    training) only the overlap metrics are computed, on the device, and read once at the end
+    (``read=False``: left for :meth:`Evaluation.read`); the surface distances (HD95, ASSD) need
+    the masks on the host. ``staged`` (from :func:`stage`) keeps the set on the device between
+    calls.
     """
     result = Evaluation()
-    prototypes = {c: encode_parts(model, evalset.support[c], device) for c in evalset.classes}
+    staged = staged if staged is not None else stage(evalset, device)
+    on_host = distances or outputs.folder is not None
+    prototypes = {c: encode_parts(model, staged.parts[c], device) for c in evalset.classes}
     for i, scan in enumerate(evalset.queries):
-        reference = read_image_info(ds.path("image", scan.pid))  # voxels already loaded
-        sx, sy, sz = reference.GetSpacing()
+        # the header (spacing, grid) of the scan whose voxels are loaded, where the host scores
+        reference = read_image_info(ds.path("image", scan.pid)) if on_host else None
         plans = {c: evalset.plans[c][i] for c in evalset.classes}
         needed = sorted({z for plan in plans.values() for z in plan.predict_z})
-        feats = encode_scan(model, scan, needed, device, batch_size)
+        feats = encode_scan(model, staged.grey[i], needed, batch_size)
         for c, plan in plans.items():
             organ = ds.labels[c]
             if plan.absent:
@@ -92,11 +132,20 @@ def evaluate(model: ALPNet, ds: Dataset, evalset: EvaluationSet, device: torch.d
                                "" if plan.score_z else "; nothing to score")
                 if not plan.score_z:
                     continue
-            pred = segment_features(model, prototypes[c], feats, plan, tuple(scan.grey.shape),
-                                    batch_size)
-            gt = scan.binary_label(c).numpy().astype(np.uint8)
+            masks = segment_masks(model, prototypes[c], feats, plan, tuple(scan.grey.shape),
+                                  batch_size)
             zs = plan.score_z
-            result.scores.append(score_organ(pred[zs], gt[zs], (sz, sy, sx), scan.pid, organ))
+            if not on_host:
+                rows = upload(torch.as_tensor(zs, dtype=torch.long), masks.device)
+                pred = masks.index_select(0, rows).bool()
+                gt = staged.label[i].index_select(0, rows) == c
+                result.pending.append((scan.pid, organ, len(zs), torch.stack(
+                    [(pred & gt).sum(), pred.sum(), gt.sum()])))
+                continue
+            pred = masks.cpu().numpy()
+            gt = scan.binary_label(c).numpy().astype(np.uint8)
+            result.scores.append(score_organ(pred[zs], gt[zs], reference.GetSpacing()[::-1],
+                                             scan.pid, organ, distances))
             if outputs.folder is not None and outputs.predictions:
                 write_prediction(pred, c, reference, outputs.folder / "predictions"
                                  / f"pred_{scan.pid}_{organ}.nii.gz")
@@ -106,4 +155,4 @@ def evaluate(model: ALPNet, ds: Dataset, evalset: EvaluationSet, device: torch.d
                                shown, outputs.overlay_slices)
         if progress is not None:
             progress(scan.pid)
-    return result
+    return result.read() if read else result

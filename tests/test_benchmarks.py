@@ -1,6 +1,7 @@
 """The benchmark scripts compute what they claim, and the prepared GPU check runs on a machine
 that has torch but none of the imaging packages."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -182,3 +183,18 @@ def test_episode_statistics_on_the_phantom(phantom_pair, tmp_path):
                            "--faithful", str(faithful), "--episodes", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert zero.returncode == 2 and "--episodes: expected >= 1, got 0" in zero.stderr
+
+
+def test_host_read_check_on_the_cpu():
+    """check_host_reads.py: training steps of two episodes each (assembled as training does)
+    read nothing back; the validation's reads are counted (each support part's compaction),
+    and its Dice comes out."""
+    run = subprocess.run([sys.executable, "benchmarks/check_host_reads.py", "--device", "cpu",
+                          "--steps", "2"], cwd=ROOT, capture_output=True, text=True,
+                         encoding="utf-8", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["step_host_reads"] == 0 and len(result["losses"]) == 2
+    assert all(math.isfinite(v) for v in result["losses"])
+    assert 0 < result["validation_host_reads"] <= 2 * result["support_parts"]
+    assert 0 <= result["validation_dice"] <= 1 and result["validation_scores"] > 0

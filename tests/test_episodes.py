@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from torch.utils.data import default_collate
 
 from data_preprocessing import classmap, superpixels
 from data_preprocessing.contract import Dataset, load_dataset, register
 from data_preprocessing.phantom import write_phantom
 from data_preprocessing.prepare import link_scans
+from dataloaders import augment as A
 from dataloaders import episodes as E
 from dataloaders.volumes import load_volume, load_volumes, train_fold_stats
+from util.device import no_host_reads
 from util.io import read_array
 
 SHAPES = {"support_images": ((1, 3), torch.float32), "support_fg": ((1,), torch.float32),
@@ -221,6 +224,46 @@ def test_same_seed_same_episodes_any_worker_count(phantom):
     resumed = next(iter(E.episode_loader(ds, num_workers=0, start_step=4, n_steps=1)))
     assert torch.equal(resumed["query_images"][0], direct[4]["query_images"])
     assert ds[7]["step"] == 7 and not torch.equal(ds[7]["query_images"], direct[1]["query_images"])
+
+
+CPU = torch.device("cpu")
+
+
+def test_recipes_assembled_in_a_batch_are_the_episodes_and_read_nothing_back(phantom):
+    """Training loads recipes (any number of workers) and assembles them on its device: the
+    same tensors as ``dataset[i]``, episode by episode; the assembly never reads an image-sized
+    tensor back; the slices are staged once (each volume a view into the bank)."""
+    train = phantom.fold(0)["train"]
+    ds = E.SuperpixelEpisodes(phantom, train, length=6, seed=11)
+    direct = [ds[i] for i in range(6)]
+    for workers in (0, 2):
+        loader = E.episode_loader(ds.recipes, num_workers=workers, per_step=2, n_steps=3)
+        for step, recipes in enumerate(loader):
+            assert recipes["slices"].shape == (2, 2) and recipes["theta"].shape == (2, 2, 2, 3)
+            with no_host_reads(CPU):
+                batch = ds.assemble(recipes, "cpu")
+            for i in range(2):
+                for key in E.EPISODE_TENSORS:
+                    assert torch.equal(batch[key][i], direct[2 * step + i][key]), key
+    images, ids = ds.bank("cpu")
+    assert ids.dtype == torch.uint8 and images.shape[0] == sum(v.n_slices for v in ds.volumes)
+    assert all(np.shares_memory(v.image, images.numpy()) for v in ds.volumes)
+    vi, z, sp = ds.draw_superpixel(E.episode_rng(11, 0), 0)
+    assert torch.equal(ids[ds.offsets[vi] + z].long(), torch.from_numpy(
+        ds.volumes[vi].superpix[z].astype(np.int64)))
+    # geometry on one view and gamma on the other (supervoxel episodes): each view gets its own
+    aug = A.PRESETS["sabs_aug"]
+    rng = np.random.default_rng(0)
+    plan = A.ViewPlan.of([A.draw_view(rng, aug, (64, 64), True, False),
+                          A.draw_view(rng, aug, (64, 64), False, True)])
+    stack = torch.rand(2, 3, 64, 64)
+    with no_host_reads(CPU):
+        images, labels = A.augment_views(stack, plan, aug)
+    warped = A.warp(stack[:1], plan.theta[:1],
+                    A.elastic_fields(plan.field_seed[:1].tolist(), (64, 64)), aug)
+    assert torch.equal(images[0], warped[0, 0])
+    assert torch.equal(labels[1], A.recover_label(stack[1:, 1:])[0])
+    assert torch.equal(images[1], A.gamma_transform(stack[1:, 0], plan.gamma[1:])[0])
 
 
 def test_setting2_on_phantom_and_config_errors(phantom):

@@ -271,3 +271,22 @@ def test_stop_requests_are_the_training_process_s_alone():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stops.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is not stops._handle  # restored
+
+
+def test_host_reads_are_caught_or_counted_on_the_cpu():
+    from util.device import host_reads, no_host_reads
+
+    cpu = torch.device("cpu")
+    big, flags = torch.rand(10, 10), torch.tensor([True, False, True])
+    with no_host_reads(cpu):
+        assert flags.nonzero().flatten().tolist() == [0, 2]   # a few host flags may be read
+        (big * 2).sum()                                       # arithmetic reads nothing
+    for read in (lambda: big.sum().item(), lambda: bool(big.sum() > 0),
+                 lambda: big[big > 0.5], lambda: big.nonzero()):
+        with pytest.raises(AssertionError, match="host read"):
+            with no_host_reads(cpu):
+                read()
+    with host_reads(cpu, forbid=False) as count:
+        big.sum().item()
+        big[big > 0.5]
+    assert count.n == 2

@@ -134,3 +134,34 @@ def test_the_checkpoint_decides_the_architecture(phantom_dir, checkpoint, tmp_pa
                named_configs=["phantom"])
     with pytest.raises(ValueError, match=r"val_wsize=4 was given, but .* val_wsize=2"):
         ex.run("validate", config_updates={**base, "val_wsize": 4}, named_configs=["phantom"])
+
+
+def test_overlap_on_the_device_equals_the_host_metrics(phantom_dir, checkpoint):
+    """Validation during training scores on the device (overlap counts read once per scan,
+    no surface distances): every scan and organ's TP / FP / FN and Dice equal those of the full
+    host evaluation, with HD95 / ASSD left NaN; a staged set scores the same on a second call."""
+    import math
+
+    import torch
+
+    from data_preprocessing.contract import load_dataset
+    from inference.evaluate import evaluate, stage
+    from inference.loader import build_model, resolve_weights
+    from training import validation_set
+
+    ds = load_dataset(phantom_dir)
+    weights = resolve_weights(checkpoint, map_location="cpu")
+    cfg = {**weights.config, "data_dir": str(phantom_dir)}
+    model = build_model(cfg, torch.device("cpu"), weights).eval()
+    evalset = validation_set(cfg, ds)
+    host = evaluate(model, ds, evalset, torch.device("cpu"), 4)
+    staged = stage(evalset, torch.device("cpu"))
+    for _ in range(2):
+        device = evaluate(model, ds, evalset, torch.device("cpu"), 4, distances=False,
+                          staged=staged)
+        assert len(device.scores) == len(host.scores) > 0
+        for a, b in zip(host.scores, device.scores):
+            assert (a.scan, a.organ, a.tp, a.fp, a.fn, a.n_slices) == \
+                (b.scan, b.organ, b.tp, b.fp, b.fn, b.n_slices)
+            assert a.dice == b.dice and math.isnan(b.hd95_mm) and math.isnan(b.assd_mm)
+    assert any(not math.isnan(s.hd95_mm) for s in host.scores)

@@ -1,9 +1,14 @@
 """One resolved torch device from a config string: auto, cpu, cuda, cuda:N or mps."""
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from dataclasses import dataclass, field
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from util.errors import InputError
 
 CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -84,3 +89,79 @@ def resolve_switch(key: str, value: bool | str, device: torch.device) -> bool:
     if value != "auto":
         raise InputError(f"config: {key} expects True, False or 'auto', got {value!r}")
     return SWITCHES[key](device)
+
+
+@dataclass
+class ReadCount:
+    """Host reads of device values seen by :func:`host_reads`: how many, and of what."""
+    n: int = 0
+    what: list[str] = field(default_factory=list)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts (or, with ``forbid``, fails on) a read of tensor values by the host: ``.item()``,
+    ``bool()``, and a boolean index, ``masked_select`` or ``nonzero`` of more than ``small``
+    elements (host flags of a few elements may be read: they live on the host anyway)."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.masked_select.default, torch.ops.aten.index.Tensor}
+
+    def __init__(self, count: ReadCount, forbid: bool, small: int) -> None:
+        super().__init__()
+        self.count, self.forbid, self.small = count, forbid, small
+
+    def reads(self, func, args) -> bool:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            return True
+        if func is torch.ops.aten.index.Tensor:
+            indices = args[1] if len(args) > 1 else ()
+            return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                       and i.numel() > self.small for i in indices)
+        return any(isinstance(a, torch.Tensor) and a.numel() > self.small for a in args)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS and self.reads(func, args):
+            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            if self.forbid:
+                raise AssertionError(f"host read of device values: {func} on {shapes}")
+            self.count.n += 1
+            self.count.what.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def host_reads(device: torch.device, forbid: bool = True, small: int = 64):
+    """Counts the reads of values from ``device`` inside the block (yields a
+    :class:`ReadCount`), or with ``forbid`` makes each an error: on CUDA by CUDA's own
+    synchronisation check (``torch.cuda.set_sync_debug_mode``), elsewhere by catching the
+    operations that read values (:class:`_HostReads`). For tests and checks; never in a run."""
+    count = ReadCount()
+    if device.type == "cuda":
+        before = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error" if forbid else "warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                yield count
+            syncs = [str(w.message) for w in seen if "synchroniz" in str(w.message)]
+            count.n, count.what = len(syncs), syncs
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    else:
+        with _HostReads(count, forbid, small):
+            yield count
+
+
+def no_host_reads(device: torch.device, small: int = 64):
+    """:func:`host_reads` that makes every read an error."""
+    return host_reads(device, True, small)
+
+
+def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without making the host wait: to a CUDA device through
+    pinned memory (torch's cached host allocator), copied asynchronously."""
+    if tensor.device == device or device.type != "cuda":
+        return tensor.to(device)
+    if tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

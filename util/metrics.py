@@ -54,24 +54,29 @@ def overlap_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
 
 
 def score_organ(pred: np.ndarray, gt: np.ndarray, spacing_zyx: tuple[float, float, float],
-                scan: str = "", organ: str = "") -> OrganScore:
-    """Metrics of a binary prediction against a binary ground truth, both [Z, H, W]."""
+                scan: str = "", organ: str = "", distances: bool = True) -> OrganScore:
+    """Metrics of a binary prediction against a binary ground truth, both [Z, H, W]; the surface
+    distances (HD95, ASSD) only with ``distances`` (else NaN)."""
     if pred.shape != gt.shape:
         raise InputError(f"scan {scan} {organ}: expected prediction and ground truth of one "
                          f"shape, got {pred.shape} and {gt.shape}")
     pred, gt = pred.astype(bool), gt.astype(bool)
     tp, fp, fn = overlap_counts(pred, gt)
-    empty_gt, empty_pred = tp + fn == 0, tp + fp == 0
-    if empty_gt and empty_pred:
-        dice = 1.0
-    else:
-        dice = 2 * tp / (2 * tp + fp + fn)
     hd95 = assd = math.nan
-    if not empty_gt and not empty_pred:
+    if distances and tp + fn and tp + fp:
         hd95 = float(medpy_binary.hd95(pred, gt, voxelspacing=spacing_zyx))
         assd = float(medpy_binary.assd(pred, gt, voxelspacing=spacing_zyx))
+    return score_counts(tp, fp, fn, int(pred.shape[0]), scan, organ, hd95, assd)
+
+
+def score_counts(tp: int, fp: int, fn: int, n_slices: int, scan: str = "", organ: str = "",
+                 hd95: float = math.nan, assd: float = math.nan) -> OrganScore:
+    """The overlap metrics of true / false positive and false negative voxel counts (an empty
+    prediction of an empty ground truth has Dice 1)."""
+    empty_gt, empty_pred = tp + fn == 0, tp + fp == 0
+    dice = 1.0 if empty_gt and empty_pred else 2 * tp / (2 * tp + fp + fn)
     return OrganScore(scan, organ, float(dice), _ratio(tp, tp + fp), _ratio(tp, tp + fn), hd95,
-                      assd, tp, fp, fn, empty_gt, empty_pred, int(pred.shape[0]))
+                      assd, int(tp), int(fp), int(fn), empty_gt, empty_pred, int(n_slices))
 
 
 METRICS = ("dice", "precision", "recall", "hd95_mm", "assd_mm")
