@@ -258,17 +258,17 @@ class Books:
         if self.step % cfg["checkpoint_every"] == 0:
             self.checkpoint(LATEST)
 
-    def flush(self, agree: bool = True) -> None:
+    def flush(self) -> None:
         """Read the pending steps' values from the device (one wait) and log them: every step
         to tensorboard, window means to metrics.json and the log line. A non-finite loss stops
-        the run at the first such step of any rank (``agree``; else of this rank), after the
-        steps before it are logged (:func:`util.guards.stop_on_nonfinite`)."""
+        the run at the first such step of any rank (every rank flushes after the same steps),
+        after the steps before it are logged (:func:`util.guards.stop_on_nonfinite`)."""
         if not self.pending:
             return
         values, self.pending = torch.stack(self.pending), []
         first = self.step - len(values) + 1
         losses = values[:, 0] + values[:, 1]
-        n_finite = distributed.first_nonfinite(losses, self.rank if agree else None)
+        n_finite = distributed.first_nonfinite(losses, self.rank)
         self.log_steps(first, values[:n_finite].tolist())  # [:None]: every step
         if n_finite is not None:
             bad = first + n_finite
@@ -342,8 +342,8 @@ class Books:
                 "best_val": self.best, "code_version": code_version()})
 
     def preempt(self, signum: int) -> None:
-        # this rank's values only: a signal is not agreed between ranks, so no collective here
-        self.flush(agree=False)
+        # every rank is here after the same step (distributed.agreed_signal)
+        self.flush()
         self.close_window(self.step)
         self.checkpoint(LATEST)
         raise Preempted(signum, self.step, self.snapshots / LATEST)
@@ -414,8 +414,10 @@ def train(_run, _config, _log):
     model.train()
     with StopRequests(_log) as stops, books:
         for recipes in loader:
-            if stops.signum is not None:  # the last step is logged: checkpoint, then stop
-                books.preempt(stops.signum)
+            # a signal to any rank stops every rank here: the last step is logged, checkpoint
+            signum = distributed.agreed_signal(stops.signum, rank)
+            if signum is not None:
+                books.preempt(signum)
             books.set_lr()
             # the loader's episodes_per_step recipes, made into episodes on the device
             batch = episodes.assemble(recipes, device)

@@ -122,11 +122,12 @@ def main() -> None:
             recipes = default_collate([episodes.recipe(i)])
             t_host = time.perf_counter()
             batch = episodes.assemble(recipes, device)  # [1, shots or 1, ...]: as training
+            labels = batch["query_labels"].flatten(0, -3)
             sync()
             t1 = time.perf_counter()
             out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
                         batch["query_images"])
-            loss = weighted_cross_entropy(out.logits, batch["query_labels"]) + out.align_loss
+            loss = weighted_cross_entropy(out.logits, labels) + out.align_loss
             sync()
             t2 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
@@ -159,7 +160,7 @@ def main() -> None:
         def one_step() -> None:
             out = model(batch["support_images"], batch["support_fg"], batch["support_bg"],
                         batch["query_images"])
-            (weighted_cross_entropy(out.logits, batch["query_labels"]) + out.align_loss).backward()
+            (weighted_cross_entropy(out.logits, labels) + out.align_loss).backward()
         step_gflop = count_gflop(one_step)
         floor_gflop = count_gflop(lambda: model.encode(images).sum().backward())
         optimizer.zero_grad(set_to_none=True)

@@ -198,3 +198,16 @@ def test_host_read_check_on_the_cpu():
     assert all(math.isfinite(v) for v in result["losses"])
     assert 0 < result["validation_host_reads"] <= 2 * result["support_parts"]
     assert 0 <= result["validation_dice"] <= 1 and result["validation_scores"] > 0
+
+
+def test_train_step_benchmark_times_the_episode_as_training_makes_it(chaos_dir):
+    """bench_train_step.py on one real scan with the tiny encoder: the episode's host share is
+    part of its whole cost, and the step's loss is finite."""
+    run = subprocess.run([sys.executable, "benchmarks/bench_train_step.py", "--data",
+                          str(chaos_dir), "--encoder", "tiny", "--scans", "1", "--steps", "2",
+                          "--warmup", "1", "--threads", "1"], cwd=ROOT, capture_output=True,
+                         text=True, encoding="utf-8", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert 0 < result["episode_host"]["median_s"] < result["episode"]["median_s"]
+    assert math.isfinite(result["first_episode_loss"]) and result["step_gflop"] > 0

@@ -90,3 +90,57 @@ def test_nonfinite_loss_on_one_rank_stops_both_and_saves_in_rank0s_folder(tmp_pa
     assert saved == ["run_of_rank0/nonfinite_episode_step3_rank1.pt"]
     kept = torch.load(tmp_path / saved[0], weights_only=True)
     assert kept["step"] == 3 and kept["episode"]["step"] == 3  # the episode of step 3
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes (read from their environment)."""
+    out = {}
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = [e for e in env if e.startswith(b"RANK=")]
+        if rank:
+            out[int(rank[0][5:])] = int(child)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone: both ranks stop after the same step (they agree on it before
+    each step), rank 0 writes the checkpoint of that step and both exit with 128 + SIGTERM;
+    no rank waits for the other's gradients."""
+    import signal
+    import time
+
+    data = make_phantom_dataset(tmp_path / "data", seed=3, n_slices=5)
+    log_dir = tmp_path / "exps"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29541", "training.py", "with", "phantom", "setting1",
+           f"data_dir={data}", "encoder=tiny", "num_workers=0", "device=cpu", "print_interval=1",
+           "n_steps=100000", "checkpoint_every=100000", f"log_dir={log_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8")
+    try:
+        deadline = time.time() + 240
+        metrics = None
+        while time.time() < deadline:
+            found = list(log_dir.glob("train/*/[0-9]*/metrics.json"))
+            if found and "train/loss" in found[0].read_text(encoding="utf-8"):
+                metrics = found[0]
+                break
+            time.sleep(0.5)
+        assert metrics is not None, "no step logged in 240 s"
+        os.kill(_rank_pids(proc.pid)[1], signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_dir = metrics.parent
+    state = torch.load(run_dir / "snapshots" / "latest.pth", weights_only=True)
+    logged = json.loads(metrics.read_text(encoding="utf-8"))["train/loss"]["steps"]
+    assert state["step"] == logged[-1] > 0
+    stopped = [line for line in stderr.splitlines() if "stopped by SIGTERM after step" in line]
+    assert len(stopped) == 2, stderr[-3000:]                   # both ranks, the same step
+    assert all(f"after step {state['step']};" in line for line in stopped), stopped
+    assert stderr.count(f"exitcode  : {128 + signal.SIGTERM}") == 2 or proc.returncode != 0

@@ -49,7 +49,23 @@ def init(device: torch.device) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    global _HOST_GROUP
+    _HOST_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return info, device
+
+
+_HOST_GROUP = None  # a gloo group for agreements between hosts (None: the default group)
+
+
+def agreed_signal(signum: int | None, info: DistInfo) -> int | None:
+    """The stop signal that any rank has received (the largest number; None when none has),
+    the same on every rank, so that all ranks stop after the same step. An all-reduce of one
+    integer between the hosts (gloo): the device is not waited for."""
+    if not info.enabled:
+        return signum
+    box = torch.tensor([signum or 0])
+    dist.all_reduce(box, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return int(box.item()) or None
 
 
 def first_nonfinite(values: torch.Tensor, info: DistInfo | None) -> int | None:
