@@ -143,4 +143,5 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     stopped = [line for line in stderr.splitlines() if "stopped by SIGTERM after step" in line]
     assert len(stopped) == 2, stderr[-3000:]                   # both ranks, the same step
     assert all(f"after step {state['step']};" in line for line in stopped), stopped
-    assert stderr.count(f"exitcode  : {128 + signal.SIGTERM}") == 2 or proc.returncode != 0
+    # torchrun names each rank's exit status: the agreed stop, not a crash or a hang
+    assert stderr.count(f"exitcode  : {128 + signal.SIGTERM} ") == 2, stderr[-2000:]
