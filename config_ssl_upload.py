@@ -80,7 +80,8 @@ KEYS: dict[str, Key] = {
                                  "draw), 1 (original draw)"),
     "min_fg_px": Key(100, (int,), doc="manual-label episodes: smallest organ area of a slice",
                      low=1, resume=True),
-    "which_aug": Key("sabs_aug", (str,), tuple(AUG_PRESETS), resume=True),
+    "which_aug": Key("sabs_aug", (str,), tuple(AUG_PRESETS) + ("none",), resume=True,
+                     doc="episode augmentation preset; none: the views as they are"),
     # model
     "encoder": Key("deeplabv3_resnet101", (str,), ENCODER_NAMES, arch=True, resume=True),
     "prototypes": Key(PROTOTYPES[0], (str,), PROTOTYPES, arch=True, resume=True, before="alp",

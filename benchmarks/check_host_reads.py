@@ -1,17 +1,17 @@
-"""Check: training steps and a validation pass read nothing back from the device.
+"""Check: how often training steps and a validation pass read values back from the device.
 
 On a phantom dataset written to a temporary folder (or ``--data``, a prepared folder), with the
 configured encoder: ``--steps`` training steps of ``--episodes-per-step`` episodes each, every
 one made as training makes it (recipes from the loader, assembled on the device), with forward,
 loss, backward and the SGD update; then one validation pass without surface distances (as
-during training, on a staged set). The steps run inside :func:`util.device.no_host_reads`: on
-CUDA, CUDA's synchronisation check raises at any operation that waits for the device; on the
-CPU, the operations that read values (``.item()``, ``bool()``, boolean indexing,
-``nonzero``) raise, but for tensors of at most 64 elements (the per-view flags of the recipes,
-which live on the host; CUDA's check is the complete one); a read is reported with its traceback and exit status 1. The validation's
-reads are counted (one per support part, where its valid prototypes are kept once; the Dice
-counts are read after the pass). The losses and the Dice are read after the checked blocks.
-Prints JSON.
+during training, on a staged set). The reads of values from the device are counted
+(:func:`util.device.host_reads`): on CUDA by CUDA's synchronisation check (every operation that
+waits for the device, host copies from pageable memory included), elsewhere by catching the
+operations that read values (``.item()``, ``bool()``, boolean indexing, ``nonzero``). The first
+step is not checked (it copies the training slices to the device, once). A read in the checked
+steps exits with status 1 after the report. The validation's reads are reported (one or two
+per support part, where its valid prototypes are kept once; the Dice counts are read after the
+pass). Prints JSON.
 
     .venv/bin/python benchmarks/check_host_reads.py [--device auto] [--encoder tiny]
 """
@@ -37,7 +37,7 @@ from inference.evaluate import evaluate, stage  # noqa: E402
 from models.alpnet import ALPNet  # noqa: E402
 from models.losses import CLASS_WEIGHTS  # noqa: E402
 from training import train_step, validation_set  # noqa: E402
-from util.device import host_reads, no_host_reads, resolve_device  # noqa: E402
+from util.device import host_reads, resolve_device  # noqa: E402
 from util.metrics import summarize  # noqa: E402
 
 
@@ -47,10 +47,13 @@ def main() -> None:
     parser.add_argument("--encoder", default="tiny")
     parser.add_argument("--data", default=None, help="a prepared dataset folder (default: a "
                                                      "phantom written to a temporary folder)")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="training steps (>= 2; the first "
+                                                              "is not checked)")
     parser.add_argument("--episodes-per-step", type=int, default=2)
     args = parser.parse_args()
     device = resolve_device(args.device, "--device")
+    if args.steps < 2:
+        parser.error(f"--steps: expected at least 2 (the first is not checked), got {args.steps}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data) if args.data else Path(tmp)
         if not args.data:
@@ -74,26 +77,34 @@ def main() -> None:
         if device.type == "cuda":
             recipes = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v
                         for k, v in r.items()} for r in recipes]
-        steps = []
-        with no_host_reads(device):
-            for batch in recipes:
+        # the first step stages the training slices on the device (a copy, once) and warms
+        # the caches; the steps after it are checked
+        steps = [train_step(model, optimizer, episodes.assemble(recipes[0], device), weights,
+                            skip_empty=False)]
+        with host_reads(device, forbid=False) as step_reads:
+            for batch in recipes[1:]:
                 steps.append(train_step(model, optimizer, episodes.assemble(batch, device),
                                         weights, skip_empty=False))
         model.eval()
-        # no small host tensors here: every read is counted
-        with host_reads(device, forbid=False, small=0) as validation_reads:
+        with host_reads(device, forbid=False) as validation_reads:
             result = evaluate(model, ds, evalset, device, 4, distances=False, staged=staged,
                               read=False)
         result.read()
         losses = [round(float((s.query_loss + s.align_loss).detach()), 6) for s in steps]
         support_parts = sum(len(p) for p in staged.parts.values())
         dice = summarize(result.scores)["overall"]["dice"]["mean"]
-    print(json.dumps({"check": "host_reads", "device": str(device), "encoder": args.encoder,
-                      "steps": args.steps, "episodes_per_step": n, "step_host_reads": 0,
+    report = ({"check": "host_reads", "device": str(device), "encoder": args.encoder,
+                      "steps": args.steps, "episodes_per_step": n,
+                      "checked_steps": args.steps - 1, "step_host_reads": step_reads.n,
+                      "step_reads": sorted(set(step_reads.what)),
                       "losses": losses, "validation_host_reads": validation_reads.n,
                       "validation_reads": sorted(set(validation_reads.what)),
                       "support_parts": support_parts, "validation_dice": round(dice, 4),
-                      "validation_scores": len(result.scores)}, indent=2))
+                      "validation_scores": len(result.scores)})
+    print(json.dumps(report, indent=2))
+    if step_reads.n:
+        sys.exit(f"check_host_reads: {step_reads.n} host read(s) in the training steps: "
+                 f"{sorted(set(step_reads.what))}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ fixed order (:func:`draw_view`: θ, tx, ty, φ, s, the seed of the elastic field
 numbers, so the loader's share of an episode is microseconds. The two elastic fields, the only
 large random draw, come from a torch generator seeded with that seed on the device that warps
 (:func:`elastic_fields`). An episode is thus a pure function of its generator's seed on one
-device type; the CPU's and CUDA's generators give different fields of the same distribution
-(tests/test_augment.py compares both with the earlier NumPy draw). :func:`augment_views`
+device; the CPU's and CUDA's generators give different fields of the same distribution (and
+CUDA's may differ between GPU models, whose launch sizes differ; tests/test_augment.py compares
+the CPU's with the earlier NumPy draw). :func:`augment_views`
 applies a batch of views' plans at once. Differences from the original: it drew affine and
 gamma from the unseeded global NumPy state and the elastic field from OS entropy (method.md
 §5.4), and it used OpenCV flag 3 (INTER_AREA), which ``warpAffine`` treats exactly as bilinear.
@@ -199,8 +200,10 @@ def elastic_grid(disp: Tensor) -> Tensor:
     """grid_sample's grid [N, H, W, 2] sampling pixel (row + dy, col + dx), from pixel
     displacements [N, 2, H, W] (dx, dy)."""
     n, _, h, w = disp.shape
-    scale = disp.new_tensor([2 / w, 2 / h]).view(1, 2, 1, 1)
-    return _base_grid(h, w, str(disp.device)) + (disp * scale).permute(0, 2, 3, 1)
+    # Python scalars, not a tensor built from a list: on CUDA that would be a host copy that
+    # waits for the device
+    unit = torch.stack([disp[:, 0] * (2 / w), disp[:, 1] * (2 / h)], dim=-1)
+    return _base_grid(h, w, str(disp.device)) + unit
 
 
 def warp(stack: Tensor, theta: Tensor, raw_fields: Tensor | None, params: AugParams) -> Tensor:
@@ -277,6 +280,11 @@ def draw_view(rng: np.random.Generator | None, params: AugParams | None,
     return view
 
 
+def _chosen(flags: Tensor) -> list[int]:
+    """The indices where host flags [N] are True (read as a list: no tensor operation)."""
+    return [i for i, on in enumerate(flags.tolist()) if on]
+
+
 def augment_views(stack: Tensor, plan: ViewPlan, params: AugParams | None
                   ) -> tuple[Tensor, Tensor]:
     """Images [N, H, W] and labels [N, H, W] int64 of N views ``stack`` [N, 1 + K, H, W]
@@ -284,7 +292,7 @@ def augment_views(stack: Tensor, plan: ViewPlan, params: AugParams | None
     the geometric views warped in one batch (elastic fields drawn there), labels recovered,
     then gamma. The plan's flags are host tensors, so choosing the views reads no device."""
     device, (h, w) = stack.device, stack.shape[-2:]
-    geo = plan.geo.nonzero().flatten() if params is not None else plan.geo[:0].long()
+    geo = torch.tensor(_chosen(plan.geo) if params is not None else [], dtype=torch.long)
     if len(geo):
         fields = (elastic_fields(plan.field_seed[geo].tolist(), (h, w), device)
                   if params.elastic_alpha > 0 else None)
@@ -296,7 +304,7 @@ def augment_views(stack: Tensor, plan: ViewPlan, params: AugParams | None
             stack = stack.index_copy(0, on, warp(stack.index_select(0, on), theta, fields,
                                                  params))
     images, labels = stack[:, 0], recover_label(stack[:, 1:])
-    bright = plan.gamma_on.nonzero().flatten() if params is not None else geo[:0]
+    bright = torch.tensor(_chosen(plan.gamma_on) if params is not None else [], dtype=torch.long)
     if len(bright):
         on, gammas = upload(bright, device), upload(plan.gamma[bright], device)
         images = images.index_copy(0, on, gamma_transform(images.index_select(0, on), gammas))

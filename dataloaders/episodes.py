@@ -16,8 +16,9 @@ and on resume. An episode is made in two parts:
 
 Training loads recipes (``episode_loader(dataset.recipes, …)``) and assembles them on its
 device; ``dataset[i]`` is the same episode assembled on the CPU. The CPU's and CUDA's generators
-give different elastic fields for a seed, so the episodes of a run on a GPU differ from those of
-the CPU in their elastic deformation only (the same distribution: tests/test_augment.py).
+(and CUDA's on different GPU models) give different elastic fields for a seed, so the episodes of
+a run on a GPU differ from ``dataset[i]`` in their elastic deformation only (the same
+distribution: tests/test_augment.py).
 The loader's ``worker_init_fn`` only handles signals.
 
 One episode is a flat dict (S support shots, one query; H = W = 256 on real data):
@@ -49,6 +50,7 @@ batch axis.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from collections.abc import Iterator, Sequence
@@ -332,6 +334,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             vol.image = images[first:first + vol.n_slices]
             setattr(vol, source, ids[first:first + vol.n_slices])
         self._banks = {"cpu": (torch.from_numpy(images), torch.from_numpy(ids))}
+        self.slice_shape = tuple(images.shape[1:])  # (H, W) of every slice
         return volumes
 
     def bank(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,8 +346,17 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return self._banks[key]
 
     def __getstate__(self) -> dict:
-        # a loader worker started by spawn gets the host bank only
-        return {**self.__dict__, "_banks": {"cpu": self._banks["cpu"]}}
+        # pickled (a worker started by spawn): the host bank, not the copies on devices
+        return {**self.__dict__, "_banks": {k: v for k, v in self._banks.items() if k == "cpu"}}
+
+    def drawing_only(self) -> "EpisodeDataset":
+        """A shallow copy that can draw recipes but holds no image data (no bank, volumes
+        without arrays): what a loader worker started by spawn receives."""
+        light = copy.copy(self)
+        light._banks = {}
+        light.volumes = [Volume(v.pid, np.empty((0,) + self.slice_shape, np.float32),
+                                body_z=v.body_z) for v in self.volumes]
+        return light
 
     def assemble(self, recipes: dict, device: torch.device | str) -> dict:
         """Episode tensors on ``device`` of a collated batch of B recipes of V views each: the
@@ -378,6 +390,10 @@ class Recipes(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.episodes.recipe(index)
+
+    def __getstate__(self) -> dict:
+        # a worker started by spawn draws recipes: it gets no image data
+        return {"episodes": self.episodes.drawing_only()}
 
 
 class SuperpixelEpisodes(EpisodeDataset):
@@ -498,8 +514,8 @@ class SuperpixelEpisodes(EpisodeDataset):
     def draw_recipe(self, rng: np.random.Generator, step: int) -> dict:
         vi, z, sp_id = self.draw_superpixel(rng, step)
         vol = self.volumes[vi]
-        shape = vol.image.shape[1:]
-        plans = [draw_view(rng, self.aug, shape) for _ in range(2)]  # the support, the query
+        plans = [draw_view(rng, self.aug, self.slice_shape)  # the support, the query
+                 for _ in range(2)]
         return make_recipe([(self.offsets[vi] + z, sp_id)] * 2, plans, step=step,
                            support_scans=[vol.pid], support_z=[z], query_scan=vol.pid,
                            query_z=z, superpixel_id=sp_id, class_id=1)
@@ -564,7 +580,7 @@ class SupervoxelEpisodes(EpisodeDataset):
         geo_on_query = gamma_on_query = False
         if self.aug is not None:
             geo_on_query, gamma_on_query = rng.random() < 0.5, rng.random() < 0.5
-        shape = vol.image.shape[1:]
+        shape = self.slice_shape
         plans = [draw_view(rng, self.aug, shape, not geo_on_query, not gamma_on_query),
                  draw_view(rng, self.aug, shape, geo_on_query, gamma_on_query)]
         first = self.offsets[vi]
@@ -629,8 +645,8 @@ class ManualLabelEpisodes(EpisodeDataset):
         pool = other_scan if other_scan.size >= self.n_shots else others
         picks = rng.choice(pool, size=self.n_shots, replace=False)
         shots = [(int(rows[p][0]), int(rows[p][1])) for p in picks] + [(qv, qz)]
-        shape = self.volumes[qv].image.shape[1:]
-        plans = [draw_view(rng, self.aug, shape) for _ in shots]  # the shots, then the query
+        plans = [draw_view(rng, self.aug, self.slice_shape)  # the shots, then the query
+                 for _ in shots]
         return make_recipe([(self.offsets[vi] + z, c) for vi, z in shots], plans, step=step,
                            support_scans=[self.volumes[vi].pid for vi, _ in shots[:-1]],
                            support_z=[z for _, z in shots[:-1]],

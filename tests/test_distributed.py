@@ -93,18 +93,26 @@ def test_nonfinite_loss_on_one_rank_stops_both_and_saves_in_rank0s_folder(tmp_pa
 
 
 def _rank_pids(parent: int) -> dict[int, int]:
-    """{rank: pid} of torchrun's worker processes (read from their environment)."""
+    """{rank: pid} of torchrun's worker processes: the children of ``parent`` (by the PPid of
+    every process's /proc status), ranked by their environment."""
     out = {}
-    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
+                          if ":\t" in line)
+            if int(fields.get("PPid", "0").strip()) != parent:
+                continue
+            env = (status.parent / "environ").read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile
+            continue
         rank = [e for e in env if e.startswith(b"RANK=")]
         if rank:
-            out[int(rank[0][5:])] = int(child)
+            out[int(rank[0][5:])] = int(status.parent.name)
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     """SIGTERM to rank 1 alone: both ranks stop after the same step (they agree on it before
     each step), rank 0 writes the checkpoint of that step and both exit with 128 + SIGTERM;

@@ -1,5 +1,6 @@
 """Training episodes: loading and normalisation, superpixel / supervoxel / manual-label episodes,
 Setting 1 vs 2 on real CHAOS-T2, CMR, reproducibility through DataLoaders."""
+import pickle
 import shutil
 
 import numpy as np
@@ -245,6 +246,12 @@ def test_recipes_assembled_in_a_batch_are_the_episodes_and_read_nothing_back(pha
             for i in range(2):
                 for key in E.EPISODE_TENSORS:
                     assert torch.equal(batch[key][i], direct[2 * step + i][key]), key
+    # a worker started by spawn receives the drawing only (no image data), and draws the same
+    light = pickle.loads(pickle.dumps(ds.recipes))
+    assert len(pickle.dumps(ds.recipes)) < 50_000 and not light.episodes._banks
+    for key, value in light[3].items():
+        assert (torch.equal(value, ds.recipe(3)[key]) if isinstance(value, torch.Tensor)
+                else value == ds.recipe(3)[key]), key
     images, ids = ds.bank("cpu")
     assert ids.dtype == torch.uint8 and images.shape[0] == sum(v.n_slices for v in ds.volumes)
     assert all(np.shares_memory(v.image, images.numpy()) for v in ds.volumes)

@@ -83,6 +83,8 @@ def test_setting2_and_manual_label_training_run(phantom_dir, tmp_path):
     run = run_train(small(phantom_dir, tmp_path, n_steps=2, min_fg_px=10),
                     named=("phantom", "manual"))
     assert run.result["step"] == 2
+    run = run_train(small(phantom_dir, tmp_path, n_steps=2, which_aug="none"))
+    assert run.result["step"] == 2       # without augmentation
 
 
 def test_empty_prototypes_skip_makes_no_update(phantom_dir, tmp_path):

@@ -101,7 +101,7 @@ class ReadCount:
 class _HostReads(TorchDispatchMode):
     """Counts (or, with ``forbid``, fails on) a read of tensor values by the host: ``.item()``,
     ``bool()``, and a boolean index, ``masked_select`` or ``nonzero`` of more than ``small``
-    elements (host flags of a few elements may be read: they live on the host anyway)."""
+    elements. ``.tolist()`` of a host tensor is not an operation and is not seen."""
 
     READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
              torch.ops.aten.masked_select.default, torch.ops.aten.index.Tensor}
@@ -130,7 +130,7 @@ class _HostReads(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def host_reads(device: torch.device, forbid: bool = True, small: int = 64):
+def host_reads(device: torch.device, forbid: bool = True, small: int = 0):
     """Counts the reads of values from ``device`` inside the block (yields a
     :class:`ReadCount`), or with ``forbid`` makes each an error: on CUDA by CUDA's own
     synchronisation check (``torch.cuda.set_sync_debug_mode``), elsewhere by catching the
@@ -152,7 +152,7 @@ def host_reads(device: torch.device, forbid: bool = True, small: int = 64):
             yield count
 
 
-def no_host_reads(device: torch.device, small: int = 64):
+def no_host_reads(device: torch.device, small: int = 0):
     """:func:`host_reads` that makes every read an error."""
     return host_reads(device, True, small)
 
