@@ -128,9 +128,14 @@ def test_resume_continues_at_the_same_step_and_lr(phantom_dir, tmp_path):
     assert all(tail[s] == pytest.approx(full[s], rel=1e-5) for s in tail)
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert (run_dir / "run.1.json").is_file() and (run_dir / "run.json").is_file()
-    with pytest.raises(ValueError, match="resuming needs the same 'which_aug'"):
-        run_train(small(phantom_dir, tmp_path / "part", n_steps=8, lr_step_size=3,
-                        which_aug="aug_v3", resume=first.observers[0].dir))
+    # a refused resume leaves the run's records as they were; each attempt keeps its own record
+    kept = {n: (run_dir / n).read_bytes() for n in ("config.json", "info.json", "run.json")}
+    for attempt in (1, 2):
+        with pytest.raises(ValueError, match="resuming needs the same 'which_aug'"):
+            run_train(small(phantom_dir, tmp_path / "part", n_steps=8, lr_step_size=3,
+                            which_aug="aug_v3", resume=first.observers[0].dir))
+        assert {n: (run_dir / n).read_bytes() for n in kept} == kept
+        assert (run_dir / f"run.{attempt}.resume_failed.json").is_file()
     lr = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["train/lr"]
     # the lr logged at step s is the one of update s - 1: 0.01 * 0.95 ** ((s - 1) // 3)
     assert lr["values"][4:] == pytest.approx([1e-2 * 0.95, 1e-2 * 0.95, 1e-2 * 0.95 ** 2,

@@ -30,7 +30,7 @@ from sacred.utils import SacredInterrupt  # noqa: E402
 from util.cli import EXPECTED, configure_logging, debug_requested, fail, message_of  # noqa: E402
 from util.distributed import env_info  # noqa: E402
 from util.errors import InputError  # noqa: E402
-from util.io import ensure_writable_dir  # noqa: E402
+from util.io import atomic_path, ensure_writable_dir  # noqa: E402
 from util.version import code_version  # noqa: E402
 
 LOG_FILE = "log.txt"
@@ -118,22 +118,32 @@ class ContinuingObserver(RunFolderObserver):
     """sacred's file observer writing into an existing run folder (``resume=``): metrics.json,
     log.txt and the tensorboard events are appended to, the earlier run.json is kept as
     ``run.<n>.json`` and run.json describes the resumed segment. A resume that fails leaves the
-    run as it was: its own record goes to ``run.<n>.resume_failed.json``."""
+    run as it was (its run.json, config.json, info.json and captured output; log.txt keeps the
+    attempt's lines): the attempt's own record goes to ``run.<n>.resume_failed.json``, a new
+    ``n`` for each failed attempt."""
+
+    KEPT = ("config.json", "info.json", "cout.txt")  # what sacred rewrites when a run starts
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(str(run_dir.parent))
         self.run_dir = run_dir
         self.previous: Path | None = None
+        self.kept: dict[str, bytes | None] = {}
 
     def _make_run_dir(self, _id) -> None:
         self.dir = str(self.run_dir)
+        self.kept = {name: (self.run_dir / name).read_bytes()
+                     if (self.run_dir / name).is_file() else None for name in self.KEPT}
         current = self.run_dir / "run.json"
         if current.is_file():
-            n = 1
-            while (self.run_dir / f"run.{n}.json").exists():
-                n += 1
-            self.previous = self.run_dir / f"run.{n}.json"
+            self.previous = self.run_dir / f"run.{self._free('run.{}.json')}.json"
             current.rename(self.previous)
+
+    def _free(self, pattern: str) -> int:
+        n = 1
+        while (self.run_dir / pattern.format(n)).exists():
+            n += 1
+        return n
 
     def _mark_failed(self, last: list[str]) -> None:
         """A failed resume leaves the run's own state (finished, interrupted) as it was."""
@@ -141,9 +151,17 @@ class ContinuingObserver(RunFolderObserver):
     def failed_event(self, fail_time, fail_trace):
         super().failed_event(fail_time, fail_trace)
         if self.previous is not None:
-            failed = self.previous.with_name(self.previous.stem + ".resume_failed.json")
+            failed = self.run_dir / f"run.{self._free('run.{}.resume_failed.json')}" \
+                                    f".resume_failed.json"
             os.replace(self.run_dir / "run.json", failed)
             os.replace(self.previous, self.run_dir / "run.json")
+        for name, data in self.kept.items():
+            path = self.run_dir / name
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(data)
 
 
 def resumed_run_folder(resume: str | None) -> Path | None:
