@@ -60,9 +60,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from data_preprocessing.contract import Dataset
-from dataloaders.augment import AugParams, ViewPlan, augment_views, draw_view, get_aug_params
+from dataloaders.augment import AugParams, ViewPlan, augment_views, draw_view, get_aug_params, \
+    one_hot_stack
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
-    normalization_stats
+    normalization_stats, tile_grey
 from util.device import upload
 from util.io import read_json
 from util.errors import InputError, MissingInput
@@ -366,13 +367,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
         b, v = recipes["slices"].shape
         rows = upload(recipes["slices"].flatten(), images.device)
         want = upload(recipes["ids"].flatten(), images.device).view(-1, 1, 1)
-        fg = ids.index_select(0, rows) == want
-        stack = torch.stack([images.index_select(0, rows), (~fg).float(), fg.float()], 1)
+        stack = one_hot_stack(images.index_select(0, rows), ids.index_select(0, rows) == want, 2)
         plan = ViewPlan(*(recipes[k].flatten(0, 1) for k in ViewPlan.FIELDS))
         grey, label = augment_views(stack, plan, self.aug)
-        h, w = grey.shape[-2:]
-        tiled = grey.view(b, v, 1, h, w).expand(b, v, 3, h, w).contiguous()
-        label = label.view(b, v, h, w)
+        tiled = tile_grey(grey.unflatten(0, (b, v))).contiguous()
+        label = label.unflatten(0, (b, v))
         support_fg = (label[:, :-1] == 1).float()
         return {"support_images": tiled[:, :-1], "support_fg": support_fg,
                 "support_bg": 1.0 - support_fg, "query_images": tiled[:, -1:],

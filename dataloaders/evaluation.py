@@ -45,7 +45,7 @@ import torch
 
 from data_preprocessing.contract import Dataset
 from dataloaders.volumes import CROP, NormStats, Volume, as_dataset, load_volumes, \
-    normalization_stats, tile_slices
+    normalization_stats, tile_grey, tile_slices
 from util.io import sort_pids
 from util.errors import InputError, UnknownName
 
@@ -131,7 +131,7 @@ class QueryScan:
     @property
     def images(self) -> torch.Tensor:
         """[Z, 3, H, W], a view (no copy): the grey volume tiled to three channels."""
-        return self.grey.unsqueeze(1).expand(-1, 3, -1, -1)
+        return tile_grey(self.grey)
 
     def tiled(self, zs: Sequence[int]) -> torch.Tensor:
         """[len(zs), 3, H, W] contiguous float32 batch of the slices ``zs``."""

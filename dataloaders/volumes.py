@@ -33,7 +33,7 @@ from util.errors import InputError, MissingInput
 
 __all__ = ["NormStats", "Volume", "as_dataset", "train_fold_stats", "normalization_stats",
            "normalize", "body_extent", "load_volume", "load_volumes", "NORMALIZATIONS",
-           "tile_slices"]
+           "tile_grey", "tile_slices"]
 
 NORMALIZATIONS = ("zscore_volume", "zscore_train_fold")
 CROP = CROP_SIZE  # the in-plane size the network sees (resample.CROP_SIZE)
@@ -202,9 +202,12 @@ def load_volumes(dataset: Dataset | str | os.PathLike, pids: list[str], *,
             for p in pids]
 
 
+def tile_grey(grey: torch.Tensor) -> torch.Tensor:
+    """Grey slices [..., H, W] as the network's input [..., 3, H, W]: three identical channels,
+    a view (no copy; ``.contiguous()`` makes one)."""
+    return grey.unsqueeze(-3).expand(*grey.shape[:-2], 3, *grey.shape[-2:])
+
+
 def tile_slices(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """[n] × [H, W] float → [n, 3, H, W] float32 tensor (three identical channels: the network's
-    input)."""
-    grey = np.stack(images).astype(np.float32, copy=False)
-    return torch.from_numpy(np.ascontiguousarray(
-        np.broadcast_to(grey[:, None], (grey.shape[0], 3) + grey.shape[1:])))
+    """[n] × [H, W] float → [n, 3, H, W] contiguous float32 tensor (:func:`tile_grey`)."""
+    return tile_grey(torch.from_numpy(np.stack(images).astype(np.float32, copy=False))).contiguous()

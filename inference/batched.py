@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from dataloaders.evaluation import QueryPlan, QueryScan, SupportPart
+from dataloaders.volumes import tile_grey
 from models.alpnet import ALPNet, SupportPrototypes
 from util.device import upload
 
@@ -28,8 +29,7 @@ def encode_scan(model: ALPNet, grey: torch.Tensor, zs: Sequence[int],
     feats: dict[int, torch.Tensor] = {}
     rows = upload(torch.as_tensor(list(zs), dtype=torch.long), grey.device)
     for i in range(0, len(zs), batch_size):
-        batch = grey.index_select(0, rows[i:i + batch_size])
-        tiled = batch.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        tiled = tile_grey(grey.index_select(0, rows[i:i + batch_size])).contiguous()
         for z, f in zip(zs[i:i + batch_size], model.encode(tiled)):
             feats[z] = f
     return feats

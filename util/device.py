@@ -100,24 +100,22 @@ class ReadCount:
 
 class _HostReads(TorchDispatchMode):
     """Counts (or, with ``forbid``, fails on) a read of tensor values by the host: ``.item()``,
-    ``bool()``, and a boolean index, ``masked_select`` or ``nonzero`` of more than ``small``
-    elements. ``.tolist()`` of a host tensor is not an operation and is not seen."""
+    ``bool()``, a boolean index, ``masked_select`` and ``nonzero``. ``.tolist()`` of a host
+    tensor is not an operation and is not seen."""
 
     READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
              torch.ops.aten.masked_select.default, torch.ops.aten.index.Tensor}
 
-    def __init__(self, count: ReadCount, forbid: bool, small: int) -> None:
+    def __init__(self, count: ReadCount, forbid: bool) -> None:
         super().__init__()
-        self.count, self.forbid, self.small = count, forbid, small
+        self.count, self.forbid = count, forbid
 
-    def reads(self, func, args) -> bool:
-        if func is torch.ops.aten._local_scalar_dense.default:
-            return True
-        if func is torch.ops.aten.index.Tensor:
+    @staticmethod
+    def reads(func, args) -> bool:
+        if func is torch.ops.aten.index.Tensor:  # a read only with a boolean index
             indices = args[1] if len(args) > 1 else ()
-            return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                       and i.numel() > self.small for i in indices)
-        return any(isinstance(a, torch.Tensor) and a.numel() > self.small for a in args)
+            return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+        return True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in self.READS and self.reads(func, args):
@@ -130,7 +128,7 @@ class _HostReads(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def host_reads(device: torch.device, forbid: bool = True, small: int = 0):
+def host_reads(device: torch.device, forbid: bool = True):
     """Counts the reads of values from ``device`` inside the block (yields a
     :class:`ReadCount`), or with ``forbid`` makes each an error: on CUDA by CUDA's own
     synchronisation check (``torch.cuda.set_sync_debug_mode``), elsewhere by catching the
@@ -148,13 +146,13 @@ def host_reads(device: torch.device, forbid: bool = True, small: int = 0):
         finally:
             torch.cuda.set_sync_debug_mode(before)
     else:
-        with _HostReads(count, forbid, small):
+        with _HostReads(count, forbid):
             yield count
 
 
-def no_host_reads(device: torch.device, small: int = 0):
+def no_host_reads(device: torch.device):
     """:func:`host_reads` that makes every read an error."""
-    return host_reads(device, True, small)
+    return host_reads(device, True)
 
 
 def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
